@@ -1,0 +1,72 @@
+"""The exceptions smartgo-exporter raises.
+
+Each carries the thing at fault (a config key, a source row and field, a URL) as an attribute, so
+the pipeline can record it and the CLI can show it, without parsing a message.
+"""
+
+from __future__ import annotations
+
+
+class ExporterError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ConfigError(ExporterError):
+    """The configuration is invalid; `key` names the setting at fault (dotted, e.g. `source.url`)."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+class SecretError(ConfigError):
+    """A secret reference could not be resolved. The message names the reference, never a value."""
+
+
+class SourceError(ExporterError):
+    """The source could not be read at all (unreachable, bad credentials, bad query)."""
+
+
+class InvalidSale(ExporterError):
+    """One source row cannot become a sale; the rest of the run goes on without it.
+
+    `row` is the sale id when the row has one, otherwise its position in the window's stream.
+    """
+
+    def __init__(self, row: str, field: str, reason: str) -> None:
+        super().__init__(f"row {row}: {field}: {reason}")
+        self.row = row
+        self.field = field
+        self.reason = reason
+
+
+class PhotoError(ExporterError):
+    """A photo could not be fetched or is not a usable image.
+
+    `reason` is a short slug stored in the table as `failed:<reason>` (e.g. `http_404`, `timeout`,
+    `too_large`, `not_an_image`, `refused_address`), so it must stay stable and contain no secrets.
+    """
+
+    def __init__(self, url: str, reason: str, detail: str = "") -> None:
+        super().__init__(f"{url}: {reason}" + (f" ({detail})" if detail else ""))
+        self.url = url
+        self.reason = reason
+        self.detail = detail
+
+
+class EmbeddingError(ExporterError):
+    """An image could not be embedded; `reason` is a slug like PhotoError's."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason + (f" ({detail})" if detail else ""))
+        self.reason = reason
+        self.detail = detail
+
+
+class ModelUnavailable(ExporterError):
+    """The embedding model cannot be loaded; raised at start, before any sale is read."""
+
+
+class SinkError(ExporterError):
+    """The table could not be created, read or committed to."""

@@ -1,0 +1,386 @@
+"""What flows through the exporter: a Sale from the source, a row of the table, a run record.
+
+The table's one schema lives here, in Iceberg and Arrow form, and nowhere else. Validation of
+source rows lives here too, so the SQL and REST sources reject bad rows the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from collections.abc import Mapping, Sequence
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from pyiceberg.io.pyarrow import schema_to_pyarrow
+from pyiceberg.schema import Schema
+from pyiceberg.types import (
+    DecimalType,
+    FloatType,
+    IntegerType,
+    ListType,
+    NestedField,
+    StringType,
+    TimestamptzType,
+)
+
+from smartgo_exporter.errors import InvalidSale
+
+TABLE_KEY = ("source", "tenant_id", "sale_id")
+"""The upsert key: ids repeat across stores, and a second exporter may share the table."""
+
+MONEY_PRECISION, MONEY_SCALE = 12, 2
+_MONEY_LIMIT = Decimal(10) ** (MONEY_PRECISION - MONEY_SCALE)
+
+# Active ISO 4217 codes. A typo such as "EUR " or "eur" is normalised; "EUU" is rejected, because a
+# price in an unknown currency cannot be compared with anything.
+ISO_4217 = frozenset(
+    """AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BRL BSD BTN BWP
+    BYN BZD CAD CDF CHF CLP CNY COP CRC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB EUR FJD FKP GBP GEL
+    GHS GIP GMD GNF GTQ GYD HKD HNL HTG HUF IDR ILS INR IQD IRR ISK JMD JOD JPY KES KGS KHR KMF KPW
+    KRW KWD KYD KZT LAK LBP LKR LRD LSL LYD MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MYR MZN
+    NAD NGN NIO NOK NPR NZD OMR PAB PEN PGK PHP PKR PLN PYG QAR RON RSD RUB RWF SAR SBD SCR SDG SEK
+    SGD SHP SLE SOS SRD SSP STN SVC SYP SZL THB TJS TMT TND TOP TRY TTD TWD TZS UAH UGX USD UYU UZS
+    VES VND VUV WST XAF XCD XCG XOF XPF YER ZAR ZMW ZWG""".split()
+)
+
+SALE_FIELDS = (
+    "sale_id",
+    "tenant_id",
+    "product_id",
+    "sold_at",
+    "sale_price",
+    "list_price",
+    "currency",
+    "title",
+    "brand",
+    "category",
+    "condition",
+    "image_url",
+    "source_updated_at",
+)
+"""The fields a source maps its columns onto. The first four plus price and currency are required."""
+
+REQUIRED_SALE_FIELDS = ("sale_id", "tenant_id", "product_id", "sold_at", "sale_price", "currency")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Sale:
+    """One sale as the source reported it, validated: money is Decimal, times are aware UTC."""
+
+    sale_id: str
+    tenant_id: str
+    product_id: str
+    sold_at: datetime
+    sale_price: Decimal
+    currency: str
+    list_price: Decimal | None = None
+    title: str | None = None
+    brand: str | None = None
+    category: str | None = None
+    condition: str | None = None
+    image_url: str | None = None
+    source_updated_at: datetime | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(tenant_id, sale_id): unique within one source."""
+        return (self.tenant_id, self.sale_id)
+
+
+class EmbeddingStatus:
+    """Values of the `embedding_status` column."""
+
+    OK = "ok"
+    NO_IMAGE = "no_image"
+
+    @staticmethod
+    def failed(reason: str) -> str:
+        return f"failed:{reason}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Embedding:
+    """What was embedded for one sale: the vector and the photo it came from."""
+
+    vector: np.ndarray[Any, np.dtype[np.float32]]
+    model: str
+    image_sha256: str
+    image_width: int
+    image_height: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SaleRow:
+    """A sale with the outcome of its photo: an embedding, or the status that says why not."""
+
+    sale: Sale
+    status: str
+    embedding: Embedding | None = None
+
+
+# --- validation of source rows -------------------------------------------------------------------
+
+
+def parse_sale(
+    raw: Mapping[str, Any], *, position: int, naive_tz: tzinfo, now: datetime | None = None
+) -> Sale:
+    """Turn one source row (already mapped onto SALE_FIELDS) into a Sale, or raise InvalidSale.
+
+    `position` identifies the row in errors when it has no usable sale id. Naive timestamps are
+    read in `naive_tz`, the zone the source database keeps its wall-clock times in. Nothing is
+    coerced silently: a price with more than two decimals, or a float that is not exactly a
+    cent amount, is an error rather than a rounding.
+    """
+    row = str(position)
+    sale_id = _text(raw.get("sale_id"))
+    if sale_id is None:
+        raise InvalidSale(row, "sale_id", "missing")
+    row = sale_id
+
+    def required_text(name: str) -> str:
+        value = _text(raw.get(name))
+        if value is None:
+            raise InvalidSale(row, name, "missing")
+        return value
+
+    tenant_id = required_text("tenant_id")
+    product_id = required_text("product_id")
+    sold_at = _timestamp(raw.get("sold_at"), row, "sold_at", naive_tz)
+    if sold_at is None:
+        raise InvalidSale(row, "sold_at", "missing")
+    now = now or datetime.now(tz=sold_at.tzinfo)
+    if sold_at > now + timedelta(minutes=5):
+        raise InvalidSale(row, "sold_at", f"in the future ({sold_at.isoformat()})")
+    sale_price = _money(raw.get("sale_price"), row, "sale_price")
+    if sale_price is None:
+        raise InvalidSale(row, "sale_price", "missing")
+    currency = required_text("currency").upper()
+    if currency not in ISO_4217:
+        raise InvalidSale(row, "currency", f"not an ISO 4217 code: {currency[:8]!r}")
+    image_url = _text(raw.get("image_url"))
+    return Sale(
+        sale_id=sale_id,
+        tenant_id=tenant_id,
+        product_id=product_id,
+        sold_at=sold_at,
+        sale_price=sale_price,
+        currency=currency,
+        list_price=_money(raw.get("list_price"), row, "list_price"),
+        title=_text(raw.get("title")),
+        brand=_text(raw.get("brand")),
+        category=_text(raw.get("category")),
+        condition=_text(raw.get("condition")),
+        image_url=image_url,
+        source_updated_at=_timestamp(
+            raw.get("source_updated_at"), row, "source_updated_at", naive_tz
+        ),
+    )
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value).strip()
+    return text or None
+
+
+def _money(value: Any, row: str, field: str) -> Decimal | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool):
+        raise InvalidSale(row, field, f"not an amount: {value!r}")
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidSale(row, field, f"not a finite amount: {value!r}")
+        # repr gives the shortest string that round-trips, so 19.99 stays 19.99, not 19.9899...
+        value = repr(value)
+    try:
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise InvalidSale(row, field, f"not an amount: {str(value)[:40]!r}") from None
+    if not amount.is_finite():
+        raise InvalidSale(row, field, f"not a finite amount: {amount}")
+    if amount < 0:
+        raise InvalidSale(row, field, f"negative: {amount}")
+    if amount != amount.quantize(Decimal("0.01")):
+        raise InvalidSale(row, field, f"more than two decimal places: {amount}")
+    if amount >= _MONEY_LIMIT:
+        raise InvalidSale(row, field, f"too large for decimal(12,2): {amount}")
+    return amount.quantize(Decimal("0.01"))
+
+
+def _timestamp(value: Any, row: str, field: str, naive_tz: tzinfo) -> datetime | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidSale(row, field, f"not a timestamp: {value[:40]!r}") from None
+    elif isinstance(value, date) and not isinstance(value, datetime):
+        raise InvalidSale(row, field, f"a date without a time: {value.isoformat()}")
+    if not isinstance(value, datetime):
+        raise InvalidSale(row, field, f"not a timestamp: {value!r}")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=naive_tz)
+    return value.astimezone(UTC)
+
+
+# --- the table ----------------------------------------------------------------------------------
+
+ICEBERG_SCHEMA = Schema(
+    NestedField(1, "sale_id", StringType(), required=True),
+    NestedField(2, "tenant_id", StringType(), required=True),
+    NestedField(3, "product_id", StringType(), required=True),
+    NestedField(4, "sold_at", TimestamptzType(), required=True),
+    NestedField(5, "sale_price", DecimalType(MONEY_PRECISION, MONEY_SCALE), required=True),
+    NestedField(6, "list_price", DecimalType(MONEY_PRECISION, MONEY_SCALE), required=False),
+    NestedField(7, "currency", StringType(), required=True),
+    NestedField(8, "title", StringType(), required=False),
+    NestedField(9, "brand", StringType(), required=False),
+    NestedField(10, "category", StringType(), required=False),
+    NestedField(11, "condition", StringType(), required=False),
+    NestedField(12, "image_url", StringType(), required=False),
+    NestedField(13, "image_sha256", StringType(), required=False),
+    NestedField(14, "image_width", IntegerType(), required=False),
+    NestedField(15, "image_height", IntegerType(), required=False),
+    NestedField(
+        16,
+        "embedding",
+        ListType(element_id=24, element_type=FloatType(), element_required=True),
+        required=False,
+    ),
+    NestedField(17, "embedding_model", StringType(), required=False),
+    NestedField(18, "embedding_dim", IntegerType(), required=False),
+    NestedField(19, "embedding_status", StringType(), required=True),
+    NestedField(20, "source", StringType(), required=True),
+    NestedField(21, "source_updated_at", TimestamptzType(), required=False),
+    NestedField(22, "export_run_id", StringType(), required=False),
+    NestedField(23, "exported_at", TimestamptzType(), required=False),
+    identifier_field_ids=[],
+)
+
+ARROW_SCHEMA: pa.Schema = schema_to_pyarrow(ICEBERG_SCHEMA, include_field_ids=False)
+"""The Arrow form of ICEBERG_SCHEMA, derived from it so the two cannot drift."""
+
+
+def rows_to_arrow(
+    rows: Sequence[SaleRow], *, source: str, run_id: str, exported_at: datetime
+) -> pa.Table:
+    """Columnar batch of rows ready for the table."""
+    columns: dict[str, list[Any]] = {name: [] for name in ARROW_SCHEMA.names}
+    for row in rows:
+        sale, emb = row.sale, row.embedding
+        for name in SALE_FIELDS:
+            columns[name].append(getattr(sale, name))
+        columns["image_sha256"].append(emb.image_sha256 if emb else None)
+        columns["image_width"].append(emb.image_width if emb else None)
+        columns["image_height"].append(emb.image_height if emb else None)
+        columns["embedding"].append(emb.vector if emb else None)
+        columns["embedding_model"].append(emb.model if emb else None)
+        columns["embedding_dim"].append(len(emb.vector) if emb else None)
+        columns["embedding_status"].append(row.status)
+        columns["source"].append(source)
+        columns["export_run_id"].append(run_id)
+        columns["exported_at"].append(exported_at)
+    return pa.table(
+        {name: _column(name, values) for name, values in columns.items()}, schema=ARROW_SCHEMA
+    )
+
+
+def _column(name: str, values: list[Any]) -> pa.Array:
+    field = ARROW_SCHEMA.field(name)
+    if name != "embedding":
+        return pa.array(values, type=field.type)
+    # Build the list column from one flat float32 buffer: per-row Python lists of 1,280 floats
+    # would cost more than the model does.
+    present = [v for v in values if v is not None]
+    flat = (
+        np.concatenate(present).astype(np.float32, copy=False)
+        if present
+        else np.empty(0, np.float32)
+    )
+    offsets = np.zeros(len(values) + 1, dtype=np.int64)
+    np.cumsum([0 if v is None else len(v) for v in values], out=offsets[1:])
+    mask = pa.array([v is None for v in values], type=pa.bool_())
+    return pa.LargeListArray.from_arrays(
+        pa.array(offsets), pa.array(flat, type=pa.float32()), type=field.type, mask=mask
+    )
+
+
+# --- runs ---------------------------------------------------------------------------------------
+
+
+class RunStatus(enum.StrEnum):
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    PARTIAL = "PARTIAL"
+    FAILED = "FAILED"
+
+
+MAX_RECORDED_ERRORS = 50
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunError:
+    """One thing a run did not land, and why. `sale_id` is empty for run-wide failures."""
+
+    sale_id: str
+    stage: str
+    reason: str
+
+
+@dataclasses.dataclass(slots=True)
+class RunCounts:
+    sales: int = 0
+    """Rows the source returned for the window, valid or not."""
+    rejected: int = 0
+    """Rows not written because a required field was missing or malformed."""
+    written: int = 0
+    """Rows upserted into the table (new or changed)."""
+    unchanged: int = 0
+    """Rows already in the table exactly as the source has them: nothing to write."""
+    embedded: int = 0
+    reused: int = 0
+    """Sales whose embedding came from the table instead of the model."""
+    no_image: int = 0
+    failed: int = 0
+    """Sales written without an embedding because the photo or the model failed."""
+
+    def add(self, other: RunCounts) -> None:
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+
+
+@dataclasses.dataclass(slots=True)
+class RunRecord:
+    """One export run of one window, as the progress store keeps it."""
+
+    run_id: str
+    business_date: date
+    window_start: datetime
+    window_end: datetime
+    trigger: str
+    status: RunStatus
+    started_at: datetime
+    expires_at: datetime
+    finished_at: datetime | None = None
+    counts: RunCounts = dataclasses.field(default_factory=RunCounts)
+    errors: list[RunError] = dataclasses.field(default_factory=list)
+    error_count: int = 0
+    """All errors seen, of which at most MAX_RECORDED_ERRORS are kept in `errors`."""
+    message: str = ""
+
+    def record_error(self, error: RunError) -> None:
+        self.error_count += 1
+        if len(self.errors) < MAX_RECORDED_ERRORS:
+            self.errors.append(error)

@@ -1,0 +1,60 @@
+"""Where sales come from. `load_source(config)` picks the backend named by `config.type`.
+
+The contract every backend keeps (see `Source`): given a window, yield batches of validated
+sales together with the rows that could not become sales, in the order the source returns them,
+without holding the whole window in memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Protocol
+
+from smartgo_exporter.errors import InvalidSale
+from smartgo_exporter.records import Sale
+from smartgo_exporter.windows import Window
+
+if TYPE_CHECKING:
+    from smartgo_exporter.config import SourceConfig
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SaleBatch:
+    """Up to `batch_size` source rows: those that validated, and those that did not (with why)."""
+
+    sales: list[Sale]
+    rejected: list[InvalidSale]
+
+
+class Source(Protocol):
+    """A store's sales, read one window at a time.
+
+    `read(window, batch_size, tenant_ids)` yields SaleBatch objects whose sales have
+    `window.start <= sold_at < window.end` (as the source decides it) and, when `tenant_ids` is
+    not empty, only those tenants. A row that cannot become a Sale is yielded in `rejected`,
+    never raised. A source that cannot be read at all (unreachable, wrong credentials, a query
+    the database refuses) raises SourceError, whose message carries no secret. `close()`
+    releases connections.
+
+        source = load_source(settings.source)
+        for batch in source.read(business_day(date(2026, 11, 26), "Europe/London"), 500, []):
+            ...
+    """
+
+    def read(
+        self, window: Window, batch_size: int, tenant_ids: list[str]
+    ) -> Iterator[SaleBatch]: ...
+
+    def close(self) -> None: ...
+
+
+def load_source(config: SourceConfig) -> Source:
+    """The Source for `config.type`: `sql` (SQLAlchemy) or `rest` (a paginated JSON API)."""
+    if config.type == "sql":
+        from smartgo_exporter.sources.sql import SqlSource
+
+        return SqlSource(config)
+    from smartgo_exporter.sources.rest import RestSource
+
+    return RestSource(config)
