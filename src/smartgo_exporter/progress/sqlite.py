@@ -1,0 +1,98 @@
+"""The embedded progress store: one SQLite file, no server.
+
+Records are JSON documents beside a few indexed columns (day, start time, status, expiry), so the
+three questions the store answers are index lookups and the record can grow fields without a
+migration.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from smartgo_exporter.progress import RunSummary, summarise
+from smartgo_exporter.records import RunRecord
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    business_date TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    status TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_by_day ON runs (business_date, started_at);
+CREATE INDEX IF NOT EXISTS runs_by_start ON runs (started_at);
+CREATE INDEX IF NOT EXISTS runs_by_expiry ON runs (expires_at);
+"""
+
+
+class SqliteProgressStore:
+    """ProgressStore in a local SQLite file; expired records are purged on every save."""
+
+    def __init__(self, path: Path, *, retention_days: int = 90) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, timeout=30, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+        self.retention_days = retention_days
+
+    def save(self, record: RunRecord) -> None:
+        now = _iso(datetime.now(UTC))
+        with self._db:
+            self._db.execute("DELETE FROM runs WHERE expires_at <= ?", (now,))
+            # A finished record is never replaced by a RUNNING one: a late progress update from
+            # a slow or retried writer must not undo a final status.
+            self._db.execute(
+                """
+                INSERT INTO runs (run_id, business_date, started_at, status, expires_at, record)
+                VALUES (?, ?, ?, ?, ?, ?)
+                ON CONFLICT (run_id) DO UPDATE SET
+                    status = excluded.status, expires_at = excluded.expires_at,
+                    record = excluded.record
+                WHERE runs.status = 'RUNNING' OR excluded.status != 'RUNNING'
+                """,
+                (
+                    record.run_id,
+                    record.business_date.isoformat(),
+                    _iso(record.started_at),
+                    str(record.status),
+                    _iso(record.expires_at),
+                    json.dumps(record.to_document()),
+                ),
+            )
+
+    def runs_on(self, day: date) -> list[RunRecord]:
+        return self._select(
+            "business_date = ? AND expires_at > ? ORDER BY started_at", day.isoformat()
+        )
+
+    def recent(self, limit: int) -> list[RunRecord]:
+        return self._select("expires_at > ? ORDER BY started_at DESC LIMIT ?", limit=limit)
+
+    def summary(self) -> RunSummary:
+        return summarise(self._select("expires_at > ? ORDER BY started_at"))
+
+    def last_succeeded_day(self) -> date | None:
+        row = self._db.execute(
+            "SELECT max(business_date) FROM runs WHERE status = 'SUCCEEDED' AND expires_at > ?",
+            (_iso(datetime.now(UTC)),),
+        ).fetchone()
+        return date.fromisoformat(row[0]) if row and row[0] else None
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _select(self, where: str, *args: Any, limit: int | None = None) -> list[RunRecord]:
+        now = _iso(datetime.now(UTC))
+        params = (*args, now) if limit is None else (*args, now, limit)
+        rows = self._db.execute(f"SELECT record FROM runs WHERE {where}", params).fetchall()  # noqa: S608  (where is one of this module's literals)
+        return [RunRecord.from_document(json.loads(row[0])) for row in rows]
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
