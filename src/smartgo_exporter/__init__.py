@@ -1,0 +1,25 @@
+"""smartgo-exporter: a day of store sales, with photo embeddings, into an Apache Iceberg table.
+
+The library is the product; the `smartgo-exporter` command is a thin layer over it:
+
+    from smartgo_exporter import export, load_config
+
+    settings = load_config("smartgo-exporter.toml")
+    for record in export(settings):  # yesterday, plus any missed days
+        print(record.business_date, record.status, record.counts)
+"""
+
+from smartgo_exporter.config import Settings, load_config
+from smartgo_exporter.errors import ExporterError
+from smartgo_exporter.pipeline import export, plan_days
+from smartgo_exporter.records import RunRecord, RunStatus
+
+__all__ = [
+    "ExporterError",
+    "RunRecord",
+    "RunStatus",
+    "Settings",
+    "export",
+    "load_config",
+    "plan_days",
+]

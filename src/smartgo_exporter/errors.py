@@ -12,7 +12,7 @@ class ExporterError(Exception):
 
 
 class ConfigError(ExporterError):
-    """The configuration is invalid; `key` names the setting at fault (dotted, e.g. `source.url`)."""
+    """The configuration is invalid; `key` names the setting at fault, dotted: `source.url`."""
 
     def __init__(self, key: str, reason: str) -> None:
         super().__init__(f"{key}: {reason}")

@@ -40,12 +40,12 @@ _MONEY_LIMIT = Decimal(10) ** (MONEY_PRECISION - MONEY_SCALE)
 # price in an unknown currency cannot be compared with anything.
 ISO_4217 = frozenset(
     """AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BRL BSD BTN BWP
-    BYN BZD CAD CDF CHF CLP CNY COP CRC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB EUR FJD FKP GBP GEL
-    GHS GIP GMD GNF GTQ GYD HKD HNL HTG HUF IDR ILS INR IQD IRR ISK JMD JOD JPY KES KGS KHR KMF KPW
-    KRW KWD KYD KZT LAK LBP LKR LRD LSL LYD MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MYR MZN
-    NAD NGN NIO NOK NPR NZD OMR PAB PEN PGK PHP PKR PLN PYG QAR RON RSD RUB RWF SAR SBD SCR SDG SEK
-    SGD SHP SLE SOS SRD SSP STN SVC SYP SZL THB TJS TMT TND TOP TRY TTD TWD TZS UAH UGX USD UYU UZS
-    VES VND VUV WST XAF XCD XCG XOF XPF YER ZAR ZMW ZWG""".split()
+    BYN BZD CAD CDF CHF CLP CNY COP CRC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB EUR FJD FKP GBP
+    GEL GHS GIP GMD GNF GTQ GYD HKD HNL HTG HUF IDR ILS INR IQD IRR ISK JMD JOD JPY KES KGS KHR
+    KMF KPW KRW KWD KYD KZT LAK LBP LKR LRD LSL LYD MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK
+    MXN MYR MZN NAD NGN NIO NOK NPR NZD OMR PAB PEN PGK PHP PKR PLN PYG QAR RON RSD RUB RWF SAR
+    SBD SCR SDG SEK SGD SHP SLE SOS SRD SSP STN SVC SYP SZL THB TJS TMT TND TOP TRY TTD TWD TZS
+    UAH UGX USD UYU UZS VES VND VUV WST XAF XCD XCG XOF XPF YER ZAR ZMW ZWG""".split()
 )
 
 SALE_FIELDS = (
@@ -63,9 +63,13 @@ SALE_FIELDS = (
     "image_url",
     "source_updated_at",
 )
-"""The fields a source maps its columns onto. The first four plus price and currency are required."""
+"""The fields a source maps its columns onto; REQUIRED_SALE_FIELDS must be present."""
 
 REQUIRED_SALE_FIELDS = ("sale_id", "tenant_id", "product_id", "sold_at", "sale_price", "currency")
+
+
+Key = tuple[str, str]
+"""(tenant_id, sale_id): a sale's identity within one source."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -87,7 +91,7 @@ class Sale:
     source_updated_at: datetime | None = None
 
     @property
-    def key(self) -> tuple[str, str]:
+    def key(self) -> Key:
         """(tenant_id, sale_id): unique within one source."""
         return (self.tenant_id, self.sale_id)
 
@@ -121,6 +125,35 @@ class SaleRow:
     sale: Sale
     status: str
     embedding: Embedding | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredRows:
+    """The rows the table already holds for some keys, as one Arrow table with a key index."""
+
+    table: pa.Table
+    index: dict[Key, int]
+
+    def __contains__(self, key: Key) -> bool:
+        return key in self.index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def row(self, key: Key) -> dict[str, Any]:
+        """Every column but the embedding, as Python values."""
+        position = self.index[key]
+        return {
+            name: self.table.column(name)[position].as_py()
+            for name in self.table.column_names
+            if name != "embedding"
+        }
+
+    def vector(self, key: Key) -> np.ndarray[Any, np.dtype[np.float32]] | None:
+        cell = self.table.column("embedding")[self.index[key]]
+        if not cell.is_valid:
+            return None
+        return np.asarray(cell.values.to_numpy(zero_copy_only=False), dtype=np.float32)
 
 
 # --- validation of source rows -------------------------------------------------------------------
@@ -230,9 +263,8 @@ def _timestamp(value: Any, row: str, field: str, naive_tz: tzinfo) -> datetime |
         raise InvalidSale(row, field, f"a date without a time: {value.isoformat()}")
     if not isinstance(value, datetime):
         raise InvalidSale(row, field, f"not a timestamp: {value!r}")
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=naive_tz)
-    return value.astimezone(UTC)
+    moment: datetime = value if value.tzinfo else value.replace(tzinfo=naive_tz)
+    return moment.astimezone(UTC)
 
 
 # --- the table ----------------------------------------------------------------------------------

@@ -9,20 +9,19 @@ The snapshot's summary carries the run id, so the table itself says which run wr
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import reduce
 from pathlib import Path
-from typing import Any
+from typing import cast
 
-import numpy as np
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.catalog import Catalog, load_catalog
-from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
+from pyiceberg.exceptions import CommitFailedException, NoSuchTableError, ValidationException
 from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, EqualTo, In, Or
 from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files
 from pyiceberg.partitioning import PartitionField, PartitionSpec
@@ -32,7 +31,12 @@ from pyiceberg.transforms import IdentityTransform, MonthTransform
 
 from smartgo_exporter.config import TableConfig
 from smartgo_exporter.errors import SinkError
-from smartgo_exporter.records import ARROW_SCHEMA, ICEBERG_SCHEMA
+from smartgo_exporter.records import ARROW_SCHEMA, ICEBERG_SCHEMA, Key, StoredRows
+
+# pyiceberg's predicates are pydantic models whose generated signatures mypy's pydantic plugin
+# misreads; these aliases keep the documented positional form type-checked.
+_equal_to = cast(Callable[[str, str], BooleanExpression], EqualTo)
+_in = cast(Callable[[str, set[str]], BooleanExpression], In)
 
 RUN_ID_PROPERTY = "smartgo.run-id"
 """Snapshot summary property naming the export run that committed the snapshot."""
@@ -47,37 +51,6 @@ TABLE_PROPERTIES = {
     "format-version": "2",
     "write.parquet.compression-codec": "zstd",
 }
-
-Key = tuple[str, str]
-
-
-@dataclasses.dataclass(frozen=True)
-class StoredRows:
-    """The rows the table already holds for some keys, as one Arrow table with a key index."""
-
-    table: pa.Table
-    index: dict[Key, int]
-
-    def __contains__(self, key: Key) -> bool:
-        return key in self.index
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def row(self, key: Key) -> dict[str, Any]:
-        """Every column but the embedding, as Python values."""
-        position = self.index[key]
-        return {
-            name: self.table.column(name)[position].as_py()
-            for name in self.table.column_names
-            if name != "embedding"
-        }
-
-    def vector(self, key: Key) -> np.ndarray[Any, np.dtype[np.float32]] | None:
-        cell = self.table.column("embedding")[self.index[key]]
-        if not cell.is_valid:
-            return None
-        return np.asarray(cell.values.to_numpy(zero_copy_only=False), dtype=np.float32)
 
 
 def open_catalog(config: TableConfig) -> Catalog:
@@ -157,15 +130,24 @@ class SalesTable:
         """
         if rows.num_rows == 0:
             return
-        rows = rows.cast(ARROW_SCHEMA).sort_by([("tenant_id", "ascending"), ("sold_at", "ascending")])
+        rows = rows.cast(ARROW_SCHEMA).sort_by(
+            [("tenant_id", "ascending"), ("sold_at", "ascending")]
+        )
         keys = list(
-            zip(rows.column("tenant_id").to_pylist(), rows.column("sale_id").to_pylist(), strict=True)
+            zip(
+                rows.column("tenant_id").to_pylist(),
+                rows.column("sale_id").to_pylist(),
+                strict=True,
+            )
         )
         for attempt in itertools.count(1):
             try:
                 self._commit(rows, keys, run_id)
                 return
-            except CommitFailedException as error:
+            # pyiceberg retries a bare catalog conflict itself; it raises ValidationException when
+            # the other writer touched our keys, and then only re-planning from the new state
+            # (which rows to rewrite) is right.
+            except (CommitFailedException, ValidationException) as error:
                 if attempt >= self.commit_attempts:
                     raise SinkError(
                         f"commit failed {attempt} times, the last because: {error}"
@@ -173,15 +155,26 @@ class SalesTable:
                 time.sleep(min(0.2 * 2**attempt, 5.0))
                 self.table.refresh()
 
+    def query(self, statement: str) -> pa.Table:
+        """Run DuckDB SQL over the table, visible as `sales`; the scan streams into DuckDB."""
+        connection = duckdb.connect()
+        try:
+            connection.register("sales", self.table.scan().to_arrow_batch_reader())
+            return connection.execute(statement).to_arrow_table()
+        except duckdb.Error as error:
+            raise SinkError(f"query failed: {error}") from None
+        finally:
+            connection.close()
+
     def _commit(self, rows: pa.Table, keys: Sequence[Key], run_id: str) -> None:
         key_filter = self._key_filter(keys)
         transaction = self.table.transaction()
         metadata = transaction.table_metadata
         commit_uuid = uuid.uuid4()
         counter = itertools.count(0)
-        with transaction.update_snapshot(
-            snapshot_properties={RUN_ID_PROPERTY: run_id}
-        ).overwrite(commit_uuid=commit_uuid) as snapshot:
+        with transaction.update_snapshot(snapshot_properties={RUN_ID_PROPERTY: run_id}).overwrite(
+            commit_uuid=commit_uuid
+        ) as snapshot:
             # The predicate scopes pyiceberg's conflict check to our keys' partitions.
             snapshot.delete_by_predicate(key_filter)
             if self.table.current_snapshot() is not None:
@@ -204,14 +197,15 @@ class SalesTable:
         transaction.commit_transaction()
 
     def _key_filter(self, keys: Iterable[Key]) -> BooleanExpression:
-        by_tenant: dict[str, list[str]] = {}
+        by_tenant: dict[str, set[str]] = {}
         for tenant, sale in keys:
-            by_tenant.setdefault(tenant, []).append(sale)
-        per_tenant = [
-            And(EqualTo("tenant_id", tenant), In("sale_id", set(sales)))
+            by_tenant.setdefault(tenant, set()).add(sale)
+        per_tenant: list[BooleanExpression] = [
+            And(_equal_to("tenant_id", tenant), _in("sale_id", sales))
             for tenant, sales in by_tenant.items()
         ]
-        return And(EqualTo("source", self.source), reduce(Or, per_tenant))
+        either: Callable[[BooleanExpression, BooleanExpression], BooleanExpression] = Or
+        return And(_equal_to("source", self.source), reduce(either, per_tenant))
 
 
 def _read_file(table: Table, task: FileScanTask) -> pa.Table:
@@ -225,7 +219,9 @@ def _read_file(table: Table, task: FileScanTask) -> pa.Table:
 
 def _key_mask(table: pa.Table, source: str, keys: Sequence[Key]) -> pa.ChunkedArray:
     """Which rows of `table` have one of `keys`; a separator no id contains joins the pair."""
-    wanted = pa.array([f"{source}\x1f{tenant}\x1f{sale}" for tenant, sale in keys], pa.large_string())
+    wanted = pa.array(
+        [f"{source}\x1f{tenant}\x1f{sale}" for tenant, sale in keys], pa.large_string()
+    )
     joined = pc.binary_join_element_wise(
         table.column("source").cast(pa.large_string()),
         table.column("tenant_id").cast(pa.large_string()),

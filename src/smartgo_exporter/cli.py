@@ -1,0 +1,267 @@
+"""The `smartgo-exporter` command: each command parses options and makes one library call.
+
+Errors become messages for a person here and only here; the library raises exceptions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from datetime import date, datetime
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from smartgo_exporter.config import Settings, load_config
+from smartgo_exporter.errors import ExporterError
+from smartgo_exporter.logs import configure_logging
+from smartgo_exporter.pipeline import BatchDone, export
+from smartgo_exporter.progress import load_progress_store
+from smartgo_exporter.records import RunRecord, RunStatus
+from smartgo_exporter.sinks.iceberg import SalesTable
+from smartgo_exporter.windows import days
+
+app = typer.Typer(
+    help="Export SmartGo sales, with photo embeddings, into an Apache Iceberg table.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+errors = Console(stderr=True)
+T = TypeVar("T")
+
+ConfigOption = Annotated[
+    Path,
+    typer.Option(
+        "--config",
+        "-c",
+        envvar="SGX_CONFIG",
+        help="TOML settings file; SGX_* environment variables override it.",
+    ),
+]
+DEFAULT_CONFIG = Path("smartgo-exporter.toml")
+LogLevel = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")]
+
+
+@app.command()
+def run(
+    config: ConfigOption = DEFAULT_CONFIG,
+    day: Annotated[
+        datetime | None, typer.Option("--date", formats=["%Y-%m-%d"], help="Export this day.")
+    ] = None,
+    first: Annotated[
+        datetime | None, typer.Option("--from", formats=["%Y-%m-%d"], help="First day of a range.")
+    ] = None,
+    last: Annotated[
+        datetime | None, typer.Option("--to", formats=["%Y-%m-%d"], help="Last day of a range.")
+    ] = None,
+    log_level: LogLevel = "WARNING",
+) -> None:
+    """Export yesterday (business time zone), catching up missed days; or a day; or a range.
+
+    Example: smartgo-exporter run --config smartgo-exporter.toml --from 2026-11-01 --to 2026-11-07
+    """
+    configure_logging(log_level)
+    settings = _settings(config)
+    selected = _days(day, first, last)
+    with _progress_display(selected) as on_batch:
+        records = _guarded(lambda: export(settings, selected, on_batch=on_batch))
+    print_runs(records)
+    if any(record.status is RunStatus.FAILED for record in records):
+        raise typer.Exit(1)
+
+
+@app.command()
+def history(
+    config: ConfigOption = DEFAULT_CONFIG,
+    day: Annotated[
+        datetime | None,
+        typer.Option("--date", formats=["%Y-%m-%d"], help="Runs of this day only."),
+    ] = None,
+    limit: Annotated[int, typer.Option(help="How many recent runs.")] = 20,
+) -> None:
+    """Show recent runs, or one day's runs with their errors.
+
+    Example: smartgo-exporter history --date 2026-11-26
+    """
+    settings = _settings(config)
+    store = load_progress_store(settings.progress, retention_days=settings.retention_days)
+    records = store.runs_on(day.date()) if day else store.recent(limit)
+    print_runs(records, with_errors=day is not None)
+
+
+@app.command()
+def stats(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    """Summarise the stored runs: success rate, rows, failures by reason.
+
+    Example: smartgo-exporter stats
+    """
+    settings = _settings(config)
+    summary = load_progress_store(
+        settings.progress, retention_days=settings.retention_days
+    ).summary()
+    table = Table(title="Export runs", show_header=False)
+    table.add_row("runs", str(summary.runs))
+    table.add_row("days", f"{summary.first_day} .. {summary.last_day}")
+    table.add_row("success rate", f"{summary.success_rate:.1%}")
+    for status, count in sorted(summary.by_status.items()):
+        table.add_row(f"  {status.lower()}", str(count))
+    table.add_row("rows written", str(summary.rows_written))
+    table.add_row("embedded", str(summary.embedded))
+    table.add_row("reused", str(summary.reused))
+    console.print(table)
+    if summary.failures_by_reason:
+        failures = Table("failure (stage:reason)", "count", title="Failures by reason")
+        for reason, count in summary.failures_by_reason.items():
+            failures.add_row(reason, str(count))
+        console.print(failures)
+
+
+@app.command()
+def sql(
+    statement: Annotated[str, typer.Argument(help="DuckDB SQL; the table is `sales`.")],
+    config: ConfigOption = DEFAULT_CONFIG,
+    limit: Annotated[int, typer.Option(help="Show at most this many rows.")] = 50,
+) -> None:
+    """Run SQL over the exported table (DuckDB over a pyiceberg scan).
+
+    Example: smartgo-exporter sql "SELECT tenant_id, count(*) FROM sales GROUP BY 1"
+    """
+    settings = _settings(config)
+    result = _guarded(
+        lambda: SalesTable.open(
+            settings.table, source=settings.export.source_name, create=False
+        ).query(statement)
+    )
+    table = Table(*result.column_names)
+    for row in result.slice(0, limit).to_pylist():
+        table.add_row(*(_cell(value) for value in row.values()))
+    console.print(table)
+    if result.num_rows > limit:
+        console.print(f"({result.num_rows} rows, {limit} shown; use --limit)")
+
+
+@app.command()
+def demo(
+    folder: Annotated[
+        Path, typer.Option("--dir", help="Where the demo database, photos and warehouse go.")
+    ] = Path("smartgo-demo"),
+    fresh: Annotated[bool, typer.Option(help="Rebuild the demo data from scratch.")] = False,
+    port: Annotated[int, typer.Option(help="Port of the demo's photo server.")] = 8765,
+    log_level: LogLevel = "WARNING",
+) -> None:
+    """Build a demo store (sales database, photos, photo server) and export all of it.
+
+    Run it twice: the second run writes nothing and reuses every embedding.
+    Example: smartgo-exporter demo --dir /tmp/smartgo-demo
+    """
+    from smartgo_exporter.demo import run_demo
+
+    configure_logging(log_level)
+    with _progress_display(None) as on_batch:
+        outcome = _guarded(lambda: run_demo(folder, fresh=fresh, port=port, on_batch=on_batch))
+    print_runs(outcome.records)
+    console.print(
+        f"\nWarehouse: {outcome.paths.warehouse}\n"
+        f"Try:  smartgo-exporter sql --config {outcome.paths.config} "
+        '"SELECT tenant_id, count(*) AS sales, sum(sale_price) AS revenue FROM sales GROUP BY 1"'
+    )
+
+
+def print_runs(records: Sequence[RunRecord], *, with_errors: bool = False) -> None:
+    """The per-run summary table the CLI prints after an export and for `history`."""
+    table = Table(title="Export runs")
+    for column in ("day", "status", "sales", "written", "unchanged", "embedded", "reused"):
+        table.add_column(column, justify="right" if column not in ("day", "status") else "left")
+    for column in ("failed", "rejected", "run id"):
+        table.add_column(column, justify="left" if column == "run id" else "right")
+    totals = [0] * 7
+    for record in records:
+        c = record.counts
+        values = [c.sales, c.written, c.unchanged, c.embedded, c.reused, c.failed, c.rejected]
+        totals = [total + value for total, value in zip(totals, values, strict=True)]
+        style = {RunStatus.FAILED: "red", RunStatus.PARTIAL: "yellow"}.get(record.status, "")
+        table.add_row(
+            record.business_date.isoformat(),
+            f"[{style}]{record.status}[/]" if style else str(record.status),
+            *map(str, values),
+            record.run_id,
+        )
+    if len(records) > 1:
+        table.add_section()
+        table.add_row("total", "", *map(str, totals), "")
+    console.print(table)
+    for record in records:
+        if record.message:
+            errors.print(f"[red]{record.business_date}: {record.message}[/]")
+        if with_errors:
+            for error in record.errors:
+                console.print(
+                    f"  {record.business_date} sale {error.sale_id or '-'} "
+                    f"[{error.stage}:{error.reason}] {error.detail}"
+                )
+            if record.error_count > len(record.errors):
+                console.print(f"  ... and {record.error_count - len(record.errors)} more")
+
+
+def _settings(path: Path) -> Settings:
+    return _guarded(lambda: load_config(path))
+
+
+def _guarded(call: Callable[[], T]) -> T:
+    try:
+        return call()
+    except ExporterError as error:
+        errors.print(f"[red]error:[/] {error}")
+        raise typer.Exit(2) from None
+
+
+def _days(day: datetime | None, first: datetime | None, last: datetime | None) -> list[date] | None:
+    if day and (first or last):
+        raise typer.BadParameter("use --date or --from/--to, not both")
+    if day:
+        return [day.date()]
+    if first or last:
+        if not (first and last):
+            raise typer.BadParameter("--from and --to go together")
+        return list(days(first.date(), last.date()))
+    return None
+
+
+@contextlib.contextmanager
+def _progress_display(selected: Sequence[date] | None) -> Iterator[Callable[[BatchDone], None]]:
+    if not sys.stderr.isatty():
+        yield lambda _: None
+        return
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+        console=errors,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("exporting", total=len(selected) if selected else None, detail="")
+        seen: set[date] = set()
+        sales = 0
+
+        def on_batch(done: BatchDone) -> None:
+            nonlocal sales
+            sales += done.counts.sales
+            seen.add(done.day)
+            progress.update(task, completed=len(seen), detail=f"{done.day}  {sales} sales")
+
+        yield on_batch
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, list) and len(value) > 4:
+        return f"[{', '.join(f'{v:.3f}' for v in value[:3])}, ... ({len(value)})]"
+    return "" if value is None else str(value)

@@ -1,0 +1,339 @@
+"""The export: source -> photos -> embeddings -> table, with a run record beside it.
+
+This is the one place that wires the stages; the CLI, the scheduler and the Lambda handler all
+call `export`. Within a window, work flows one way through two concurrent halves joined by a
+bounded queue: the first reads a batch of sales, looks up what the table already holds and
+fetches the photos still needed; the second embeds those photos and commits the batch. So the
+next batch's photos download while this batch's are embedded, and at most two batches are in
+memory however large the day.
+
+Blocking work runs on dedicated single-thread executors (one for the source, one for the table,
+one for the model): database drivers and SQLite connections expect to stay on one thread, and
+the event loop stays free to drive the photo downloads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, TypeVar
+
+import structlog
+
+from smartgo_exporter.config import Settings
+from smartgo_exporter.embedders import Embedder, load_embedder
+from smartgo_exporter.errors import EmbeddingError, ExporterError, PhotoError
+from smartgo_exporter.images import Photo, PhotoFetcher
+from smartgo_exporter.progress import NonFatalProgressStore, load_progress_store
+from smartgo_exporter.records import (
+    Embedding,
+    EmbeddingStatus,
+    RunCounts,
+    RunError,
+    RunRecord,
+    RunStatus,
+    Sale,
+    SaleRow,
+    StoredRows,
+    rows_to_arrow,
+)
+from smartgo_exporter.reuse import changed_rows, plan_batch
+from smartgo_exporter.sinks.iceberg import SalesTable
+from smartgo_exporter.sources import SaleBatch, Source, load_source
+from smartgo_exporter.windows import Window, business_day, catch_up, yesterday
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BatchDone:
+    """Reported after each committed batch, for progress displays."""
+
+    day: date
+    counts: RunCounts
+
+
+ProgressCallback = Callable[[BatchDone], None]
+
+
+def plan_days(
+    settings: Settings, last_succeeded: date | None, now: datetime | None = None
+) -> list[date]:
+    """Yesterday, plus every day missed since `last_succeeded` (at most `catch_up_days`)."""
+    target = yesterday(settings.export.timezone, now)
+    return catch_up(last_succeeded, target, settings.export.catch_up_days)
+
+
+def export(
+    settings: Settings,
+    days: Sequence[date] | None = None,
+    *,
+    trigger: str = "manual",
+    on_batch: ProgressCallback | None = None,
+) -> list[RunRecord]:
+    """Export each day, one run (and one run record) per day, and return the records.
+
+    With no `days`, exports yesterday in the business time zone and catches up on the days
+    missed since the last successful run. A run-wide failure (source unreachable, model or table
+    unavailable) is recorded as FAILED and the remaining days are still attempted, since the
+    next day may well work; the caller decides from the statuses what to exit with.
+    """
+    progress = NonFatalProgressStore(
+        load_progress_store(settings.progress, retention_days=settings.retention_days)
+    )
+    try:
+        if days is None:
+            days = plan_days(settings, progress.last_succeeded_day())
+        records: list[RunRecord] = []
+        with _Stages.open(settings) as stages:
+            for day in days:
+                records.append(asyncio.run(_export_day(stages, progress, day, trigger, on_batch)))
+                if records[-1].status is RunStatus.FAILED:
+                    break
+        return records
+    except ExporterError as error:
+        # A stage that could not even be opened (the model, the table) fails the first day.
+        record = _failed_record(
+            settings, days[0] if days else yesterday(settings.export.timezone), trigger, error
+        )
+        progress.save(record)
+        return [record]
+    finally:
+        progress.close()
+
+
+@dataclasses.dataclass
+class _Stages:
+    settings: Settings
+    source: Source
+    embedder: Embedder
+    table: SalesTable
+    source_thread: ThreadPoolExecutor
+    table_thread: ThreadPoolExecutor
+    model_thread: ThreadPoolExecutor
+
+    @classmethod
+    @contextlib.contextmanager
+    def open(cls, settings: Settings) -> Iterator[_Stages]:
+        # The model and the table are opened first: they fail fast on a bad install or catalog,
+        # before the source is touched.
+        embedder = load_embedder(settings.embedder)
+        table = SalesTable.open(settings.table, source=settings.export.source_name)
+        source = load_source(settings.source)
+        threads = [
+            ThreadPoolExecutor(1, thread_name_prefix=name) for name in ("source", "table", "model")
+        ]
+        try:
+            yield cls(settings, source, embedder, table, *threads)
+        finally:
+            source.close()
+            for thread in threads:
+                thread.shutdown(wait=True, cancel_futures=True)
+
+
+async def _export_day(
+    stages: _Stages,
+    progress: NonFatalProgressStore,
+    day: date,
+    trigger: str,
+    on_batch: ProgressCallback | None,
+) -> RunRecord:
+    settings = stages.settings
+    window = business_day(day, settings.export.timezone)
+    record = _new_record(settings, window, trigger)
+    structlog.contextvars.bind_contextvars(run_id=record.run_id, day=day.isoformat())
+    log.info("run_started", window_start=window.start.isoformat(), trigger=trigger)
+    progress.save(record)
+    try:
+        await _export_window(stages, window, record, on_batch)
+    except Exception as error:
+        # Whatever stopped the run, its record must say FAILED and why, or the store would
+        # show a RUNNING record forever.
+        record.status = RunStatus.FAILED
+        record.message = str(error) or type(error).__name__
+        record.record_error(RunError("", "run", type(error).__name__, record.message))
+        log.error("run_failed", error=record.message, exc_info=not isinstance(error, ExporterError))
+    else:
+        landed_all = record.counts.rejected == 0
+        record.status = RunStatus.SUCCEEDED if landed_all else RunStatus.PARTIAL
+    record.finished_at = datetime.now(UTC)
+    progress.save(record)
+    log.info("run_finished", status=str(record.status), **dataclasses.asdict(record.counts))
+    structlog.contextvars.unbind_contextvars("run_id", "day")
+    return record
+
+
+@dataclasses.dataclass
+class _Prepared:
+    """A batch ready for the model: rows already complete, and sales with their photos."""
+
+    settled: list[SaleRow]
+    fetched: list[tuple[Sale, Photo]]
+    counts: RunCounts
+    stored: StoredRows
+
+
+async def _export_window(
+    stages: _Stages, window: Window, record: RunRecord, on_batch: ProgressCallback | None
+) -> None:
+    queue: asyncio.Queue[_Prepared | None] = asyncio.Queue(maxsize=1)
+    async with PhotoFetcher(stages.settings.photos) as fetcher:
+        producer = asyncio.create_task(_produce(stages, fetcher, window, record, queue))
+        try:
+            while (prepared := await queue.get()) is not None:
+                await _finish_batch(stages, prepared, record)
+                if on_batch is not None:
+                    on_batch(BatchDone(window.day, prepared.counts))
+        finally:
+            if not producer.done():
+                producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await producer
+
+
+async def _produce(
+    stages: _Stages,
+    fetcher: PhotoFetcher,
+    window: Window,
+    record: RunRecord,
+    queue: asyncio.Queue[_Prepared | None],
+) -> None:
+    export = stages.settings.export
+    batches = stages.source.read(window, export.batch_size, export.tenant_ids)
+    try:
+        while (batch := await _on(stages.source_thread, next, batches, None)) is not None:
+            await queue.put(await _prepare(stages, fetcher, batch, record))
+    finally:
+        await queue.put(None)
+
+
+async def _prepare(
+    stages: _Stages, fetcher: PhotoFetcher, batch: SaleBatch, record: RunRecord
+) -> _Prepared:
+    counts = RunCounts(sales=len(batch.sales) + len(batch.rejected), rejected=len(batch.rejected))
+    for invalid in batch.rejected:
+        record.record_error(RunError(invalid.row, "source", invalid.field, invalid.reason))
+    sales = _unique(batch.sales, record, stages.settings.export.tenant_ids)
+    stored = await _on(stages.table_thread, stages.table.stored, [sale.key for sale in sales])
+    plan = plan_batch(sales, stored, stages.embedder.model_id)
+    counts.reused = plan.reused
+    counts.no_image = sum(row.status == EmbeddingStatus.NO_IMAGE for row in plan.settled)
+    urls = sorted({sale.image_url for sale in plan.to_fetch if sale.image_url})
+    photos = dict(zip(urls, await fetcher.fetch_all(urls), strict=True))
+    fetched: list[tuple[Sale, Photo]] = []
+    for sale in plan.to_fetch:
+        photo = photos[str(sale.image_url)]
+        if isinstance(photo, PhotoError):
+            plan.settled.append(SaleRow(sale, EmbeddingStatus.failed(photo.reason)))
+            record.record_error(RunError(sale.sale_id, "photo", photo.reason, _redact(photo)))
+            counts.failed += 1
+        else:
+            fetched.append((sale, photo))
+    return _Prepared(plan.settled, fetched, counts, stored)
+
+
+async def _finish_batch(stages: _Stages, prepared: _Prepared, record: RunRecord) -> None:
+    embedded, errors = await _on(stages.model_thread, _embed, stages.embedder, prepared)
+    for error in errors:
+        record.record_error(error)
+    rows = prepared.settled + embedded
+    to_write = changed_rows(rows, prepared.stored)
+    prepared.counts.written = len(to_write)
+    prepared.counts.unchanged = len(rows) - len(to_write)
+    if to_write:
+        table = rows_to_arrow(
+            to_write,
+            source=stages.settings.export.source_name,
+            run_id=record.run_id,
+            exported_at=datetime.now(UTC),
+        )
+        await _on(stages.table_thread, stages.table.upsert, table, run_id=record.run_id)
+    record.counts.add(prepared.counts)
+    log.info("batch_committed", **dataclasses.asdict(prepared.counts))
+
+
+def _embed(embedder: Embedder, prepared: _Prepared) -> tuple[list[SaleRow], list[RunError]]:
+    """Embed each distinct photo once (several sales of one product share it).
+
+    Runs on the model thread, so it returns its errors for the event loop to record rather
+    than touching the run record concurrently with the next batch's preparation.
+    """
+    by_hash: dict[str, Photo] = {}
+    for _, photo in prepared.fetched:
+        by_hash.setdefault(photo.sha256, photo)
+    hashes = list(by_hash)
+    vectors = dict(zip(hashes, embedder.embed([by_hash[h].data for h in hashes]), strict=True))
+    rows: list[SaleRow] = []
+    errors: list[RunError] = []
+    for sale, photo in prepared.fetched:
+        vector = vectors[photo.sha256]
+        if isinstance(vector, EmbeddingError):
+            reason = f"embedding_{vector.reason}"
+            rows.append(SaleRow(sale, EmbeddingStatus.failed(reason)))
+            errors.append(RunError(sale.sale_id, "embedding", reason, vector.detail))
+            prepared.counts.failed += 1
+            continue
+        embedding = Embedding(vector, embedder.model_id, photo.sha256, photo.width, photo.height)
+        rows.append(SaleRow(sale, EmbeddingStatus.OK, embedding))
+        prepared.counts.embedded += 1
+    return rows, errors
+
+
+def _unique(sales: list[Sale], record: RunRecord, tenant_ids: list[str]) -> list[Sale]:
+    """One sale per key (the source's later row wins), of the configured tenants only."""
+    allowed = set(tenant_ids)
+    by_key: dict[tuple[str, str], Sale] = {}
+    for sale in sales:
+        if allowed and sale.tenant_id not in allowed:
+            log.warning("foreign_tenant_dropped", tenant_id=sale.tenant_id, sale_id=sale.sale_id)
+            continue
+        if sale.key in by_key:
+            record.record_error(
+                RunError(sale.sale_id, "source", "duplicate_sale_id", "the later row was kept")
+            )
+        by_key[sale.key] = sale
+    return list(by_key.values())
+
+
+def _redact(error: PhotoError) -> str:
+    """The error without the URL's query string, where signed URLs keep their credentials."""
+    url = error.url.split("?", 1)[0]
+    return f"{url}: {error.reason}" + (f" ({error.detail})" if error.detail else "")
+
+
+async def _on(
+    executor: ThreadPoolExecutor, function: Callable[..., T], *args: Any, **kwargs: Any
+) -> T:
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(executor, lambda: function(*args, **kwargs))
+
+
+def _new_record(settings: Settings, window: Window, trigger: str) -> RunRecord:
+    now = datetime.now(UTC)
+    return RunRecord(
+        run_id=f"{window.day:%Y%m%d}-{uuid.uuid4().hex[:12]}",
+        business_date=window.day,
+        window_start=window.start,
+        window_end=window.end,
+        trigger=trigger,
+        status=RunStatus.RUNNING,
+        started_at=now,
+        expires_at=now + timedelta(days=settings.retention_days),
+    )
+
+
+def _failed_record(settings: Settings, day: date, trigger: str, error: ExporterError) -> RunRecord:
+    record = _new_record(settings, business_day(day, settings.export.timezone), trigger)
+    record.status = RunStatus.FAILED
+    record.finished_at = record.started_at
+    record.message = str(error)
+    record.record_error(RunError("", "run", type(error).__name__, str(error)))
+    log.error("run_failed", day=day.isoformat(), error=str(error))
+    return record

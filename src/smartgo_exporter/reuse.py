@@ -1,0 +1,88 @@
+"""Deciding, from what the table already holds, what a batch of sales still needs.
+
+Embedding is the expensive part of a run, and re-runs are common (catch-up, fixes, a retried
+Lambda), so a sale whose photo URL is unchanged and that already has an embedding from the same
+model takes it from the table instead of fetching and embedding again; and a row that would be
+written exactly as it is stored is not written at all, so a re-run of an unchanged day commits
+nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from smartgo_exporter.records import (
+    SALE_FIELDS,
+    Embedding,
+    EmbeddingStatus,
+    Sale,
+    SaleRow,
+    StoredRows,
+)
+
+
+@dataclasses.dataclass(slots=True)
+class BatchPlan:
+    """A batch split by what each sale needs before it can be written."""
+
+    settled: list[SaleRow] = dataclasses.field(default_factory=list)
+    """Rows complete already: an embedding taken from the table, or no photo to fetch."""
+    to_fetch: list[Sale] = dataclasses.field(default_factory=list)
+    reused: int = 0
+
+
+def plan_batch(sales: Sequence[Sale], stored: StoredRows, model_id: str) -> BatchPlan:
+    plan = BatchPlan()
+    for sale in sales:
+        if sale.image_url is None:
+            plan.settled.append(SaleRow(sale, EmbeddingStatus.NO_IMAGE))
+            continue
+        embedding = _stored_embedding(sale, stored, model_id)
+        if embedding is None:
+            plan.to_fetch.append(sale)
+        else:
+            plan.settled.append(SaleRow(sale, EmbeddingStatus.OK, embedding))
+            plan.reused += 1
+    return plan
+
+
+def _stored_embedding(sale: Sale, stored: StoredRows, model_id: str) -> Embedding | None:
+    if sale.key not in stored:
+        return None
+    row = stored.row(sale.key)
+    if (
+        row["embedding_status"] != EmbeddingStatus.OK
+        or row["embedding_model"] != model_id
+        or row["image_url"] != sale.image_url
+    ):
+        return None
+    vector = stored.vector(sale.key)
+    if vector is None:
+        return None
+    return Embedding(
+        vector=vector,
+        model=row["embedding_model"],
+        image_sha256=row["image_sha256"],
+        image_width=row["image_width"],
+        image_height=row["image_height"],
+    )
+
+
+def changed_rows(rows: Sequence[SaleRow], stored: StoredRows) -> list[SaleRow]:
+    """The rows that differ from what the table holds (new sales included)."""
+    return [row for row in rows if not _same_as_stored(row, stored)]
+
+
+def _same_as_stored(row: SaleRow, stored: StoredRows) -> bool:
+    if row.sale.key not in stored:
+        return False
+    current = stored.row(row.sale.key)
+    if any(getattr(row.sale, name) != current[name] for name in SALE_FIELDS):
+        return False
+    if row.status != current["embedding_status"]:
+        return False
+    embedding = row.embedding
+    model = embedding.model if embedding else None
+    sha256 = embedding.image_sha256 if embedding else None
+    return bool(model == current["embedding_model"] and sha256 == current["image_sha256"])

@@ -1,0 +1,162 @@
+"""The table: idempotent upserts on (source, tenant_id, sale_id), one snapshot per batch."""
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from pyiceberg.schema import Schema
+
+from smartgo_exporter.config import TableConfig
+from smartgo_exporter.records import (
+    ICEBERG_SCHEMA,
+    Embedding,
+    EmbeddingStatus,
+    Sale,
+    SaleRow,
+    rows_to_arrow,
+)
+from smartgo_exporter.sinks.iceberg import RUN_ID_PROPERTY, SalesTable, open_catalog
+
+DAY = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> TableConfig:
+    return TableConfig(
+        catalog={
+            "type": "sql",
+            "uri": f"sqlite:///{tmp_path}/catalog.db",
+            "warehouse": f"file://{tmp_path}/warehouse",
+        }
+    )
+
+
+def sale(sale_id: int, tenant: str = "store-a", price: str = "10.00", day: datetime = DAY) -> Sale:
+    return Sale(
+        sale_id=str(sale_id),
+        tenant_id=tenant,
+        product_id=f"SKU-{sale_id}",
+        sold_at=day + timedelta(minutes=sale_id),
+        sale_price=Decimal(price),
+        currency="EUR",
+        image_url=f"http://photos/{sale_id}.jpg",
+    )
+
+
+def batch(sales: Sequence[Sale], run_id: str = "run-1") -> pa.Table:
+    vector = np.full(8, 1 / np.sqrt(8), dtype=np.float32)
+    rows = [
+        SaleRow(s, EmbeddingStatus.OK, Embedding(vector, "model-a", "00" * 32, 64, 64))
+        for s in sales
+    ]
+    return rows_to_arrow(rows, source="smartgo", run_id=run_id, exported_at=DAY)
+
+
+def all_rows(table: SalesTable) -> pa.Table:
+    table.table.refresh()
+    return table.table.scan().to_arrow()
+
+
+def test_upserting_the_same_batch_twice_keeps_one_row_per_sale(config: TableConfig) -> None:
+    table = SalesTable.open(config, source="smartgo")
+    rows = batch([sale(i) for i in range(50)])
+    table.upsert(rows, run_id="run-1")
+    table.upsert(rows, run_id="run-2")
+    stored = all_rows(table)
+    assert stored.num_rows == 50
+    assert len(set(stored.column("sale_id").to_pylist())) == 50
+
+
+def test_a_changed_sale_replaces_its_row_and_leaves_the_others(config: TableConfig) -> None:
+    table = SalesTable.open(config, source="smartgo")
+    table.upsert(batch([sale(i) for i in range(20)]), run_id="run-1")
+    table.upsert(batch([sale(7, price="99.00")], run_id="run-2"), run_id="run-2")
+    stored = all_rows(table)
+    assert stored.num_rows == 20
+    changed = stored.filter(pc.equal(stored["sale_id"], "7")).to_pylist()
+    assert [(r["sale_price"], r["export_run_id"]) for r in changed] == [(Decimal("99.00"), "run-2")]
+    assert set(
+        stored.filter(pc.not_equal(stored["sale_id"], "7"))["export_run_id"].to_pylist()
+    ) == {"run-1"}
+
+
+def test_the_same_sale_id_in_two_stores_is_two_sales(config: TableConfig) -> None:
+    table = SalesTable.open(config, source="smartgo")
+    table.upsert(batch([sale(1001, "store-a"), sale(1001, "store-b")]), run_id="run-1")
+    table.upsert(batch([sale(1001, "store-b", price="5.00")]), run_id="run-2")
+    stored = all_rows(table).sort_by("tenant_id")
+    assert stored.select(["tenant_id", "sale_price"]).to_pylist() == [
+        {"tenant_id": "store-a", "sale_price": Decimal("10.00")},
+        {"tenant_id": "store-b", "sale_price": Decimal("5.00")},
+    ]
+
+
+def test_each_batch_is_one_snapshot_tagged_with_its_run_id(config: TableConfig) -> None:
+    table = SalesTable.open(config, source="smartgo")
+    table.upsert(batch([sale(i) for i in range(10)]), run_id="run-1")
+    table.upsert(batch([sale(3, price="1.00")]), run_id="run-2")
+    snapshots = table.table.snapshots()
+    assert [s.summary[RUN_ID_PROPERTY] for s in snapshots] == ["run-1", "run-2"]
+
+
+def test_files_are_parquet_partitioned_by_tenant_and_month(config: TableConfig) -> None:
+    table = SalesTable.open(config, source="smartgo")
+    october = datetime(2026, 10, 31, 20, 0, tzinfo=UTC)
+    table.upsert(
+        batch([sale(1, "store-a"), sale(2, "store-b"), sale(3, "store-a", day=october)]),
+        run_id="run-1",
+    )
+    files = list(table.table.scan().plan_files())
+    partitions = sorted((f.file.partition[0], f.file.partition[1]) for f in files)
+    # The month transform counts months since 1970-01: 2026-10 is 681, 2026-11 is 682.
+    assert partitions == [("store-a", 681), ("store-a", 682), ("store-b", 682)]
+    for task in files:
+        data = Path(task.file.file_path.removeprefix("file://")).read_bytes()
+        assert data[:4] == b"PAR1"
+        assert data[-4:] == b"PAR1"
+    assert all(
+        "tenant_id=" in f.file.file_path and "sold_at_month=" in f.file.file_path for f in files
+    )
+
+
+def test_a_commit_that_loses_a_race_is_retried_against_the_new_state(
+    config: TableConfig,
+) -> None:
+    ours = SalesTable.open(config, source="smartgo")
+    theirs = SalesTable.open(config, source="smartgo")
+    ours.upsert(batch([sale(0)]), run_id="run-0")
+    theirs.table.refresh()
+    theirs.upsert(batch([sale(i) for i in range(1, 30)], run_id="theirs"), run_id="theirs")
+    # `ours` still holds the metadata from before their commit.
+    ours.upsert(batch([sale(i) for i in range(20, 40)], run_id="ours"), run_id="ours")
+    stored = all_rows(ours)
+    ids = stored.column("sale_id").to_pylist()
+    assert sorted(map(int, ids)) == list(range(40))
+    assert len(ids) == 40
+
+
+def test_stored_rows_are_returned_only_for_the_keys_asked(config: TableConfig) -> None:
+    table = SalesTable.open(config, source="smartgo")
+    table.upsert(batch([sale(i) for i in range(10)]), run_id="run-1")
+    stored = table.stored([("store-a", "3"), ("store-a", "404"), ("store-b", "3")])
+    assert len(stored) == 1
+    assert stored.row(("store-a", "3"))["sale_price"] == Decimal("10.00")
+    vector = stored.vector(("store-a", "3"))
+    assert vector is not None
+    assert vector.dtype == np.float32
+    assert vector.shape == (8,)
+
+
+def test_an_older_table_gains_new_columns_without_rewriting_data(config: TableConfig) -> None:
+    catalog = open_catalog(config)
+    catalog.create_namespace(config.namespace)
+    older = Schema(*[f for f in ICEBERG_SCHEMA.fields if f.name != "source_updated_at"])
+    catalog.create_table((config.namespace, config.name), schema=older)
+    table = SalesTable.open(config, source="smartgo")
+    assert "source_updated_at" in table.table.schema().column_names
+    assert table.table.current_snapshot() is None

@@ -1,0 +1,118 @@
+"""Source rows become sales only when every required field is present and sound."""
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pytest
+
+from smartgo_exporter.errors import InvalidSale
+from smartgo_exporter.records import (
+    ARROW_SCHEMA,
+    ICEBERG_SCHEMA,
+    Embedding,
+    Sale,
+    SaleRow,
+    parse_sale,
+    rows_to_arrow,
+)
+
+NOW = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
+
+
+def row(**changes: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "sale_id": 1001,
+        "tenant_id": "store-paris",
+        "product_id": "SKU-1",
+        "sold_at": "2026-11-26 14:30:00",
+        "sale_price": "24.50",
+        "list_price": "40.00",
+        "currency": "EUR",
+        "title": "Leather tote",
+        "image_url": "https://photos.example/1.jpg",
+    }
+    raw.update(changes)
+    return raw
+
+
+def parse(raw: dict[str, Any], zone: str = "UTC") -> Sale:
+    return parse_sale(raw, position=7, naive_tz=ZoneInfo(zone), now=NOW)
+
+
+def test_a_complete_row_becomes_a_sale_with_decimal_money_and_utc_time() -> None:
+    sale = parse(row())
+    assert sale.sale_id == "1001"
+    assert sale.sale_price == Decimal("24.50")
+    assert sale.list_price == Decimal("40.00")
+    assert sale.sold_at == datetime(2026, 11, 26, 14, 30, tzinfo=UTC)
+
+
+def test_naive_times_are_read_in_the_sources_time_zone() -> None:
+    sale = parse(row(sold_at=datetime(2026, 7, 1, 12, 0)), zone="Europe/London")
+    assert sale.sold_at == datetime(2026, 7, 1, 11, 0, tzinfo=UTC)
+
+
+def test_a_float_price_keeps_its_cents_exactly() -> None:
+    assert parse(row(sale_price=19.99)).sale_price == Decimal("19.99")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("sale_price", None, "missing"),
+        ("sale_price", "-5.00", "negative"),
+        ("sale_price", "12.345", "more than two decimal places"),
+        ("sale_price", "twelve", "not an amount"),
+        ("sale_price", float("nan"), "not a finite amount"),
+        ("sale_price", "10000000000.00", "too large"),
+        ("currency", "EUU", "not an ISO 4217 code"),
+        ("currency", None, "missing"),
+        ("tenant_id", "  ", "missing"),
+        ("product_id", None, "missing"),
+        ("sold_at", "yesterday", "not a timestamp"),
+        ("sold_at", "2027-01-01 00:00:00", "in the future"),
+    ],
+)
+def test_a_bad_required_field_is_rejected_naming_row_and_field(
+    field: str, value: Any, reason: str
+) -> None:
+    with pytest.raises(InvalidSale) as raised:
+        parse(row(**{field: value}))
+    assert raised.value.row == "1001"
+    assert raised.value.field == field
+    assert reason in raised.value.reason
+
+
+def test_a_row_without_sale_id_is_named_by_its_position() -> None:
+    with pytest.raises(InvalidSale) as raised:
+        parse(row(sale_id=None))
+    assert (raised.value.row, raised.value.field) == ("7", "sale_id")
+
+
+def test_currency_case_and_spaces_are_normalised() -> None:
+    assert parse(row(currency=" gbp ")).currency == "GBP"
+
+
+def test_the_arrow_schema_is_derived_from_the_iceberg_schema() -> None:
+    assert ARROW_SCHEMA.names == [field.name for field in ICEBERG_SCHEMA.fields]
+
+
+def test_rows_become_an_arrow_batch_with_float32_embeddings_and_nulls() -> None:
+    sale = parse(row())
+    vector = np.full(4, 0.5, dtype=np.float32)
+    batch = rows_to_arrow(
+        [
+            SaleRow(sale, "ok", Embedding(vector, "model-a", "ab" * 32, 640, 480)),
+            SaleRow(sale, "no_image"),
+        ],
+        source="smartgo",
+        run_id="run-1",
+        exported_at=NOW + timedelta(hours=1),
+    )
+    assert batch.schema == ARROW_SCHEMA
+    assert batch.column("embedding").to_pylist() == [[0.5] * 4, None]
+    assert batch.column("embedding_dim").to_pylist() == [4, None]
+    assert batch.column("sale_price").to_pylist() == [Decimal("24.50")] * 2
