@@ -46,6 +46,7 @@ ConfigOption = Annotated[
     ),
 ]
 DEFAULT_CONFIG = Path("smartgo-exporter.toml")
+COUNT_COLUMNS = ("sales", "written", "embedded", "reused", "failed", "rejected")
 LogLevel = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")]
 
 
@@ -177,25 +178,27 @@ def demo(
 def print_runs(records: Sequence[RunRecord], *, with_errors: bool = False) -> None:
     """The per-run summary table the CLI prints after an export and for `history`."""
     table = Table(title="Export runs")
-    for column in ("day", "status", "sales", "written", "unchanged", "embedded", "reused"):
-        table.add_column(column, justify="right" if column not in ("day", "status") else "left")
-    for column in ("failed", "rejected", "run id"):
-        table.add_column(column, justify="left" if column == "run id" else "right")
-    totals = [0] * 7
+    table.add_column("day")
+    table.add_column("status")
+    for column in COUNT_COLUMNS:
+        table.add_column(column, justify="right")
+    if with_errors:
+        table.add_column("run id")
+    totals = [0] * len(COUNT_COLUMNS)
     for record in records:
         c = record.counts
-        values = [c.sales, c.written, c.unchanged, c.embedded, c.reused, c.failed, c.rejected]
+        values = [c.sales, c.written, c.embedded, c.reused, c.failed, c.rejected]
         totals = [total + value for total, value in zip(totals, values, strict=True)]
-        style = {RunStatus.FAILED: "red", RunStatus.PARTIAL: "yellow"}.get(record.status, "")
-        table.add_row(
+        style = {RunStatus.FAILED: "red", RunStatus.PARTIAL: "yellow"}.get(record.status, "green")
+        cells = [
             record.business_date.isoformat(),
-            f"[{style}]{record.status}[/]" if style else str(record.status),
+            f"[{style}]{record.status}[/]",
             *map(str, values),
-            record.run_id,
-        )
+        ]
+        table.add_row(*cells, *([record.run_id] if with_errors else []))
     if len(records) > 1:
         table.add_section()
-        table.add_row("total", "", *map(str, totals), "")
+        table.add_row("total", "", *map(str, totals))
     console.print(table)
     for record in records:
         if record.message:
@@ -204,7 +207,8 @@ def print_runs(records: Sequence[RunRecord], *, with_errors: bool = False) -> No
             for error in record.errors:
                 console.print(
                     f"  {record.business_date} sale {error.sale_id or '-'} "
-                    f"[{error.stage}:{error.reason}] {error.detail}"
+                    f"[{error.stage}:{error.reason}] {error.detail}",
+                    markup=False,
                 )
             if record.error_count > len(record.errors):
                 console.print(f"  ... and {record.error_count - len(record.errors)} more")

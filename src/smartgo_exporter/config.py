@@ -192,9 +192,9 @@ class Settings(BaseSettings):
 def load_config(path: Path | str | None = None, **overrides: Any) -> Settings:
     """Read, merge and validate the configuration; raise ConfigError naming the bad key.
 
-    Relative paths in the file (the SQLite progress store, a sqlite:// or file:// catalog) are
-    taken relative to the file's folder, so a config works from any working directory. Secret
-    references (env://, file://) are resolved here, once, before any work starts.
+    Relative paths in the file (a SQLite source or progress store, a sqlite:// or file://
+    catalog) are taken relative to the file's folder, so a config works from any working
+    directory. Secret references (env://, file://) are resolved here, once, before any work.
     """
     from smartgo_exporter.secrets import resolve_secrets
 
@@ -215,7 +215,9 @@ def load_config(path: Path | str | None = None, **overrides: Any) -> Settings:
     except ValidationError as error:
         first = error.errors()[0]
         more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
-        raise ConfigError(_key(first["loc"]), first["msg"].removeprefix("Value error, ") + more) from None
+        raise ConfigError(
+            _key(first["loc"]), first["msg"].removeprefix("Value error, ") + more
+        ) from None
     _anchor_paths(settings, base)
     return resolve_secrets(settings)
 
@@ -239,14 +241,25 @@ def _merge(into: dict[str, Any], overrides: dict[str, Any]) -> None:
             into[key] = value
 
 
+def _anchor_sqlite(uri: str, base: Path) -> str:
+    """sqlite:///relative.db taken from `base`; absolute (sqlite:////...) and other URIs kept."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{base / uri.removeprefix('sqlite:///')}"
+    return uri
+
+
 def _anchor_paths(settings: Settings, base: Path) -> None:
     progress = settings.progress
     if not progress.path.is_absolute():
         progress.path = base / progress.path
     catalog = settings.table.catalog
-    uri = catalog.get("uri", "")
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        catalog["uri"] = f"sqlite:///{base / uri.removeprefix('sqlite:///')}"
+    if "uri" in catalog:
+        catalog["uri"] = _anchor_sqlite(catalog["uri"], base)
+    source = settings.source
+    if isinstance(source, SqlSourceConfig):
+        url = source.url.get_secret_value()
+        if url.startswith("sqlite:///"):
+            source.url = SecretStr(_anchor_sqlite(url, base))
     warehouse = catalog.get("warehouse", "")
     if warehouse.startswith("file://") and not warehouse.startswith("file:///"):
         catalog["warehouse"] = f"file://{base / warehouse.removeprefix('file://')}"
