@@ -1,0 +1,274 @@
+"""The whole export, end to end: a SQLite store, real photos over HTTP, the real local model and a
+real Iceberg table. These tests state the guarantees of DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import date, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from smartgo_exporter import windows
+from smartgo_exporter.config import Settings, load_config
+from smartgo_exporter.demo import (
+    DemoCatalog,
+    DemoPaths,
+    PhotoState,
+    build_sales_database,
+    photo_base_url,
+    render_photos,
+    serve_photos,
+    write_demo_config,
+)
+from smartgo_exporter.pipeline import export
+from smartgo_exporter.progress.sqlite import SqliteProgressStore
+from smartgo_exporter.records import RunStatus
+from smartgo_exporter.sinks.iceberg import RUN_ID_PROPERTY, SalesTable
+
+FIRST_DAY = date(2026, 10, 5)
+DAYS = 3
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DemoPaths, DemoCatalog]]:
+    """A small demo store (3 days, ~120 sales) whose photo server runs for the whole session."""
+    paths = DemoPaths(tmp_path_factory.mktemp("store"))
+    port = free_port()
+    catalog = build_sales_database(
+        paths.sales_db,
+        photo_base_url=photo_base_url(port=port),
+        first_day=FIRST_DAY,
+        days=DAYS,
+        sales=120,
+    )
+    render_photos(paths.photos, catalog.products, seed=catalog.seed)
+    with serve_photos(paths.photos, port=port):
+        yield paths, catalog
+
+
+@pytest.fixture
+def workspace(store: tuple[DemoPaths, DemoCatalog], tmp_path: Path) -> DemoPaths:
+    """This test's own copy of the store's database, and its own warehouse and run history."""
+    paths = DemoPaths(tmp_path)
+    shutil.copy(store[0].sales_db, paths.sales_db)
+    write_demo_config(paths)
+    return paths
+
+
+def settings_of(paths: DemoPaths, **overrides: object) -> Settings:
+    return load_config(paths.config, **overrides)
+
+
+def days() -> list[date]:
+    return [FIRST_DAY + timedelta(days=n) for n in range(DAYS)]
+
+
+def table_rows(settings: Settings) -> pa.Table:
+    return SalesTable.open(settings.table, source="smartgo").table.scan().to_arrow()
+
+
+def distinct_keys(rows: pa.Table) -> int:
+    separator = pa.scalar("/", pa.large_string())
+    keys = pc.binary_join_element_wise(rows["tenant_id"], rows["sale_id"], separator)
+    return int(pc.count_distinct(keys).as_py())
+
+
+def valid_sales(catalog: DemoCatalog) -> int:
+    return sum(sale.defect is None for sale in catalog.sales)
+
+
+def test_a_day_lands_once_and_a_rerun_reuses_every_embedding(
+    workspace: DemoPaths, store: tuple[DemoPaths, DemoCatalog]
+) -> None:
+    settings = settings_of(workspace)
+    first = export(settings, days())
+    rows = table_rows(settings)
+    assert rows.num_rows == valid_sales(store[1])
+    second = export(settings, days())
+    again = table_rows(settings)
+    assert again.num_rows == rows.num_rows
+    assert distinct_keys(again) == again.num_rows
+    embedded_first = sum(r.counts.embedded for r in first)
+    assert embedded_first > 0
+    assert sum(r.counts.embedded for r in second) == 0
+    assert sum(r.counts.reused for r in second) == embedded_first
+    assert sum(r.counts.written for r in second) == 0
+
+
+def test_a_price_change_at_the_source_rewrites_exactly_that_row(workspace: DemoPaths) -> None:
+    settings = settings_of(workspace)
+    export(settings, days())
+    before = table_rows(settings)
+    with sqlite3.connect(workspace.sales_db) as db:
+        sale_id = db.execute(
+            "SELECT id FROM sales WHERE price IS NOT NULL AND CAST(price AS REAL) > 0 "
+            "AND photo_url IS NOT NULL ORDER BY id LIMIT 1"
+        ).fetchone()[0]
+        db.execute("UPDATE sales SET price = '1234.56' WHERE id = ?", (sale_id,))
+    records = export(settings, days())
+    after = table_rows(settings)
+    assert sum(r.counts.written for r in records) == 1
+    assert sum(r.counts.embedded for r in records) == 0
+    changed = after.filter(pc.equal(after["sale_id"], str(sale_id)))
+    assert [str(p) for p in changed["sale_price"].to_pylist()] == ["1234.56"]
+    assert changed["embedding_status"].to_pylist() == ["ok"]
+    unchanged_before = before.filter(pc.not_equal(before["sale_id"], str(sale_id))).sort_by(
+        "sale_id"
+    )
+    unchanged_after = after.filter(pc.not_equal(after["sale_id"], str(sale_id))).sort_by("sale_id")
+    assert unchanged_after.equals(unchanged_before)
+
+
+def test_broken_photos_and_bad_rows_are_recorded_and_the_rest_lands(
+    workspace: DemoPaths, store: tuple[DemoPaths, DemoCatalog]
+) -> None:
+    settings = settings_of(workspace)
+    records = export(settings, days())
+    catalog = store[1]
+    rows = table_rows(settings)
+    statuses = rows["embedding_status"].to_pylist()
+    broken = sum(s.product.photo is PhotoState.BROKEN and s.defect is None for s in catalog.sales)
+    assert statuses.count("failed:http_404") == broken > 0
+    assert statuses.count("no_image") > 0
+    assert sum(r.counts.rejected for r in records) == 3
+    errors = [e for r in records for e in r.errors]
+    assert {e.reason for e in errors if e.stage == "source"} == {"sale_price", "currency"}
+    assert all(e.sale_id for e in errors)
+    assert {r.status for r in records if r.counts.rejected} == {RunStatus.PARTIAL}
+    failed = rows.filter(pc.starts_with(rows["embedding_status"], "failed:"))
+    assert failed["embedding"].null_count == failed.num_rows
+
+
+def test_a_photo_that_failed_is_embedded_by_a_later_run(
+    workspace: DemoPaths, store: tuple[DemoPaths, DemoCatalog]
+) -> None:
+    settings = settings_of(workspace)
+    export(settings, days())
+    rows = table_rows(settings)
+    failed = rows.filter(pc.equal(rows["embedding_status"], "failed:http_404")).to_pylist()[0]
+    photo = Path(store[0].photos, failed["image_url"].rsplit("/", 1)[1])
+    shutil.copy(next(store[0].photos.glob("*.jpg")), photo)
+    try:
+        export(settings, days())
+    finally:
+        photo.unlink()
+    rows = table_rows(settings)
+    fixed = rows.filter(pc.equal(rows["image_url"], failed["image_url"]))
+    assert set(fixed["embedding_status"].to_pylist()) == {"ok"}
+    assert fixed["embedding"].null_count == 0
+
+
+def test_files_are_parquet_partitioned_by_tenant_and_month(workspace: DemoPaths) -> None:
+    settings = settings_of(workspace)
+    export(settings, days())
+    table = SalesTable.open(settings.table, source="smartgo").table
+    files = [task.file for task in table.scan().plan_files()]
+    assert files
+    for data_file in files:
+        with open(data_file.file_path.removeprefix("file://"), "rb") as parquet:
+            assert parquet.read(4) == b"PAR1"
+    spec = [(f.name, str(f.transform)) for f in table.spec().fields]
+    assert spec == [("tenant_id", "identity"), ("sold_at_month", "month")]
+    # Files are written per batch and partition, never one per sale.
+    assert len(files) <= 3 * DAYS
+
+
+def test_every_snapshot_names_the_run_that_wrote_it(workspace: DemoPaths) -> None:
+    settings = settings_of(workspace)
+    records = export(settings, days())
+    table = SalesTable.open(settings.table, source="smartgo").table
+    run_ids = {s.summary[RUN_ID_PROPERTY] for s in table.snapshots()}
+    assert run_ids == {r.run_id for r in records}
+
+
+def test_runs_are_recorded_with_counts_and_a_ninety_day_expiry(workspace: DemoPaths) -> None:
+    settings = settings_of(workspace)
+    records = export(settings, days())
+    history = SqliteProgressStore(settings.progress.path).recent(10)
+    assert {r.run_id for r in history} == {r.run_id for r in records}
+    for record in history:
+        assert record.status in (RunStatus.SUCCEEDED, RunStatus.PARTIAL)
+        assert record.finished_at is not None
+        assert record.expires_at - record.started_at == timedelta(days=90)
+        assert record.counts.sales > 0
+
+
+def test_without_a_date_the_days_since_the_last_success_are_caught_up(
+    workspace: DemoPaths,
+) -> None:
+    settings = settings_of(workspace, export={"catch_up_days": 366})
+    earlier = export(settings, days())
+    last_success = max(r.business_date for r in earlier if r.status is RunStatus.SUCCEEDED)
+    exported = [r.business_date for r in export(settings)]
+    yesterday = windows.yesterday("UTC")
+    assert exported == [
+        last_success + timedelta(days=n) for n in range(1, (yesterday - last_success).days + 1)
+    ]
+
+
+def test_an_unreachable_database_fails_the_run_and_records_it(workspace: DemoPaths) -> None:
+    settings = settings_of(
+        workspace,
+        source={
+            "url": "postgresql+psycopg://nobody@127.0.0.1:1/none",
+            "connect_timeout_seconds": 2,
+        },
+    )
+    records = export(settings, days())
+    assert [r.status for r in records] == [RunStatus.FAILED]
+    assert "127.0.0.1" in records[0].message
+    stored = SqliteProgressStore(settings.progress.path).runs_on(FIRST_DAY)
+    assert [r.status for r in stored] == [RunStatus.FAILED]
+
+
+def test_an_export_killed_mid_run_then_rerun_holds_each_sale_once(
+    workspace: DemoPaths, store: tuple[DemoPaths, DemoCatalog]
+) -> None:
+    settings = settings_of(workspace, export={"batch_size": 10})
+    script = (
+        "import sys; from datetime import date, timedelta\n"
+        "from smartgo_exporter import export, load_config\n"
+        f"days = [date({FIRST_DAY.year}, {FIRST_DAY.month}, {FIRST_DAY.day}) "
+        f"+ timedelta(days=n) for n in range({DAYS})]\n"
+        "export(load_config(sys.argv[1], export={'batch_size': 10}), days)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script, str(workspace.config)])
+    deadline = time.monotonic() + 120
+    try:
+        while _snapshots(settings) < 2:
+            assert child.poll() is None, "the export ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    assert 0 < table_rows(settings).num_rows < valid_sales(store[1])
+    export(settings, days())
+    rows = table_rows(settings)
+    assert rows.num_rows == distinct_keys(rows) == valid_sales(store[1])
+
+
+def _snapshots(settings: Settings) -> int:
+    try:
+        table = SalesTable.open(settings.table, source="smartgo", create=False).table
+    except Exception:
+        return 0
+    return len(table.snapshots())
