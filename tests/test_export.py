@@ -272,3 +272,15 @@ def _snapshots(settings: Settings) -> int:
     except Exception:
         return 0
     return len(table.snapshots())
+
+
+def test_a_run_asked_to_stop_commits_what_it_read_and_says_partial(
+    workspace: DemoPaths, store: tuple[DemoPaths, DemoCatalog]
+) -> None:
+    settings = settings_of(workspace, export={"batch_size": 10})
+    records = export(settings, days(), should_stop=lambda: True)
+    assert [r.status for r in records] == [RunStatus.PARTIAL]
+    assert "stopped" in records[0].message
+    assert 0 < table_rows(settings).num_rows <= 20
+    export(settings, days())
+    assert table_rows(settings).num_rows == valid_sales(store[1])

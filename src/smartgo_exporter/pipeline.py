@@ -61,6 +61,8 @@ class BatchDone:
 
 
 ProgressCallback = Callable[[BatchDone], None]
+StopCheck = Callable[[], bool]
+"""Asked before each new batch; True stops the run there (a time budget, a SIGTERM)."""
 
 
 def plan_days(
@@ -77,6 +79,7 @@ def export(
     *,
     trigger: str = "manual",
     on_batch: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
 ) -> list[RunRecord]:
     """Export each day, one run (and one run record) per day, and return the records.
 
@@ -92,9 +95,11 @@ def export(
         if days is None:
             days = plan_days(settings, progress.last_succeeded_day())
         records: list[RunRecord] = []
-        with _Stages.open(settings) as stages:
+        with _Stages.open(settings, on_batch, should_stop or (lambda: False)) as stages:
             for day in days:
-                records.append(asyncio.run(_export_day(stages, progress, day, trigger, on_batch)))
+                if records and stages.should_stop():
+                    break
+                records.append(asyncio.run(_export_day(stages, progress, day, trigger)))
                 if records[-1].status is RunStatus.FAILED:
                     break
         return records
@@ -115,13 +120,17 @@ class _Stages:
     source: Source
     embedder: Embedder
     table: SalesTable
+    on_batch: ProgressCallback | None
+    should_stop: StopCheck
     source_thread: ThreadPoolExecutor
     table_thread: ThreadPoolExecutor
     model_thread: ThreadPoolExecutor
 
     @classmethod
     @contextlib.contextmanager
-    def open(cls, settings: Settings) -> Iterator[_Stages]:
+    def open(
+        cls, settings: Settings, on_batch: ProgressCallback | None, should_stop: StopCheck
+    ) -> Iterator[_Stages]:
         # The model and the table are opened first: they fail fast on a bad install or catalog,
         # before the source is touched.
         embedder = load_embedder(settings.embedder)
@@ -131,7 +140,7 @@ class _Stages:
             ThreadPoolExecutor(1, thread_name_prefix=name) for name in ("source", "table", "model")
         ]
         try:
-            yield cls(settings, source, embedder, table, *threads)
+            yield cls(settings, source, embedder, table, on_batch, should_stop, *threads)
         finally:
             source.close()
             for thread in threads:
@@ -143,7 +152,6 @@ async def _export_day(
     progress: NonFatalProgressStore,
     day: date,
     trigger: str,
-    on_batch: ProgressCallback | None,
 ) -> RunRecord:
     settings = stages.settings
     window = business_day(day, settings.export.timezone)
@@ -152,7 +160,7 @@ async def _export_day(
     log.info("run_started", window_start=window.start.isoformat(), trigger=trigger)
     progress.save(record)
     try:
-        await _export_window(stages, window, record, on_batch)
+        await _export_window(stages, window, record)
     except Exception as error:
         # Whatever stopped the run, its record must say FAILED and why, or the store would
         # show a RUNNING record forever.
@@ -161,8 +169,8 @@ async def _export_day(
         record.record_error(RunError("", "run", type(error).__name__, record.message))
         log.error("run_failed", error=record.message, exc_info=not isinstance(error, ExporterError))
     else:
-        landed_all = record.counts.rejected == 0
-        record.status = RunStatus.SUCCEEDED if landed_all else RunStatus.PARTIAL
+        complete = record.counts.rejected == 0 and not record.message
+        record.status = RunStatus.SUCCEEDED if complete else RunStatus.PARTIAL
     record.finished_at = datetime.now(UTC)
     progress.save(record)
     log.info("run_finished", status=str(record.status), **dataclasses.asdict(record.counts))
@@ -180,17 +188,15 @@ class _Prepared:
     stored: StoredRows
 
 
-async def _export_window(
-    stages: _Stages, window: Window, record: RunRecord, on_batch: ProgressCallback | None
-) -> None:
+async def _export_window(stages: _Stages, window: Window, record: RunRecord) -> None:
     queue: asyncio.Queue[_Prepared | None] = asyncio.Queue(maxsize=1)
     async with PhotoFetcher(stages.settings.photos) as fetcher:
         producer = asyncio.create_task(_produce(stages, fetcher, window, record, queue))
         try:
             while (prepared := await queue.get()) is not None:
                 await _finish_batch(stages, prepared, record)
-                if on_batch is not None:
-                    on_batch(BatchDone(window.day, prepared.counts))
+                if stages.on_batch is not None:
+                    stages.on_batch(BatchDone(window.day, prepared.counts))
         finally:
             if not producer.done():
                 producer.cancel()
@@ -210,6 +216,11 @@ async def _produce(
     try:
         while (batch := await _on(stages.source_thread, next, batches, None)) is not None:
             await queue.put(await _prepare(stages, fetcher, batch, record))
+            if stages.should_stop():
+                # What was read is committed; the rest of the window waits for the next run.
+                record.message = "stopped before the end of the window; a later run completes it"
+                log.warning("run_stopped_early")
+                break
     finally:
         await queue.put(None)
 
