@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -177,9 +178,9 @@ def demo(
 
 def print_runs(records: Sequence[RunRecord], *, with_errors: bool = False) -> None:
     """The per-run summary table the CLI prints after an export and for `history`."""
-    table = Table(title="Export runs")
-    table.add_column("day")
-    table.add_column("status")
+    table = Table(title="Export runs", box=box.SIMPLE_HEAD)
+    table.add_column("day", no_wrap=True)
+    table.add_column("status", no_wrap=True)
     for column in COUNT_COLUMNS:
         table.add_column(column, justify="right")
     if with_errors:

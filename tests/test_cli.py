@@ -1,0 +1,105 @@
+"""The command line: each command is one library call, with readable output and exit codes."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from smartgo_exporter.cli import app
+from smartgo_exporter.demo import DemoCatalog, DemoPaths, run_demo
+from tests.test_export import FIRST_DAY, store, workspace
+
+__all__ = ["store", "workspace"]
+
+runner = CliRunner()
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def test_run_exports_the_given_day_and_prints_its_counts(workspace: DemoPaths) -> None:
+    code, output = invoke("run", "--config", str(workspace.config), "--date", str(FIRST_DAY))
+    assert code == 0, output
+    assert str(FIRST_DAY) in output
+    assert "PARTIAL" in output or "SUCCEEDED" in output
+
+
+def test_run_over_a_range_exports_each_day(workspace: DemoPaths) -> None:
+    code, output = invoke(
+        "run", "-c", str(workspace.config), "--from", "2026-10-05", "--to", "2026-10-07"
+    )
+    assert code == 0, output
+    for day in ("2026-10-05", "2026-10-06", "2026-10-07"):
+        assert day in output
+
+
+def test_history_lists_runs_and_one_days_errors(workspace: DemoPaths) -> None:
+    invoke("run", "--config", str(workspace.config), "--date", str(FIRST_DAY))
+    code, output = invoke("history", "--config", str(workspace.config))
+    assert code == 0
+    assert str(FIRST_DAY) in output
+    code, output = invoke("history", "--config", str(workspace.config), "--date", str(FIRST_DAY))
+    assert code == 0
+    assert "source:" in output
+    assert "photo:http_404" in output
+
+
+def test_stats_summarises_runs_and_failures_by_reason(workspace: DemoPaths) -> None:
+    invoke("run", "--config", str(workspace.config), "--date", str(FIRST_DAY))
+    code, output = invoke("stats", "--config", str(workspace.config))
+    assert code == 0
+    assert "success rate" in output
+    assert "photo:http_404" in output
+
+
+def test_sql_runs_duckdb_over_the_table(workspace: DemoPaths) -> None:
+    invoke("run", "--config", str(workspace.config), "--date", str(FIRST_DAY))
+    code, output = invoke(
+        "sql",
+        "--config",
+        str(workspace.config),
+        "SELECT count(DISTINCT tenant_id) AS tenants FROM sales",
+    )
+    assert code == 0, output
+    assert "tenants" in output
+    assert "3" in output
+
+
+def test_a_bad_config_exits_non_zero_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(
+        '[source]\ntype = "sql"\nurl = "sqlite:///x.db"\ntable = "s"\n[photos]\nconcurrency = -1\n'
+    )
+    code, output = invoke("run", "--config", str(config))
+    assert code == 2
+    assert "photos.concurrency" in output
+
+
+def test_an_unreachable_database_exits_non_zero(workspace: DemoPaths) -> None:
+    config = workspace.config.read_text().replace(
+        'url = "sqlite:///sales.db"', 'url = "postgresql+psycopg://nobody@127.0.0.1:1/none"'
+    )
+    workspace.config.write_text(config)
+    code, output = invoke("run", "--config", str(workspace.config), "--date", str(FIRST_DAY))
+    assert code == 1
+    assert "FAILED" in output
+
+
+def test_the_demo_run_twice_writes_nothing_the_second_time(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    first = run_demo(tmp_path, port=port, sales=150)
+    second = run_demo(tmp_path, port=port, sales=150)
+    assert len(first.records) == 30
+    assert sum(r.counts.written for r in first.records) > 0
+    assert sum(r.counts.written for r in second.records) == 0
+    assert sum(r.counts.embedded for r in second.records) == 0
+    assert sum(r.counts.reused for r in second.records) == sum(
+        r.counts.embedded for r in first.records
+    )
