@@ -24,7 +24,7 @@ from smartgo_exporter.logs import configure_logging
 from smartgo_exporter.pipeline import BatchDone, export
 from smartgo_exporter.progress import load_progress_store
 from smartgo_exporter.records import RunRecord, RunStatus
-from smartgo_exporter.sinks.iceberg import SalesTable
+from smartgo_exporter.sinks.iceberg import SalesTable, create_table
 from smartgo_exporter.windows import days
 
 app = typer.Typer(
@@ -72,7 +72,7 @@ def run(
     configure_logging(log_level)
     settings = _settings(config)
     selected = _days(day, first, last)
-    with _progress_display(selected) as on_batch:
+    with _progress_display() as on_batch:
         records = _guarded(lambda: export(settings, selected, on_batch=on_batch))
     print_runs(records)
     if any(record.status is RunStatus.FAILED for record in records):
@@ -166,8 +166,14 @@ def demo(
     from smartgo_exporter.demo import run_demo
 
     configure_logging(log_level)
-    with _progress_display(None) as on_batch:
+    with _progress_display() as on_batch:
         outcome = _guarded(lambda: run_demo(folder, fresh=fresh, port=port, on_batch=on_batch))
+    store = outcome.summary
+    console.print(
+        f"Demo store: {store.sales} sales of {store.products} products in {store.tenants} stores"
+        f" over {store.days} days; on purpose, {store.broken_links} broken photo links,"
+        f" {store.sales_without_photo} sales without a photo and {store.invalid_rows} invalid rows."
+    )
     print_runs(outcome.records)
     console.print(
         f"\nWarehouse: {outcome.paths.warehouse}\n"
@@ -240,7 +246,8 @@ def _days(day: datetime | None, first: datetime | None, last: datetime | None) -
 
 
 @contextlib.contextmanager
-def _progress_display(selected: Sequence[date] | None) -> Iterator[Callable[[BatchDone], None]]:
+def _progress_display() -> Iterator[Callable[[BatchDone], None]]:
+    """A Rich progress bar over the export's days, on a terminal only (logs stay clean)."""
     if not sys.stderr.isatty():
         yield lambda _: None
         return
@@ -253,15 +260,18 @@ def _progress_display(selected: Sequence[date] | None) -> Iterator[Callable[[Bat
         console=errors,
         transient=True,
     ) as progress:
-        task = progress.add_task("exporting", total=len(selected) if selected else None, detail="")
-        seen: set[date] = set()
+        task = progress.add_task("days exported", total=None, detail="")
         sales = 0
 
         def on_batch(done: BatchDone) -> None:
             nonlocal sales
             sales += done.counts.sales
-            seen.add(done.day)
-            progress.update(task, completed=len(seen), detail=f"{done.day}  {sales} sales")
+            progress.update(
+                task,
+                total=done.days_total,
+                completed=done.days_done,
+                detail=f"{done.day}: {sales} sales so far",
+            )
 
         yield on_batch
 
@@ -270,3 +280,59 @@ def _cell(value: object) -> str:
     if isinstance(value, list) and len(value) > 4:
         return f"[{', '.join(f'{v:.3f}' for v in value[:3])}, ... ({len(value)})]"
     return "" if value is None else str(value)
+
+
+@app.command()
+def schedule(
+    config: ConfigOption = DEFAULT_CONFIG,
+    cron: Annotated[
+        str | None,
+        typer.Option(help="Five-field cron in UTC; default: [schedule] cron, or 0 3 * * *."),
+    ] = None,
+    log_level: LogLevel = "INFO",
+) -> None:
+    """Stay in the foreground: export now (catching up missed days), then at every cron time.
+
+    SIGTERM or Ctrl-C stops it: an export in progress commits its current batch and is recorded
+    PARTIAL (the next run completes the day); between exports it exits at once.
+    Example: smartgo-exporter schedule --config smartgo-exporter.toml --cron "30 2 * * *"
+    """
+    import threading
+
+    from smartgo_exporter.scheduler import run_schedule, stop_on_signals
+
+    configure_logging(log_level)
+    overrides = {"schedule": {"cron": cron}} if cron is not None else {}
+    settings = _guarded(lambda: load_config(config, **overrides))
+    with stop_on_signals(threading.Event()) as stop:
+        run_schedule(settings, stop_event=stop)
+
+
+@app.command("create-table")
+def create_table_command(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    """Create the namespace and the partitioned table, or add the columns a newer version writes.
+
+    Safe to run again: an existing table keeps its data files. Run it when deploying, so that
+    the export's own role needs no permission to create namespaces or tables.
+    Example: smartgo-exporter create-table --config smartgo-exporter.toml
+    """
+    settings = _settings(config)
+    table = _guarded(lambda: create_table(settings.table))
+    schema = table.schema()
+    # Unwrapped and without markup, so the location can be copied as it is.
+    console.print(
+        f"{settings.table.namespace}.{settings.table.name} at {table.location()}",
+        markup=False,
+        soft_wrap=True,
+    )
+    partitions = ", ".join(
+        f"{field.transform}({schema.find_column_name(field.source_id)})"
+        for field in table.spec().fields
+    )
+    console.print(f"partitioned by {partitions}", markup=False, soft_wrap=True)
+    columns = Table("id", "column", "type", "required", title=f"{len(schema.fields)} columns")
+    for field in schema.fields:
+        columns.add_row(
+            str(field.field_id), field.name, str(field.field_type), "yes" if field.required else ""
+        )
+    console.print(columns)

@@ -14,11 +14,15 @@ import structlog
 
 
 def configure_logging(level: str = "INFO", *, stream: TextIO | None = None) -> None:
-    """Set up structlog for the process; call once, at the edge (CLI, scheduler, Lambda)."""
-    stream = stream or sys.stderr
+    """Set up structlog for the process; call once, at the edge (CLI, scheduler, Lambda).
+
+    Without `stream`, lines go to whatever `sys.stderr` is when each line is written, so a
+    caller that swaps stderr (a test runner, a progress display) never leaves the logger
+    writing to a closed file.
+    """
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer(colors=True)
-        if stream.isatty()
+        if (stream or sys.stderr).isatty()
         else structlog.processors.JSONRenderer()
     )
     structlog.configure(
@@ -30,6 +34,6 @@ def configure_logging(level: str = "INFO", *, stream: TextIO | None = None) -> N
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=lambda *_: structlog.PrintLogger(stream or sys.stderr),
         cache_logger_on_first_use=False,
     )

@@ -58,6 +58,9 @@ class BatchDone:
 
     day: date
     counts: RunCounts
+    days_done: int
+    """Days finished before this one, of the `days_total` this export call runs."""
+    days_total: int
 
 
 ProgressCallback = Callable[[BatchDone], None]
@@ -96,9 +99,10 @@ def export(
             days = plan_days(settings, progress.last_succeeded_day())
         records: list[RunRecord] = []
         with _Stages.open(settings, on_batch, should_stop or (lambda: False)) as stages:
-            for day in days:
+            for number, day in enumerate(days):
                 if records and stages.should_stop():
                     break
+                stages.position = (number, len(days))
                 records.append(asyncio.run(_export_day(stages, progress, day, trigger)))
                 if records[-1].status is RunStatus.FAILED:
                     break
@@ -125,6 +129,8 @@ class _Stages:
     source_thread: ThreadPoolExecutor
     table_thread: ThreadPoolExecutor
     model_thread: ThreadPoolExecutor
+    position: tuple[int, int] = (0, 1)
+    """(days done, days in this export call), for BatchDone."""
 
     @classmethod
     @contextlib.contextmanager
@@ -136,11 +142,21 @@ class _Stages:
         embedder = load_embedder(settings.embedder)
         table = SalesTable.open(settings.table, source=settings.export.source_name)
         source = load_source(settings.source)
-        threads = [
+        source_thread, table_thread, model_thread = threads = [
             ThreadPoolExecutor(1, thread_name_prefix=name) for name in ("source", "table", "model")
         ]
         try:
-            yield cls(settings, source, embedder, table, on_batch, should_stop, *threads)
+            yield cls(
+                settings,
+                source,
+                embedder,
+                table,
+                on_batch,
+                should_stop,
+                source_thread=source_thread,
+                table_thread=table_thread,
+                model_thread=model_thread,
+            )
         finally:
             source.close()
             for thread in threads:
@@ -196,7 +212,7 @@ async def _export_window(stages: _Stages, window: Window, record: RunRecord) -> 
             while (prepared := await queue.get()) is not None:
                 await _finish_batch(stages, prepared, record)
                 if stages.on_batch is not None:
-                    stages.on_batch(BatchDone(window.day, prepared.counts))
+                    stages.on_batch(BatchDone(window.day, prepared.counts, *stages.position))
         finally:
             if not producer.done():
                 producer.cancel()
