@@ -11,6 +11,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import date, timedelta
@@ -248,7 +249,7 @@ def test_an_export_killed_mid_run_then_rerun_holds_each_sale_once(
         "from smartgo_exporter import export, load_config\n"
         f"days = [date({FIRST_DAY.year}, {FIRST_DAY.month}, {FIRST_DAY.day}) "
         f"+ timedelta(days=n) for n in range({DAYS})]\n"
-        "export(load_config(sys.argv[1], export={'batch_size': 10}), days)\n"
+        "export(load_config(sys.argv[1], export={'batch_size': 10, 'lease_seconds': 3}), days)\n"
     )
     child = subprocess.Popen([sys.executable, "-c", script, str(workspace.config)])
     deadline = time.monotonic() + 120
@@ -261,7 +262,8 @@ def test_an_export_killed_mid_run_then_rerun_holds_each_sale_once(
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
     assert 0 < table_rows(settings).num_rows < valid_sales(store[1])
-    export(settings, days())
+    # The killed run's hold on its day lapses after lease_seconds; the re-run waits for that.
+    export(settings_of(workspace, export={"lock_wait_seconds": 30}), days())
     rows = table_rows(settings)
     assert rows.num_rows == distinct_keys(rows) == valid_sales(store[1])
 
@@ -283,4 +285,41 @@ def test_a_run_asked_to_stop_commits_what_it_read_and_says_partial(
     assert "stopped" in records[0].message
     assert 0 < table_rows(settings).num_rows <= 20
     export(settings, days())
+    assert table_rows(settings).num_rows == valid_sales(store[1])
+
+
+def test_a_day_another_run_holds_is_not_exported_twice_at_once(workspace: DemoPaths) -> None:
+    settings = settings_of(workspace)
+    other = SqliteProgressStore(settings.progress.path)
+    assert other.acquire_lease(f"window:smartgo:{FIRST_DAY}", "the-other-run", 60)
+    records = export(settings, [FIRST_DAY])
+    assert [r.status for r in records] == [RunStatus.FAILED]
+    assert "another run is exporting" in records[0].message
+    assert table_rows(settings).num_rows == 0
+    other.release_lease(f"window:smartgo:{FIRST_DAY}", "the-other-run")
+    assert export(settings, [FIRST_DAY])[0].status is not RunStatus.FAILED
+
+
+def test_a_run_waits_for_the_other_run_of_its_day_when_configured(workspace: DemoPaths) -> None:
+    settings = settings_of(workspace, export={"lock_wait_seconds": 30})
+    other = SqliteProgressStore(settings.progress.path)
+    assert other.acquire_lease(f"window:smartgo:{FIRST_DAY}", "the-other-run", 60)
+    releaser = threading.Timer(
+        1.0, other.release_lease, (f"window:smartgo:{FIRST_DAY}", "the-other-run")
+    )
+    releaser.start()
+    records = export(settings, [FIRST_DAY])
+    releaser.join()
+    assert records[0].status is not RunStatus.FAILED
+    assert table_rows(settings).num_rows > 0
+
+
+def test_an_unusable_progress_store_never_stops_the_export(
+    workspace: DemoPaths, store: tuple[DemoPaths, DemoCatalog]
+) -> None:
+    blocker = workspace.root / "not-a-folder"
+    blocker.write_text("a file where the progress store's folder should be")
+    settings = settings_of(workspace, progress={"path": str(blocker / "progress.db")})
+    records = export(settings, days())
+    assert {r.status for r in records} <= {RunStatus.SUCCEEDED, RunStatus.PARTIAL}
     assert table_rows(settings).num_rows == valid_sales(store[1])

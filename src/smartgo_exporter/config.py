@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic import model_validator as model_check
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -49,16 +50,28 @@ class ExportConfig(_Section):
     catch_up_days: int = Field(7, ge=0, le=366)
     batch_size: int = Field(500, ge=1, le=100_000)
     """Sales per committed batch: large enough that a commit writes a few files per partition."""
+    lease_seconds: float = Field(60, gt=0)
+    """How long a run's hold on its day outlives the run: it is renewed every third of this
+    while the run is alive, so the day of a run that crashed is free again after this long."""
+    lock_wait_seconds: float = Field(0, ge=0)
+    """How long a run waits for another run of the same day to finish; 0 gives up at once."""
 
     _check_zone = field_validator("timezone")(_zone)
 
 
 class SqlSourceConfig(_Section):
     type: Literal["sql"] = "sql"
-    url: SecretStr
-    """SQLAlchemy URL, e.g. postgresql+psycopg://exporter@db/smartgo; may be a secret reference."""
+    url: SecretStr = SecretStr("")
+    """SQLAlchemy URL, e.g. postgresql+psycopg://exporter@db/smartgo; may be a secret reference.
+
+    Left empty with `config_parameter`: loading the configuration fills it in from there.
+    """
     password: SecretStr | None = None
     """Set into the URL when given, so the URL itself can stay free of secrets."""
+    config_parameter: str | None = None
+    """Instead of `url`: an SSM SecureString holding the database's JSON config, e.g.
+    /tf/{stage}/smartgo/database/config ({stage} is `aws.stage`). The JSON has host, port,
+    database, username, password and engine (postgres, postgresql, mysql or mariadb)."""
     table: str | None = None
     db_schema: str | None = Field(None, alias="schema")
     columns: dict[str, str] = Field(default_factory=dict)
@@ -72,6 +85,14 @@ class SqlSourceConfig(_Section):
 
     _check_zone = field_validator("timezone")(_zone)
     _check_columns = field_validator("columns")(_mapping)
+
+    @model_check(mode="after")
+    def _url_or_parameter(self) -> SqlSourceConfig:
+        if bool(self.url.get_secret_value()) == (self.config_parameter is not None):
+            raise ValueError("set exactly one of `url` or `config_parameter`")
+        if self.config_parameter is not None and self.password is not None:
+            raise ValueError("`password` goes with `url`; `config_parameter` carries its own")
+        return self
 
     @model_check(mode="after")
     def _table_or_query(self) -> SqlSourceConfig:
@@ -134,7 +155,32 @@ class LocalEmbedderConfig(_Section):
     """How a photo becomes a square: pad on white keeps the whole item, crop matches ImageNet."""
 
 
-EmbedderConfig = Annotated[LocalEmbedderConfig, Field(discriminator="type")]
+class TitanEmbedderConfig(_Section):
+    type: Literal["titan"] = "titan"
+    model_id: str = "amazon.titan-embed-image-v1"
+    """A Bedrock model id, inference profile or provisioned-throughput ARN."""
+    dimension: Literal[256, 384, 1024] = 1024
+    region: str | None = None
+    """None takes the region from boto3's default chain (AWS_REGION, the profile, ...)."""
+    endpoint_url: str | None = None
+    """A VPC interface endpoint, or a local server in tests; None means the public endpoint."""
+    concurrency: int = Field(4, ge=1, le=64)
+    """InvokeModel calls in flight at once; mind the account's requests-per-minute quota."""
+    max_attempts: int = Field(8, ge=1, le=20)
+    """botocore's standard-mode attempts per call, the first included (as AWS_MAX_ATTEMPTS)."""
+    include_title: bool = False
+    """Send the product title as `inputText`: Titan then averages text and image vectors."""
+    timeout_seconds: float = Field(60, gt=0)
+    """Connect and read timeout of one call."""
+
+    @field_validator("dimension", mode="before")
+    @classmethod
+    def _dimension_from_text(cls, value: object) -> object:
+        # An integer Literal refuses "384", which is how SGX_EMBEDDER__DIMENSION arrives.
+        return int(value) if isinstance(value, str) and value.strip().isdigit() else value
+
+
+EmbedderConfig = Annotated[LocalEmbedderConfig | TitanEmbedderConfig, Field(discriminator="type")]
 
 
 class TableConfig(_Section):
@@ -157,7 +203,74 @@ class SqliteProgressConfig(_Section):
     path: Path = Path("progress.db")
 
 
-ProgressConfig = Annotated[SqliteProgressConfig, Field(discriminator="type")]
+class DynamoProgressConfig(_Section):
+    type: Literal["dynamodb"]
+    stage: str = "dev"
+    table: str = "smartgo-exporter-{stage}-progress"
+    """The table name; `{stage}` is replaced by `stage`, so one config serves dev and prod."""
+    region: str | None = None
+    """None takes the region from boto3's default chain (AWS_REGION, the profile, ...)."""
+    endpoint_url: str | None = None
+    """A local DynamoDB or moto server, for tests and local use; None means the AWS endpoint."""
+    create_table: bool = False
+    """Create the table (on demand, with TTL) if missing: for local use; deploy/ creates it."""
+
+    @property
+    def table_name(self) -> str:
+        return self.table.replace("{stage}", self.stage)
+
+
+ProgressConfig = Annotated[SqliteProgressConfig | DynamoProgressConfig, Field(discriminator="type")]
+
+
+class AwsConfig(_Section):
+    """Where AWS calls go. Credentials always come from boto3's default chain, never from here."""
+
+    region: str | None = None
+    """None takes the region from boto3's default chain (AWS_REGION, the profile, ...)."""
+    endpoint_urls: dict[str, str] = Field(default_factory=dict)
+    """Service -> endpoint URL, e.g. {ssm = "https://vpce-..."}: VPC endpoints, or tests."""
+    stage: str = "dev"
+    """The deployment stage, put in place of `{stage}` in SSM parameter names."""
+
+
+class ScheduleConfig(_Section):
+    """When `smartgo-exporter schedule` exports, for a machine that runs the exporter itself."""
+
+    cron: str = "0 3 * * *"
+    """Five-field cron (minute hour day-of-month month day-of-week), in UTC like EventBridge's."""
+
+    @field_validator("cron")
+    @classmethod
+    def _five_field_cron(cls, value: str) -> str:
+        value = " ".join(value.split())
+        if value.startswith(("cron(", "rate(")):
+            raise ValueError(
+                f"{value!r} is an EventBridge expression; write the five cron fields, "
+                "e.g. '0 3 * * *'"
+            )
+        # croniter also takes a sixth field (seconds), which would silently shift the meaning.
+        if len(value.split()) != 5 or not croniter.is_valid(value):
+            raise ValueError(
+                f"{value!r} is not a five-field cron expression (minute hour day month weekday)"
+            )
+        return value
+
+
+class AwsLambdaConfig(_Section):
+    """The Lambda handler's own settings (`aws_lambda.py`); the export is configured above."""
+
+    time_margin_seconds: float = Field(60, ge=0)
+    """Take no new batch once less time than this is left of the invocation: enough to embed and
+    commit the batches already in flight, so the run ends PARTIAL instead of being killed."""
+    metrics_namespace: str = Field("SmartGoExporter", min_length=1, max_length=255)
+    """CloudWatch namespace of the run metrics; `aws.stage` is their `stage` dimension."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
 
 class Settings(BaseSettings):
@@ -173,6 +286,9 @@ class Settings(BaseSettings):
     embedder: EmbedderConfig = Field(default_factory=LocalEmbedderConfig)
     table: TableConfig = Field(default_factory=TableConfig)
     progress: ProgressConfig = Field(default_factory=SqliteProgressConfig)
+    aws: AwsConfig = Field(default_factory=AwsConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    aws_lambda: AwsLambdaConfig = Field(default_factory=AwsLambdaConfig)
     retention_days: int = Field(90, ge=1)
     """How long run records are kept."""
 
@@ -194,7 +310,8 @@ def load_config(path: Path | str | None = None, **overrides: Any) -> Settings:
 
     Relative paths in the file (a SQLite source or progress store, a sqlite:// or file://
     catalog) are taken relative to the file's folder, so a config works from any working
-    directory. Secret references (env://, file://) are resolved here, once, before any work.
+    directory. Secret references (env://, file://, ssm://) and the source's `config_parameter`
+    are resolved here, once, before any work.
     """
     from smartgo_exporter.secrets import resolve_secrets
 
@@ -250,7 +367,7 @@ def _anchor_sqlite(uri: str, base: Path) -> str:
 
 def _anchor_paths(settings: Settings, base: Path) -> None:
     progress = settings.progress
-    if not progress.path.is_absolute():
+    if isinstance(progress, SqliteProgressConfig) and not progress.path.is_absolute():
         progress.path = base / progress.path
     catalog = settings.table.catalog
     if "uri" in catalog:

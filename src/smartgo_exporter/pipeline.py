@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -91,8 +92,8 @@ def export(
     unavailable) is recorded as FAILED and the remaining days are still attempted, since the
     next day may well work; the caller decides from the statuses what to exit with.
     """
-    progress = NonFatalProgressStore(
-        load_progress_store(settings.progress, retention_days=settings.retention_days)
+    progress = NonFatalProgressStore.connect(
+        lambda: load_progress_store(settings.progress, retention_days=settings.retention_days)
     )
     try:
         if days is None:
@@ -173,8 +174,23 @@ async def _export_day(
     window = business_day(day, settings.export.timezone)
     record = _new_record(settings, window, trigger)
     structlog.contextvars.bind_contextvars(run_id=record.run_id, day=day.isoformat())
+    lease = _Lease(progress, f"window:{settings.export.source_name}:{day}", record.run_id)
+    ttl = settings.export.lease_seconds
+    if not await lease.acquire(ttl, settings.export.lock_wait_seconds):
+        record.status = RunStatus.FAILED
+        record.message = (
+            f"another run is exporting {day}, so this run did nothing"
+            f" (a crashed run's hold lapses within {ttl:g} s)"
+        )
+        record.record_error(RunError("", "run", "locked", record.message))
+        record.finished_at = datetime.now(UTC)
+        log.error("run_locked_out")
+        progress.save(record)
+        structlog.contextvars.unbind_contextvars("run_id", "day")
+        return record
     log.info("run_started", window_start=window.start.isoformat(), trigger=trigger)
     progress.save(record)
+    keep_alive = asyncio.create_task(lease.keep_alive(ttl))
     try:
         await _export_window(stages, window, record)
     except Exception as error:
@@ -189,9 +205,43 @@ async def _export_day(
         record.status = RunStatus.SUCCEEDED if complete else RunStatus.PARTIAL
     record.finished_at = datetime.now(UTC)
     progress.save(record)
+    keep_alive.cancel()
+    lease.release()
     log.info("run_finished", status=str(record.status), **dataclasses.asdict(record.counts))
     structlog.contextvars.unbind_contextvars("run_id", "day")
     return record
+
+
+@dataclasses.dataclass
+class _Lease:
+    """A run's exclusive hold on its day, so two runs of one window never work at once."""
+
+    progress: NonFatalProgressStore
+    name: str
+    owner: str
+
+    async def acquire(self, ttl_seconds: float, wait_seconds: float) -> bool:
+        deadline = time.monotonic() + wait_seconds
+        while not self.progress.acquire_lease(self.name, self.owner, ttl_seconds):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(min(2.0, max(deadline - time.monotonic(), 0.05)))
+        return True
+
+    async def keep_alive(self, ttl_seconds: float) -> None:
+        """Renew the hold while the run lives; the event loop never blocks, so this is on time."""
+        while True:
+            await asyncio.sleep(ttl_seconds / 3)
+            renewed = await asyncio.to_thread(
+                self.progress.renew_lease, self.name, self.owner, ttl_seconds
+            )
+            if not renewed:
+                # Our hold lapsed and another run took the day: both upsert the same keys, so
+                # the table stays right; say so, since the work is now done twice.
+                log.warning("lease_lost", lease=self.name)
+
+    def release(self) -> None:
+        self.progress.release_lease(self.name, self.owner)
 
 
 @dataclasses.dataclass
@@ -249,7 +299,8 @@ async def _prepare(
         record.record_error(RunError(invalid.row, "source", invalid.field, invalid.reason))
     sales = _unique(batch.sales, record, stages.settings.export.tenant_ids)
     stored = await _on(stages.table_thread, stages.table.stored, [sale.key for sale in sales])
-    plan = plan_batch(sales, stored, stages.embedder.model_id)
+    embedder = stages.embedder
+    plan = plan_batch(sales, stored, embedder.model_id, uses_titles=embedder.uses_captions)
     counts.reused = plan.reused
     counts.no_image = sum(row.status == EmbeddingStatus.NO_IMAGE for row in plan.settled)
     urls = sorted({sale.image_url for sale in plan.to_fetch if sale.image_url})
@@ -292,15 +343,23 @@ def _embed(embedder: Embedder, prepared: _Prepared) -> tuple[list[SaleRow], list
     Runs on the model thread, so it returns its errors for the event loop to record rather
     than touching the run record concurrently with the next batch's preparation.
     """
-    by_hash: dict[str, Photo] = {}
-    for _, photo in prepared.fetched:
-        by_hash.setdefault(photo.sha256, photo)
-    hashes = list(by_hash)
-    vectors = dict(zip(hashes, embedder.embed([by_hash[h].data for h in hashes]), strict=True))
+
+    def key(sale: Sale, photo: Photo) -> tuple[str, str | None]:
+        # A model that embeds titles too sees one photo with two titles as two inputs.
+        return (photo.sha256, sale.title if embedder.uses_captions else None)
+
+    distinct: dict[tuple[str, str | None], Photo] = {}
+    for sale, photo in prepared.fetched:
+        distinct.setdefault(key(sale, photo), photo)
+    inputs = list(distinct)
+    outputs = embedder.embed(
+        [distinct[k].data for k in inputs], captions=[title for _, title in inputs]
+    )
+    vectors = dict(zip(inputs, outputs, strict=True))
     rows: list[SaleRow] = []
     errors: list[RunError] = []
     for sale, photo in prepared.fetched:
-        vector = vectors[photo.sha256]
+        vector = vectors[key(sale, photo)]
         if isinstance(vector, EmbeddingError):
             reason = f"embedding_{vector.reason}"
             rows.append(SaleRow(sale, EmbeddingStatus.failed(reason)))

@@ -1,20 +1,22 @@
 """Where run records live. `load_progress_store(config)` picks the backend named by `config.type`.
 
 The progress store answers three questions cheaply: what ran on a day, what ran recently, and how
-runs have gone overall; and it tells catch-up the last day exported in full. It must never stop
-an export: the pipeline only ever talks to it through `NonFatalProgressStore`.
+runs have gone overall; and it tells catch-up the last day exported in full. It also holds the
+leases that keep two runs of one window from working at once. It must never stop an export: the
+pipeline only ever talks to it through `NonFatalProgressStore`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from datetime import date
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
-from smartgo_exporter.records import RunRecord, RunStatus
+from smartgo_exporter.records import RunCounts, RunRecord, RunStatus
 
 if TYPE_CHECKING:
     from smartgo_exporter.config import ProgressConfig
@@ -41,7 +43,7 @@ class RunSummary:
 
 
 class ProgressStore(Protocol):
-    """Run records, kept for a retention period and then forgotten.
+    """Run records, kept for a retention period and then forgotten; and run leases.
 
     `save(record)` inserts or updates by `run_id`; it never moves a finished run back to RUNNING,
     so a late or repeated update cannot undo a final status. Reads leave out records whose
@@ -51,6 +53,19 @@ class ProgressStore(Protocol):
         store = load_progress_store(settings.progress)
         store.save(record)
         store.runs_on(date(2026, 11, 26))
+
+    A lease is a named lock with an owner and a time to live, so that two runs of one window
+    (say `window:smartgo:2026-11-26`) do not work at once, and a crashed run's lease lapses on
+    its own. `acquire_lease` is one atomic conditional write: it succeeds when nobody holds the
+    lease, when the holder's time ran out, or when `owner` already holds it (which extends it).
+    Expiry is judged by the clock of whoever asks, so hosts are assumed NTP-synchronised; the
+    lease saves duplicate work, while correctness of a double run rests on the table's upserts.
+
+        if store.acquire_lease("window:smartgo:2026-11-26", run_id, ttl_seconds=900):
+            try:
+                ...  # export the window, calling renew_lease now and then if it runs long
+            finally:
+                store.release_lease("window:smartgo:2026-11-26", run_id)
     """
 
     def save(self, record: RunRecord) -> None: ...
@@ -63,10 +78,42 @@ class ProgressStore(Protocol):
 
     def last_succeeded_day(self) -> date | None: ...
 
+    def acquire_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:
+        """Take or extend lease `name` for `ttl_seconds`; False when another owner holds it."""
+        ...
+
+    def renew_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:
+        """Extend a lease `owner` still holds; False when it was lost (taken over or released).
+
+        Unlike `acquire_lease`, this never takes a lease that is free: a run that finds it has
+        lost its lease should stop rather than quietly start holding it again.
+        """
+        ...
+
+    def release_lease(self, name: str, owner: str) -> None:
+        """Give lease `name` up, if `owner` holds it; a lease held by another owner is left."""
+        ...
+
     def close(self) -> None: ...
 
 
-def summarise(records: list[RunRecord]) -> RunSummary:
+class RunOutcome(Protocol):
+    """The parts of a run that `summarise` reads, so a store can fetch only those."""
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def business_date(self) -> date: ...
+
+    @property
+    def counts(self) -> RunCounts: ...
+
+    @property
+    def failures(self) -> Mapping[str, int]: ...
+
+
+def summarise(records: Sequence[RunOutcome]) -> RunSummary:
     """The summary of a list of runs; backends that cannot aggregate server-side use this."""
     status = Counter(str(record.status) for record in records)
     reasons: Counter[str] = Counter()
@@ -85,15 +132,36 @@ def summarise(records: list[RunRecord]) -> RunSummary:
     )
 
 
+def check_lease_ttl(ttl_seconds: float) -> None:
+    """Refuse a lease that would be expired the moment it is taken: a caller's unit mistake."""
+    if not ttl_seconds > 0:
+        raise ValueError(f"a lease needs a positive time to live, not {ttl_seconds!r}")
+
+
 class NonFatalProgressStore:
     """A ProgressStore whose failures are logged and swallowed, so the export always goes on.
 
-    Reads that fail answer "nothing known" (an empty list, None); a failed save is logged with
-    the run id, and the run continues.
+    Reads that fail answer "nothing known" (an empty list, an empty summary, None); a failed save
+    is logged with the run id, and the run continues.
+
+    A lease that cannot be read or written counts as granted, with a warning: refusing would let
+    an unreachable store stop every export, which the store must never do. The price is that
+    while the store is down two runs of one window may overlap; the table's upserts keep that
+    correct, only wasteful. For the same reason a failed renewal answers True, and a failed
+    release is logged and left to lapse with the lease's time to live.
     """
 
     def __init__(self, store: ProgressStore) -> None:
         self._store = store
+
+    @classmethod
+    def connect(cls, open_store: Callable[[], ProgressStore]) -> NonFatalProgressStore:
+        """Open a store; one that cannot even be opened becomes a store that forgets."""
+        try:
+            return cls(open_store())
+        except Exception as error:
+            log.warning("progress_store_unavailable", error=str(error))
+            return cls(_ForgetfulStore())
 
     def save(self, record: RunRecord) -> None:
         try:
@@ -101,12 +169,55 @@ class NonFatalProgressStore:
         except Exception as error:
             log.warning("progress_store_save_failed", run_id=record.run_id, error=str(error))
 
+    def runs_on(self, day: date) -> list[RunRecord]:
+        try:
+            return self._store.runs_on(day)
+        except Exception as error:
+            log.warning("progress_store_read_failed", error=str(error))
+            return []
+
+    def recent(self, limit: int) -> list[RunRecord]:
+        try:
+            return self._store.recent(limit)
+        except Exception as error:
+            log.warning("progress_store_read_failed", error=str(error))
+            return []
+
+    def summary(self) -> RunSummary:
+        try:
+            return self._store.summary()
+        except Exception as error:
+            log.warning("progress_store_read_failed", error=str(error))
+            return summarise([])
+
     def last_succeeded_day(self) -> date | None:
         try:
             return self._store.last_succeeded_day()
         except Exception as error:
             log.warning("progress_store_read_failed", error=str(error))
             return None
+
+    def acquire_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:
+        check_lease_ttl(ttl_seconds)
+        try:
+            return self._store.acquire_lease(name, owner, ttl_seconds)
+        except Exception as error:
+            log.warning("progress_store_lease_failed_granted", lease=name, error=str(error))
+            return True
+
+    def renew_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:
+        check_lease_ttl(ttl_seconds)
+        try:
+            return self._store.renew_lease(name, owner, ttl_seconds)
+        except Exception as error:
+            log.warning("progress_store_lease_failed_granted", lease=name, error=str(error))
+            return True
+
+    def release_lease(self, name: str, owner: str) -> None:
+        try:
+            self._store.release_lease(name, owner)
+        except Exception as error:
+            log.warning("progress_store_lease_release_failed", lease=name, error=str(error))
 
     def close(self) -> None:
         try:
@@ -116,7 +227,48 @@ class NonFatalProgressStore:
 
 
 def load_progress_store(config: ProgressConfig, *, retention_days: int = 90) -> ProgressStore:
-    """The ProgressStore for `config.type`: `sqlite` locally."""
+    """The ProgressStore for `config.type`: `sqlite` locally, `dynamodb` on AWS.
+
+    Each backend is imported only when chosen, so the local install needs no boto3.
+    """
+    from smartgo_exporter.config import DynamoProgressConfig
+
+    if isinstance(config, DynamoProgressConfig):
+        from smartgo_exporter.progress.dynamodb import DynamoProgressStore
+
+        return DynamoProgressStore.from_config(config, retention_days=retention_days)
+
     from smartgo_exporter.progress.sqlite import SqliteProgressStore
 
     return SqliteProgressStore(config.path, retention_days=retention_days)
+
+
+class _ForgetfulStore:
+    """Stands in for a store that could not be opened: remembers nothing, grants every lease."""
+
+    def save(self, record: RunRecord) -> None:
+        log.warning("progress_not_recorded", run_id=record.run_id, status=str(record.status))
+
+    def runs_on(self, day: date) -> list[RunRecord]:
+        return []
+
+    def recent(self, limit: int) -> list[RunRecord]:
+        return []
+
+    def summary(self) -> RunSummary:
+        return summarise([])
+
+    def last_succeeded_day(self) -> date | None:
+        return None
+
+    def acquire_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:
+        return True
+
+    def renew_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:
+        return True
+
+    def release_lease(self, name: str, owner: str) -> None:
+        return None
+
+    def close(self) -> None:
+        return None

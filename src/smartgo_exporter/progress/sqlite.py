@@ -3,17 +3,24 @@
 Records are JSON documents beside a few indexed columns (day, start time, status, expiry), so the
 three questions the store answers are index lookups and the record can grow fields without a
 migration.
+
+Leases are rows of their own table. Taking one is a single INSERT ... ON CONFLICT DO UPDATE ...
+WHERE statement. A statement that writes takes the database's write lock before it reads, as
+BEGIN IMMEDIATE would for a separate read and write, so between processes sharing the file the
+check and the write are one atomic step, and a competing process waits for the lock (the
+connection's 30 s timeout) rather than failing. Whether it won is the statement's row count.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from smartgo_exporter.progress import RunSummary, summarise
+from smartgo_exporter.progress import RunSummary, check_lease_ttl, summarise
 from smartgo_exporter.records import RunRecord
 
 _SCHEMA = """
@@ -28,6 +35,11 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE INDEX IF NOT EXISTS runs_by_day ON runs (business_date, started_at);
 CREATE INDEX IF NOT EXISTS runs_by_start ON runs (started_at);
 CREATE INDEX IF NOT EXISTS runs_by_expiry ON runs (expires_at);
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
 """
 
 
@@ -83,6 +95,34 @@ class SqliteProgressStore:
             (_iso(datetime.now(UTC)),),
         ).fetchone()
         return date.fromisoformat(row[0]) if row and row[0] else None
+
+    def acquire_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:
+        check_lease_ttl(ttl_seconds)
+        now = time.time()
+        with self._db:
+            taken = self._db.execute(
+                """
+                INSERT INTO leases (name, owner, expires_at) VALUES (?, ?, ?)
+                ON CONFLICT (name) DO UPDATE SET
+                    owner = excluded.owner, expires_at = excluded.expires_at
+                WHERE leases.owner = excluded.owner OR leases.expires_at <= ?
+                """,
+                (name, owner, now + ttl_seconds, now),
+            )
+        return taken.rowcount == 1
+
+    def renew_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:
+        check_lease_ttl(ttl_seconds)
+        with self._db:
+            renewed = self._db.execute(
+                "UPDATE leases SET expires_at = ? WHERE name = ? AND owner = ?",
+                (time.time() + ttl_seconds, name, owner),
+            )
+        return renewed.rowcount == 1
+
+    def release_lease(self, name: str, owner: str) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner))
 
     def close(self) -> None:
         self._db.close()
