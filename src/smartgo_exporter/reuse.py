@@ -32,13 +32,20 @@ class BatchPlan:
     reused: int = 0
 
 
-def plan_batch(sales: Sequence[Sale], stored: StoredRows, model_id: str) -> BatchPlan:
+def plan_batch(
+    sales: Sequence[Sale], stored: StoredRows, model_id: str, *, uses_titles: bool = False
+) -> BatchPlan:
+    """Split sales into those complete already and those whose photo must be fetched.
+
+    With `uses_titles` (a model that embeds the title with the photo), a changed title also
+    needs a new embedding.
+    """
     plan = BatchPlan()
     for sale in sales:
         if sale.image_url is None:
             plan.settled.append(SaleRow(sale, EmbeddingStatus.NO_IMAGE))
             continue
-        embedding = _stored_embedding(sale, stored, model_id)
+        embedding = _stored_embedding(sale, stored, model_id, uses_titles)
         if embedding is None:
             plan.to_fetch.append(sale)
         else:
@@ -47,7 +54,9 @@ def plan_batch(sales: Sequence[Sale], stored: StoredRows, model_id: str) -> Batc
     return plan
 
 
-def _stored_embedding(sale: Sale, stored: StoredRows, model_id: str) -> Embedding | None:
+def _stored_embedding(
+    sale: Sale, stored: StoredRows, model_id: str, uses_titles: bool
+) -> Embedding | None:
     if sale.key not in stored:
         return None
     row = stored.row(sale.key)
@@ -55,6 +64,7 @@ def _stored_embedding(sale: Sale, stored: StoredRows, model_id: str) -> Embeddin
         row["embedding_status"] != EmbeddingStatus.OK
         or row["embedding_model"] != model_id
         or row["image_url"] != sale.image_url
+        or (uses_titles and row["title"] != sale.title)
     ):
         return None
     vector = stored.vector(sale.key)

@@ -28,10 +28,16 @@ class Embedder(Protocol):
     vector length. `embed(images)` takes encoded photos (JPEG, PNG, WebP, GIF, ...) and returns,
     position for position, an L2-normalised float32 vector of length `dim` or the EmbeddingError
     that explains why that one image could not be embedded: one bad image never fails the batch.
-    It raises only for failures of the model itself (ModelUnavailable).
+    It raises only for failures of the model itself (ModelUnavailable), which no later image
+    could escape: missing weights, refused credentials, a deployment answering the wrong shape.
+
+    `captions`, when given, are the products' titles, position for position with `images`
+    (None where a product has none). A multimodal model may embed them with the photo, and then
+    says so in `model_id`, since such vectors are not comparable with image-only ones, and sets
+    `uses_captions` (so a changed title means a new embedding); an image-only model ignores them.
 
         embedder = load_embedder(settings.embedder)
-        vectors = embedder.embed([open("bag.jpg", "rb").read()])
+        vectors = embedder.embed([open("bag.jpg", "rb").read()], captions=["Leather tote"])
     """
 
     @property
@@ -40,11 +46,26 @@ class Embedder(Protocol):
     @property
     def dim(self) -> int: ...
 
-    def embed(self, images: Sequence[bytes]) -> list[Vector | EmbeddingError]: ...
+    @property
+    def uses_captions(self) -> bool: ...
+
+    def embed(
+        self, images: Sequence[bytes], *, captions: Sequence[str | None] | None = None
+    ) -> list[Vector | EmbeddingError]: ...
 
 
 def load_embedder(config: EmbedderConfig) -> Embedder:
-    """The Embedder for `config.type`, loaded and ready: a missing model fails here, not mid-run."""
+    """The Embedder for `config.type`, loaded and ready: a missing model fails here, not mid-run.
+
+    Backends are imported only when chosen, so the local model's onnxruntime is not needed on
+    AWS, nor boto3 offline.
+    """
+    from smartgo_exporter.config import TitanEmbedderConfig
+
+    if isinstance(config, TitanEmbedderConfig):
+        from smartgo_exporter.embedders.titan import TitanEmbedder
+
+        return TitanEmbedder(config)
     from smartgo_exporter.embedders.local import LocalEmbedder
 
     return LocalEmbedder(config)

@@ -112,12 +112,20 @@ class LocalEmbedder:
     def dim(self) -> int:
         return 1280
 
-    def embed(self, images: Sequence[bytes]) -> list[Vector | EmbeddingError]:
+    @property
+    def uses_captions(self) -> bool:
+        return False
+
+    def embed(
+        self, images: Sequence[bytes], *, captions: Sequence[str | None] | None = None
+    ) -> list[Vector | EmbeddingError]:
         """Position for position, a unit-norm float32 vector or why that image was refused.
 
         Reasons: `decode_failed` (not an image Pillow can read, truncated, empty),
         `too_many_pixels` (over the decompression-bomb limit) and `degenerate_embedding` (a
         feature vector of norm zero, which has no direction to compare).
+
+        `captions` are ignored: the network sees only pixels.
         """
         results: list[Vector | EmbeddingError] = []
         for outcome in self._infer(images):
