@@ -111,6 +111,8 @@ _SOLD_AT_TYPES = {
     "mariadb": ("DATETIME", "TIMESTAMP"),
 }
 
+pytest_plugins = ["tests.servers.moto", "tests.servers.bedrock", "tests.servers.seaweedfs"]
+
 
 def pos_row(**values: Any) -> dict[str, Any]:
     """A valid row of the `sales` table; pass column values (`id`, `sold_at`, ...) to change it.

@@ -5,11 +5,10 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from smartgo_exporter.cli import app
-from smartgo_exporter.demo import DemoCatalog, DemoPaths, run_demo
+from smartgo_exporter.demo import DemoPaths, run_demo
 from tests.test_export import FIRST_DAY, store, workspace
 
 __all__ = ["store", "workspace"]

@@ -5,14 +5,27 @@ the data files holding any of the batch's keys are rewritten without those rows,
 is added, in the same commit. A re-run therefore replaces rows instead of adding them, a crash
 before the commit leaves the table as it was, and a reader never sees a half-applied batch.
 The snapshot's summary carries the run id, so the table itself says which run wrote what.
+
+The catalog is pyiceberg's, picked by `[table.catalog] type`: "sql" (the local default), "rest",
+"glue", or "s3tables", which is AWS S3 Tables' Iceberg REST endpoint with SigV4 signing:
+
+    [table.catalog]
+    type = "s3tables"
+    warehouse = "arn:aws:s3tables:eu-west-1:111122223333:bucket/pricing-intelligence"
+    region = "eu-west-1"          # optional: the ARN's region is the default
+
+Credentials come from boto3's default chain (the Lambda role, a profile, the environment), for
+the catalog and for the Parquet files alike.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import re
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import reduce
 from pathlib import Path
 from typing import cast
@@ -20,8 +33,14 @@ from typing import cast
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
+import structlog
 from pyiceberg.catalog import Catalog, load_catalog
-from pyiceberg.exceptions import CommitFailedException, NoSuchTableError, ValidationException
+from pyiceberg.exceptions import (
+    CommitFailedException,
+    NoSuchNamespaceError,
+    NoSuchTableError,
+    ValidationException,
+)
 from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, EqualTo, In, Or
 from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files
 from pyiceberg.partitioning import PartitionField, PartitionSpec
@@ -30,8 +49,10 @@ from pyiceberg.table.sorting import SortField, SortOrder
 from pyiceberg.transforms import IdentityTransform, MonthTransform
 
 from smartgo_exporter.config import TableConfig
-from smartgo_exporter.errors import SinkError
+from smartgo_exporter.errors import ConfigError, ExporterError, SinkError
 from smartgo_exporter.records import ARROW_SCHEMA, ICEBERG_SCHEMA, Key, StoredRows
+
+log = structlog.get_logger(__name__)
 
 # pyiceberg's predicates are pydantic models whose generated signatures mypy's pydantic plugin
 # misreads; these aliases keep the documented positional form type-checked.
@@ -53,9 +74,64 @@ TABLE_PROPERTIES = {
 }
 
 
+CATALOG_TYPES = ("sql", "rest", "glue", "s3tables")
+
+_TABLE_BUCKET_ARN = re.compile(
+    r"arn:aws[a-z-]*:s3tables:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):bucket/(?P<bucket>[a-z0-9-]+)"
+)
+_SECRET_PROPERTY = re.compile(r"secret|token|credential|password", re.IGNORECASE)
+
+
+def catalog_properties(config: TableConfig) -> dict[str, str]:
+    """The properties `load_catalog` is given: "s3tables" expanded into REST with SigV4.
+
+    An explicit property always wins over the expansion, so a test (or a VPC endpoint) changes
+    `uri` and `s3.endpoint` and nothing else. "glue" takes `region` for both Glue and S3;
+    "rest" and "sql" pass through as written.
+    """
+    properties = dict(config.catalog)
+    kind = properties.get("type", "")
+    if kind not in CATALOG_TYPES:
+        raise ConfigError(
+            "table.catalog.type",
+            f"unknown catalog type {kind!r}; use one of {', '.join(CATALOG_TYPES)}"
+            if kind
+            else f"missing; use one of {', '.join(CATALOG_TYPES)}",
+        )
+    if kind == "s3tables":
+        return _s3tables_properties(properties)
+    if kind == "glue" and (region := properties.pop("region", None)):
+        properties.setdefault("glue.region", region)
+        properties.setdefault("s3.region", region)
+    return properties
+
+
+def _s3tables_properties(properties: dict[str, str]) -> dict[str, str]:
+    arn = _TABLE_BUCKET_ARN.fullmatch(properties.get("warehouse", ""))
+    if arn is None:
+        raise ConfigError(
+            "table.catalog.warehouse",
+            "must be the table bucket's ARN, arn:aws:s3tables:REGION:ACCOUNT:bucket/NAME",
+        )
+    region = properties.pop("region", None) or arn["region"]
+    if region != arn["region"]:
+        # S3 Tables endpoints are regional: the bucket is only reachable in its own region.
+        raise ConfigError(
+            "table.catalog.region", f"{region} differs from the warehouse ARN's {arn['region']}"
+        )
+    expanded = {
+        "uri": f"https://s3tables.{region}.amazonaws.com/iceberg",
+        "rest.sigv4-enabled": "true",
+        "rest.signing-name": "s3tables",
+        "rest.signing-region": region,
+        "s3.region": region,
+    }
+    return expanded | properties | {"type": "rest"}
+
+
 def open_catalog(config: TableConfig) -> Catalog:
     """pyiceberg's `load_catalog` with the configured properties; local folders are created."""
-    properties = dict(config.catalog)
+    properties = catalog_properties(config)
     uri = properties.get("uri", "")
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -65,7 +141,63 @@ def open_catalog(config: TableConfig) -> Catalog:
     try:
         return load_catalog(config.catalog_name, **properties)
     except Exception as error:
-        raise SinkError(f"cannot open catalog {config.catalog_name!r}: {error}") from error
+        raise SinkError(
+            f"cannot open catalog {config.catalog_name!r}: {_redact(error, properties)}"
+        ) from error
+
+
+def create_table(config: TableConfig) -> Table:
+    """The sales table, created with its partition spec and sort order if it is missing.
+
+    Idempotent: an existing table is loaded and only gains the columns this version writes and
+    it lacks (new columns are nullable; no data file is rewritten). Deployment runs it once
+    (`smartgo-exporter create-table`), and each export runs it again, so an export needs the
+    create permissions only when the table really is missing.
+    """
+    catalog = open_catalog(config)
+    identifier = (config.namespace, config.name)
+    table: Table | None = None
+    with (
+        _table_errors(identifier, "open", config.catalog),
+        contextlib.suppress(NoSuchTableError, NoSuchNamespaceError),
+    ):
+        table = catalog.load_table(identifier)
+    if table is None:
+        with _table_errors(identifier, "create", config.catalog):
+            catalog.create_namespace_if_not_exists(config.namespace)
+            table = catalog.create_table_if_not_exists(
+                identifier,
+                schema=ICEBERG_SCHEMA,
+                partition_spec=PARTITION_SPEC,
+                sort_order=SORT_ORDER,
+                properties=TABLE_PROPERTIES,
+            )
+    with _table_errors(identifier, "add new columns to", config.catalog):
+        return _evolve_schema(table)
+
+
+@contextlib.contextmanager
+def _table_errors(
+    identifier: tuple[str, str], verb: str, properties: dict[str, str]
+) -> Iterator[None]:
+    name = ".".join(identifier)
+    try:
+        yield
+    except NoSuchTableError:
+        raise SinkError(f"table {name} does not exist") from None
+    except ExporterError:
+        raise
+    except Exception as error:
+        raise SinkError(f"cannot {verb} table {name}: {_redact(error, properties)}") from error
+
+
+def _redact(error: Exception, properties: dict[str, str]) -> str:
+    """The error's text, with any secret-looking catalog property's value blotted out."""
+    text = str(error) or type(error).__name__
+    for key, value in properties.items():
+        if _SECRET_PROPERTY.search(key) and len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
 
 
 class SalesTable:
@@ -79,27 +211,13 @@ class SalesTable:
     @classmethod
     def open(cls, config: TableConfig, *, source: str, create: bool = True) -> SalesTable:
         """Load the table, creating namespace and table (or adding new columns) as needed."""
-        catalog = open_catalog(config)
-        identifier = (config.namespace, config.name)
-        try:
-            if create:
-                catalog.create_namespace_if_not_exists(config.namespace)
-                table = catalog.create_table_if_not_exists(
-                    identifier,
-                    schema=ICEBERG_SCHEMA,
-                    partition_spec=PARTITION_SPEC,
-                    sort_order=SORT_ORDER,
-                    properties=TABLE_PROPERTIES,
-                )
-                table = _evolve_schema(table)
-            else:
+        if create:
+            table = create_table(config)
+        else:
+            catalog = open_catalog(config)
+            identifier = (config.namespace, config.name)
+            with _table_errors(identifier, "open", config.catalog):
                 table = catalog.load_table(identifier)
-        except NoSuchTableError:
-            raise SinkError(f"table {'.'.join(identifier)} does not exist") from None
-        except SinkError:
-            raise
-        except Exception as error:
-            raise SinkError(f"cannot open table {'.'.join(identifier)}: {error}") from error
         return cls(table, source=source, commit_attempts=config.commit_attempts)
 
     def stored(self, keys: Iterable[Key]) -> StoredRows:
@@ -152,6 +270,7 @@ class SalesTable:
                     raise SinkError(
                         f"commit failed {attempt} times, the last because: {error}"
                     ) from error
+                log.warning("commit_conflict", attempt=attempt, error=str(error))
                 time.sleep(min(0.2 * 2**attempt, 5.0))
                 self.table.refresh()
 
@@ -160,7 +279,7 @@ class SalesTable:
         connection = duckdb.connect()
         try:
             connection.register("sales", self.table.scan().to_arrow_batch_reader())
-            return connection.execute(statement).to_arrow_table()
+            return connection.sql(statement).to_arrow_table()
         except duckdb.Error as error:
             raise SinkError(f"query failed: {error}") from None
         finally:
