@@ -89,8 +89,12 @@ def export(
 
     With no `days`, exports yesterday in the business time zone and catches up on the days
     missed since the last successful run. A run-wide failure (source unreachable, model or table
-    unavailable) is recorded as FAILED and the remaining days are still attempted, since the
-    next day may well work; the caller decides from the statuses what to exit with.
+    unavailable) is recorded as FAILED and ends the export there: later days would fail alike,
+    and as the last successful day has not moved, the next run catches them up. The caller
+    decides from the statuses what to exit with.
+
+    When `should_stop` answers True, the batches already read are committed, the run is
+    recorded PARTIAL and no further day is started.
     """
     progress = NonFatalProgressStore.connect(
         lambda: load_progress_store(settings.progress, retention_days=settings.retention_days)
@@ -288,6 +292,11 @@ async def _produce(
                 log.warning("run_stopped_early")
                 break
     finally:
+        # Close the cursor on the thread that opened it: drivers and SQLite connections are
+        # bound to their thread, and an abandoned generator would be closed by the collector.
+        close = getattr(batches, "close", None)
+        if close is not None:
+            await _on(stages.source_thread, close)
         await queue.put(None)
 
 
