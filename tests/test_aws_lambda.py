@@ -1,0 +1,291 @@
+"""The Lambda handler, invoked in-process as Lambda would: real events, a context object whose
+time runs out, the demo store as the source, the local model and a local Iceberg table. The AWS
+backends themselves (Titan, DynamoDB, S3 Tables, SSM) are tested with their own modules.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+import structlog
+
+from smartgo_exporter import aws_lambda
+from smartgo_exporter.aws_lambda import ExportFailed, handler
+from smartgo_exporter.config import Settings, load_config
+from smartgo_exporter.demo import (
+    DemoCatalog,
+    DemoPaths,
+    build_sales_database,
+    photo_base_url,
+    render_photos,
+    serve_photos,
+    write_demo_config,
+)
+from smartgo_exporter.progress.sqlite import SqliteProgressStore
+from smartgo_exporter.sinks.iceberg import SalesTable
+
+FIRST_DAY = date(2026, 10, 5)
+DAYS = 3
+BATCH = 5
+
+SCHEDULED_EVENT = {
+    # EventBridge's documented scheduled event, fired at 03:00 UTC the day after FIRST_DAY.
+    "version": "0",
+    "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa",
+    "detail-type": "Scheduled Event",
+    "source": "aws.events",
+    "account": "123456789012",
+    "time": "2026-10-06T03:00:00Z",
+    "region": "eu-west-1",
+    "resources": ["arn:aws:events:eu-west-1:123456789012:rule/smartgo-exporter-dev-nightly"],
+    "detail": {},
+}
+
+
+class FakeContext:
+    """Lambda's context object on a clock of its own.
+
+    Each reading of the time left moves the clock `step` seconds on, so time runs out after a
+    set number of readings (the handler reads it once at the start and then before each new
+    batch), however fast or slow the machine running the test is.
+    """
+
+    def __init__(self, seconds: float, *, step: float = 0.0, request_id: str = "req-1") -> None:
+        self.aws_request_id = request_id
+        self.function_name = "smartgo-exporter-dev"
+        self._left = seconds
+        self._step = step
+
+    def get_remaining_time_in_millis(self) -> int:
+        self._left -= self._step
+        return max(0, int(self._left * 1000))
+
+
+@pytest.fixture
+def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches of BATCH sales, so a day takes several and time can run out between them."""
+    monkeypatch.setenv("SGX_EXPORT__BATCH_SIZE", str(BATCH))
+
+
+def out_of_time_after_one_batch(request_id: str = "req-1") -> FakeContext:
+    """With the default 60 s margin: 75 s left at the start, 50 s after the first batch."""
+    return FakeContext(100, step=25, request_id=request_id)
+
+
+def plenty_of_time(request_id: str = "req-2") -> FakeContext:
+    return FakeContext(900, request_id=request_id)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DemoPaths, DemoCatalog]]:
+    """A small demo store (3 days, ~120 sales) whose photo server runs for the whole module."""
+    paths = DemoPaths(tmp_path_factory.mktemp("lambda-store"))
+    port = free_port()
+    catalog = build_sales_database(
+        paths.sales_db,
+        photo_base_url=photo_base_url(port=port),
+        first_day=FIRST_DAY,
+        days=DAYS,
+        sales=120,
+    )
+    render_photos(paths.photos, catalog.products, seed=catalog.seed)
+    with serve_photos(paths.photos, port=port):
+        yield paths, catalog
+
+
+@pytest.fixture
+def workspace(
+    store: tuple[DemoPaths, DemoCatalog], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[DemoPaths]:
+    """This test's copy of the store, configured through SGX_CONFIG as the function would be,
+    and a cold container: settings, logging and metrics are loaded afresh by the first call."""
+    paths = DemoPaths(tmp_path)
+    shutil.copy(store[0].sales_db, paths.sales_db)
+    write_demo_config(paths)
+    monkeypatch.setenv("SGX_CONFIG", str(paths.config))
+    aws_lambda.warm_runtime.cache_clear()
+    yield paths
+    aws_lambda.warm_runtime.cache_clear()
+    structlog.reset_defaults()
+
+
+def settings_of(paths: DemoPaths) -> Settings:
+    return load_config(paths.config)
+
+
+def table_rows(settings: Settings) -> pa.Table:
+    return SalesTable.open(settings.table, source="smartgo").table.scan().to_arrow()
+
+
+def distinct_keys(rows: pa.Table) -> int:
+    separator = pa.scalar("/", pa.large_string())
+    keys = pc.binary_join_element_wise(rows["tenant_id"], rows["sale_id"], separator)
+    return int(pc.count_distinct(keys).as_py())
+
+
+def valid_sales_on(catalog: DemoCatalog, day: date) -> int:
+    return sum(sale.defect is None and sale.sold_at.date() == day for sale in catalog.sales)
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def emf_document(stdout: str) -> dict[str, Any]:
+    documents = [line for line in json_lines(stdout) if "_aws" in line]
+    assert len(documents) == 1, "one metrics document per invocation"
+    return documents[0]
+
+
+@pytest.mark.usefixtures("small_batches")
+def test_a_scheduled_run_out_of_time_is_partial_and_the_next_run_completes_the_day(
+    workspace: DemoPaths, store: tuple[DemoPaths, DemoCatalog]
+) -> None:
+    settings = settings_of(workspace)
+    first = handler(SCHEDULED_EVENT, out_of_time_after_one_batch())
+    assert first["ok"] is True
+    assert first["trigger"] == "schedule"
+    assert [(run["date"], run["status"]) for run in first["runs"]] == [("2026-10-05", "PARTIAL")]
+    assert "stopped" in first["runs"][0]["message"]
+    assert first["not_started"] == []
+    assert 0 < table_rows(settings).num_rows <= BATCH
+
+    second = handler(SCHEDULED_EVENT, plenty_of_time())
+    assert [run["date"] for run in second["runs"]] == ["2026-10-05"]
+    assert "stopped" not in second["runs"][0]["message"]
+    rows = table_rows(settings)
+    assert rows.num_rows == distinct_keys(rows) == valid_sales_on(store[1], FIRST_DAY)
+    history = SqliteProgressStore(settings.progress.path).runs_on(FIRST_DAY)
+    assert sorted(str(run.status) for run in history) == sorted(
+        [first["runs"][0]["status"], second["runs"][0]["status"]]
+    )
+    assert {run.trigger for run in history} == {"schedule"}
+    json.dumps([first, second])
+
+
+def test_a_date_event_exports_that_day(
+    workspace: DemoPaths, store: tuple[DemoPaths, DemoCatalog]
+) -> None:
+    result = handler({"date": "2026-10-06"}, plenty_of_time())
+    assert result["trigger"] == "manual"
+    assert [run["date"] for run in result["runs"]] == ["2026-10-06"]
+    rows = table_rows(settings_of(workspace))
+    sold_on = {moment.date() for moment in rows["sold_at"].to_pylist()}
+    assert sold_on == {date(2026, 10, 6)}
+    assert rows.num_rows == valid_sales_on(store[1], date(2026, 10, 6))
+    assert result["runs"][0]["counts"]["written"] == rows.num_rows
+
+
+@pytest.mark.usefixtures("small_batches")
+def test_a_range_that_runs_out_of_time_lists_the_days_it_did_not_start(
+    workspace: DemoPaths,
+) -> None:
+    result = handler({"from": "2026-10-05", "to": "2026-10-07"}, out_of_time_after_one_batch())
+    assert [(run["date"], run["status"]) for run in result["runs"]] == [("2026-10-05", "PARTIAL")]
+    assert result["not_started"] == ["2026-10-06", "2026-10-07"]
+
+
+def test_each_invocation_prints_its_metrics_in_embedded_metric_format(
+    workspace: DemoPaths, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = handler({"date": "2026-10-05"}, plenty_of_time(request_id="req-metrics"))
+    document = emf_document(capsys.readouterr().out)
+    directive = document["_aws"]["CloudWatchMetrics"][0]
+    assert directive["Namespace"] == "SmartGoExporter"
+    assert ["service", "stage"] in [sorted(dimensions) for dimensions in directive["Dimensions"]]
+    assert (document["service"], document["stage"]) == ("smartgo-exporter", "dev")
+    names = {metric["Name"] for metric in directive["Metrics"]}
+    assert names == {
+        "SalesFound",
+        "SalesRejected",
+        "RowsWritten",
+        "EmbeddingsCreated",
+        "EmbeddingsReused",
+        "EmbeddingsFailed",
+        "RunsFailed",
+        "RunsPartial",
+        "ExportDuration",
+    }
+    counts = result["runs"][0]["counts"]
+    assert counts["sales"] > 0
+    assert document["SalesFound"] == [counts["sales"]]
+    assert document["RowsWritten"] == [counts["written"]]
+    assert document["EmbeddingsCreated"] == [counts["embedded"]]
+    assert document["ExportDuration"][0] > 0
+    assert document["request_id"] == "req-metrics"
+
+
+def test_every_log_line_carries_the_request_id(
+    workspace: DemoPaths, capsys: pytest.CaptureFixture[str]
+) -> None:
+    handler({"date": "2026-10-07"}, plenty_of_time(request_id="req-logs"))
+    lines = json_lines(capsys.readouterr().err)
+    events = {line["event"] for line in lines}
+    assert {"invocation_started", "run_started", "batch_committed", "run_finished"} <= events
+    assert {line.get("request_id") for line in lines} == {"req-logs"}
+
+
+def test_a_failed_run_fails_the_invocation_after_its_metrics_are_flushed(
+    workspace: DemoPaths, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SGX_SOURCE__URL", "postgresql+psycopg://nobody@127.0.0.1:1/none")
+    monkeypatch.setenv("SGX_SOURCE__CONNECT_TIMEOUT_SECONDS", "2")
+    with pytest.raises(ExportFailed, match="2026-10-05") as raised:
+        handler({"date": "2026-10-05"}, plenty_of_time())
+    assert raised.value.summary["ok"] is False
+    assert [run["status"] for run in raised.value.summary["runs"]] == ["FAILED"]
+    output = capsys.readouterr()
+    assert emf_document(output.out)["RunsFailed"] == [1]
+    finished = [line for line in json_lines(output.err) if line["event"] == "invocation_finished"]
+    assert [line["ok"] for line in finished] == [False]
+
+
+@pytest.mark.parametrize(
+    ("event", "field"),
+    [
+        ({"date": "2026-13-01"}, "date"),
+        ({"date": "5 October"}, "date"),
+        ({"date": 20261005}, "date"),
+        ({"date": "2026-10-05", "to": "2026-10-06"}, "date"),
+        ({"from": "2026-10-05"}, "to"),
+        ({"to": "2026-10-05"}, "from"),
+        ({"from": "2026-10-07", "to": "2026-10-05"}, "to"),
+        ({"from": "2025-01-01", "to": "2026-10-05"}, "to"),
+        ({"dat": "2026-10-05"}, "dat"),
+        ({**SCHEDULED_EVENT, "detail-type": "Object Created"}, "detail-type"),
+        ({**SCHEDULED_EVENT, "source": "aws.s3"}, "source"),
+        ({**SCHEDULED_EVENT, "time": "yesterday"}, "time"),
+        ({**SCHEDULED_EVENT, "time": "2026-10-06T03:00:00"}, "time"),
+        (["2026-10-05"], "event"),
+    ],
+)
+def test_a_bad_event_is_refused_naming_the_field(
+    workspace: DemoPaths, event: object, field: str
+) -> None:
+    result = handler(event, plenty_of_time())
+    assert result["ok"] is False
+    assert result["error"]["field"] == field
+    assert result["error"]["message"]
+    assert not workspace.progress_db.exists(), "nothing was exported"
+
+
+def test_settings_are_loaded_once_per_container(workspace: DemoPaths) -> None:
+    handler({"date": "not a date"}, plenty_of_time())
+    handler({"date": "not a date"}, plenty_of_time())
+    info = aws_lambda.warm_runtime.cache_info()
+    assert (info.misses, info.hits) == (1, 1)
