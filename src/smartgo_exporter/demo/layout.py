@@ -1,4 +1,4 @@
-"""Where a demo's files live, and the config file that lets `smartgo-exporter run` use them."""
+"""Where a demo's files live, and the config files that let `smartgo-exporter run` use them."""
 
 from __future__ import annotations
 
@@ -37,6 +37,32 @@ class DemoPaths:
     def config(self) -> Path:
         return self.root / "smartgo-exporter.toml"
 
+    @property
+    def aws_local(self) -> Path:
+        """The AWS-local demo's own folder: SeaweedFS's data (its warehouse) and its config."""
+        return self.root / "aws-local"
+
+    @property
+    def aws_local_config(self) -> Path:
+        return self.aws_local / "smartgo-exporter.toml"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AwsEndpoints:
+    """Where the AWS-local demo's servers answer, in place of AWS's own endpoints."""
+
+    region: str
+    stage: str
+    source_parameter: str
+    """The SSM SecureString holding the source URL; `{stage}` stands for `stage`."""
+    ssm: str
+    dynamodb: str
+    bedrock_runtime: str
+    iceberg: str
+    """The Iceberg REST catalog: S3 Tables' `https://s3tables.REGION.amazonaws.com/iceberg`."""
+    s3: str
+    table_bucket_arn: str
+
 
 def _toml(value: str | Sequence[str]) -> str:
     # A JSON string is a valid TOML basic string.
@@ -58,7 +84,7 @@ def write_demo_config(
         "warehouse": paths.warehouse.relative_to(paths.root).as_posix(),
         "progress": paths.progress_db.relative_to(paths.root).as_posix(),
     }
-    columns = "\n".join(f"{field} = {_toml(column)}" for field, column in SALE_COLUMNS.items())
+    columns = _source_columns()
     text = f"""\
 # The smartgo-exporter demo: a SmartGo store on this machine. Written by `smartgo-exporter demo`;
 # paths are relative to this file's folder.
@@ -91,3 +117,70 @@ path = {_toml(relative["progress"])}
     paths.root.mkdir(parents=True, exist_ok=True)
     paths.config.write_text(text, encoding="utf-8")
     return paths.config
+
+
+def write_aws_local_config(
+    paths: DemoPaths,
+    endpoints: AwsEndpoints,
+    *,
+    allow_networks: Sequence[str] = (f"{DEFAULT_PHOTO_HOST}/32",),
+) -> Path:
+    """Write the config of `smartgo-exporter demo --aws-local`; return its path.
+
+    A deployment's configuration (SSM source URL, Titan, S3 Tables, DynamoDB) with only the
+    endpoints changed, to the servers the demo runs while it exports; they hold no secret.
+    """
+    columns = _source_columns()
+    text = f"""\
+# The smartgo-exporter demo against local AWS servers. Written by
+# `smartgo-exporter demo --aws-local`; the endpoints below lived only while that demo ran.
+# A deployment's config is this one without the endpoint settings.
+
+[export]
+timezone = "UTC"
+
+[aws]
+region = {_toml(endpoints.region)}
+stage = {_toml(endpoints.stage)}
+endpoint_urls = {{ ssm = {_toml(endpoints.ssm)} }}
+
+[source]
+type = "sql"
+# A SecureString in SSM Parameter Store holds the database URL.
+url = {_toml("ssm://" + endpoints.source_parameter)}
+table = {_toml(SALES_TABLE)}
+timezone = "UTC"
+
+[source.columns]
+{columns}
+
+[photos]
+# The demo's own photo server runs on loopback, which is refused unless allowed here.
+allow_networks = {_toml(list(allow_networks))}
+
+[embedder]
+type = "titan"
+region = {_toml(endpoints.region)}
+endpoint_url = {_toml(endpoints.bedrock_runtime)}
+
+[table.catalog]
+type = "s3tables"
+warehouse = {_toml(endpoints.table_bucket_arn)}
+uri = {_toml(endpoints.iceberg)}
+"s3.endpoint" = {_toml(endpoints.s3)}
+
+[progress]
+type = "dynamodb"
+stage = {_toml(endpoints.stage)}
+region = {_toml(endpoints.region)}
+endpoint_url = {_toml(endpoints.dynamodb)}
+# The local server starts empty; a deployment creates the table (deploy/).
+create_table = true
+"""
+    paths.aws_local.mkdir(parents=True, exist_ok=True)
+    paths.aws_local_config.write_text(text, encoding="utf-8")
+    return paths.aws_local_config
+
+
+def _source_columns() -> str:
+    return "\n".join(f"{field} = {_toml(column)}" for field, column in SALE_COLUMNS.items())
