@@ -28,7 +28,8 @@ class _Section(BaseModel):
 def _zone(name: str) -> str:
     try:
         ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    # A name like "America" is a folder of the tz database, and opening it is an OSError.
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise ValueError(f"unknown time zone {name!r}") from None
     return name
 
@@ -201,6 +202,9 @@ class TableConfig(_Section):
 class SqliteProgressConfig(_Section):
     type: Literal["sqlite"] = "sqlite"
     path: Path = Path("progress.db")
+    busy_timeout_seconds: float = Field(5, gt=0)
+    """How long a write waits while another process holds the file's lock, then fails (and the
+    export goes on without it): ample for other runs' writes, which take milliseconds."""
 
 
 class DynamoProgressConfig(_Section):

@@ -70,10 +70,22 @@ StopCheck = Callable[[], bool]
 
 
 def plan_days(
-    settings: Settings, last_succeeded: date | None, now: datetime | None = None
+    settings: Settings,
+    last_succeeded: date | None,
+    now: datetime | None = None,
+    *,
+    last_in_table: date | None = None,
 ) -> list[date]:
-    """Yesterday, plus every day missed since `last_succeeded` (at most `catch_up_days`)."""
+    """Yesterday, plus every day missed since `last_succeeded` (at most `catch_up_days`).
+
+    When the progress store knows of no successful run (it was unreachable, or its records
+    expired or were lost), `last_in_table`, the latest business day the table's snapshots
+    name, stands in: the days after it are caught up, and that day itself is exported again,
+    since the table cannot tell whether its run completed.
+    """
     target = yesterday(settings.export.timezone, now)
+    if last_succeeded is None and last_in_table is not None:
+        last_succeeded = last_in_table - timedelta(days=1)
     return catch_up(last_succeeded, target, settings.export.catch_up_days)
 
 
@@ -88,10 +100,11 @@ def export(
     """Export each day, one run (and one run record) per day, and return the records.
 
     With no `days`, exports yesterday in the business time zone and catches up on the days
-    missed since the last successful run. A run-wide failure (source unreachable, model or table
-    unavailable) is recorded as FAILED and ends the export there: later days would fail alike,
-    and as the last successful day has not moved, the next run catches them up. The caller
-    decides from the statuses what to exit with.
+    missed since the last successful run (or, when the progress store knows of none, since the
+    last day the table's snapshots name; see `plan_days`). A run-wide failure (source
+    unreachable, model or table unavailable) is recorded as FAILED and ends the export there:
+    later days would fail alike, and as the last successful day has not moved, the next run
+    catches them up. The caller decides from the statuses what to exit with.
 
     When `should_stop` answers True, the batches already read are committed, the run is
     recorded PARTIAL and no further day is started.
@@ -100,10 +113,12 @@ def export(
         lambda: load_progress_store(settings.progress, retention_days=settings.retention_days)
     )
     try:
-        if days is None:
-            days = plan_days(settings, progress.last_succeeded_day())
         records: list[RunRecord] = []
         with _Stages.open(settings, on_batch, should_stop or (lambda: False)) as stages:
+            if days is None:
+                last_succeeded = progress.last_succeeded_day()
+                in_table = stages.table.last_exported_day() if last_succeeded is None else None
+                days = plan_days(settings, last_succeeded, last_in_table=in_table)
             for number, day in enumerate(days):
                 if records and stages.should_stop():
                     break
@@ -194,6 +209,7 @@ async def _export_day(
         return record
     log.info("run_started", window_start=window.start.isoformat(), trigger=trigger)
     progress.save(record)
+    _close_interrupted_runs(progress, record)
     keep_alive = asyncio.create_task(lease.keep_alive(ttl))
     try:
         await _export_window(stages, window, record)
@@ -214,6 +230,28 @@ async def _export_day(
     log.info("run_finished", status=str(record.status), **dataclasses.asdict(record.counts))
     structlog.contextvars.unbind_contextvars("run_id", "day")
     return record
+
+
+def _close_interrupted_runs(progress: NonFatalProgressStore, current: RunRecord) -> None:
+    """Record as FAILED the runs of this day still marked RUNNING: they were interrupted.
+
+    A run killed, crashed or timed out (SIGKILL, out of memory, a Lambda timeout) cannot
+    write its own outcome, so its record would claim RUNNING forever. Once this run holds the
+    day's lease, no other run of the day is alive (a holder renews its lease while it lives),
+    so those records are stale; this run redoes their work, and their records now say so.
+    """
+    for stale in progress.runs_on(current.business_date):
+        if stale.status is not RunStatus.RUNNING or stale.run_id == current.run_id:
+            continue
+        stale.status = RunStatus.FAILED
+        stale.finished_at = datetime.now(UTC)
+        stale.message = (
+            "interrupted: the run stopped without recording an outcome (killed, crashed or"
+            f" timed out); run {current.run_id} exports the day again"
+        )
+        stale.record_error(RunError("", "run", "interrupted", stale.message))
+        log.warning("interrupted_run_closed", interrupted_run_id=stale.run_id)
+        progress.save(stale)
 
 
 @dataclasses.dataclass
@@ -312,11 +350,12 @@ async def _prepare(
     plan = plan_batch(sales, stored, embedder.model_id, uses_titles=embedder.uses_captions)
     counts.reused = plan.reused
     counts.no_image = sum(row.status == EmbeddingStatus.NO_IMAGE for row in plan.settled)
-    urls = sorted({sale.image_url for sale in plan.to_fetch if sale.image_url})
+    urls = sorted({sale.photo_url for sale in plan.to_fetch if sale.photo_url})
+    log.debug("photos_fetching", photos=len(urls))
     photos = dict(zip(urls, await fetcher.fetch_all(urls), strict=True))
     fetched: list[tuple[Sale, Photo]] = []
     for sale in plan.to_fetch:
-        photo = photos[str(sale.image_url)]
+        photo = photos[str(sale.photo_url)]
         if isinstance(photo, PhotoError):
             plan.settled.append(SaleRow(sale, EmbeddingStatus.failed(photo.reason)))
             record.record_error(RunError(sale.sale_id, "photo", photo.reason, _redact(photo)))
@@ -327,6 +366,7 @@ async def _prepare(
 
 
 async def _finish_batch(stages: _Stages, prepared: _Prepared, record: RunRecord) -> None:
+    log.debug("batch_embedding", photos=len(prepared.fetched))
     embedded, errors = await _on(stages.model_thread, _embed, stages.embedder, prepared)
     for error in errors:
         record.record_error(error)
@@ -341,7 +381,13 @@ async def _finish_batch(stages: _Stages, prepared: _Prepared, record: RunRecord)
             run_id=record.run_id,
             exported_at=datetime.now(UTC),
         )
-        await _on(stages.table_thread, stages.table.upsert, table, run_id=record.run_id)
+        await _on(
+            stages.table_thread,
+            stages.table.upsert,
+            table,
+            run_id=record.run_id,
+            business_date=record.business_date,
+        )
     record.counts.add(prepared.counts)
     log.info("batch_committed", **dataclasses.asdict(prepared.counts))
 
@@ -398,8 +444,13 @@ def _unique(sales: list[Sale], record: RunRecord, tenant_ids: list[str]) -> list
 
 
 def _redact(error: PhotoError) -> str:
-    """The error without the URL's query string, where signed URLs keep their credentials."""
-    url = error.url.split("?", 1)[0]
+    """The error without the URL's credentials: its userinfo (user:password@) and its query
+    string, where signed URLs keep theirs."""
+    url = error.url.split("?", 1)[0].split("#", 1)[0]
+    scheme, separator, rest = url.partition("://")
+    if separator:
+        authority, slash, path = rest.partition("/")
+        url = f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
     return f"{url}: {error.reason}" + (f" ({error.detail})" if error.detail else "")
 
 

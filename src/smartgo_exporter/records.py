@@ -9,10 +9,12 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta, tzinfo
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +37,16 @@ TABLE_KEY = ("source", "tenant_id", "sale_id")
 
 MONEY_PRECISION, MONEY_SCALE = 12, 2
 _MONEY_LIMIT = Decimal(10) ** (MONEY_PRECISION - MONEY_SCALE)
+_CENT = Decimal("0.01")
+_AMOUNT_TEXT = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+"""An amount written as text: ASCII digits only, so neither '1_000' nor full-width digits pass."""
+
+_SIGNING_PARAMETERS = frozenset(
+    """awsaccesskeyid signature sig expires policy key-pair-id googleaccessid token access_token
+    auth api_key apikey password secret client_secret""".split()
+)
+"""Query parameters of a signed or credentialed URL (S3 SigV2, CloudFront, GCS, Azure SAS, API
+keys), lower-cased; every `x-amz-*` and `x-goog-*` parameter counts too (SigV4 presigning)."""
 
 # Active ISO 4217 codes. A typo such as "EUR " or "eur" is normalised; "EUU" is rejected, because a
 # price in an unknown currency cannot be compared with anything.
@@ -88,7 +100,16 @@ class Sale:
     category: str | None = None
     condition: str | None = None
     image_url: str | None = None
+    """The photo's URL as the table keeps it: without userinfo or signing parameters."""
     source_updated_at: datetime | None = None
+    fetch_url: str | None = dataclasses.field(default=None, repr=False, compare=False)
+    """The photo's URL exactly as the source gave it, credentials and signature included: only
+    ever downloaded from, never stored, logged or put in an error."""
+
+    @property
+    def photo_url(self) -> str | None:
+        """Where to download the photo from: `fetch_url` when the source gave one."""
+        return self.fetch_url or self.image_url
 
     @property
     def key(self) -> Key:
@@ -192,7 +213,9 @@ def parse_sale(
     sale_price = _money(raw.get("sale_price"), row, "sale_price")
     if sale_price is None:
         raise InvalidSale(row, "sale_price", "missing")
-    currency = required_text("currency").upper()
+    currency = required_text("currency")
+    # Only ASCII is upper-cased: "ısk".upper() is "ISK", a code nobody wrote.
+    currency = currency.upper() if currency.isascii() else currency
     if currency not in ISO_4217:
         raise InvalidSale(row, "currency", f"not an ISO 4217 code: {currency[:8]!r}")
     image_url = _text(raw.get("image_url"))
@@ -208,11 +231,41 @@ def parse_sale(
         brand=_text(raw.get("brand")),
         category=_text(raw.get("category")),
         condition=_text(raw.get("condition")),
-        image_url=image_url,
+        image_url=public_url(image_url) if image_url else None,
         source_updated_at=_timestamp(
             raw.get("source_updated_at"), row, "source_updated_at", naive_tz
         ),
+        fetch_url=image_url,
     )
+
+
+def public_url(url: str) -> str:
+    """`url` without userinfo and without the query parameters that sign or authorise it.
+
+    A photo URL comes from the source and may carry credentials (`https://user:pw@host/...`) or a
+    signature (`?X-Amz-Signature=...`): the table, the run record and the logs get this form.
+    It also stays the same when the source signs the same photo anew each night, so the
+    embedding is reused. A URL with neither comes back exactly as it was given.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        # Not parseable as a URL: keep the part before any userinfo or query, to be safe.
+        return re.sub(r"//[^/?#]*@", "//", url).split("?", 1)[0]
+    netloc = parts.netloc.rpartition("@")[2]
+    query = "&".join(
+        part
+        for part in parts.query.split("&")
+        if not _is_signing_parameter(unquote_plus(part.split("=", 1)[0]))
+    )
+    if netloc == parts.netloc and query == parts.query:
+        return url
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _is_signing_parameter(name: str) -> bool:
+    name = name.strip().lower()
+    return name in _SIGNING_PARAMETERS or name.startswith(("x-amz-", "x-goog-"))
 
 
 def _text(value: Any) -> str | None:
@@ -227,28 +280,45 @@ def _text(value: Any) -> str | None:
 
 
 def _money(value: Any, row: str, field: str) -> Decimal | None:
+    """An amount as the exact Decimal the source holds, or InvalidSale; never a rounding.
+
+    Decimal and int are taken as they are; a float by its shortest round-trip form (19.99 stays
+    19.99, not 19.989999...); text only when it is plainly written digits.
+    """
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    if isinstance(value, bool):
+    amount: Decimal
+    if isinstance(value, Decimal):
+        amount = value
+    elif isinstance(value, bool):
         raise InvalidSale(row, field, f"not an amount: {value!r}")
-    if isinstance(value, float):
+    elif isinstance(value, int):
+        amount = Decimal(value)
+    elif isinstance(value, float):
         if not math.isfinite(value):
             raise InvalidSale(row, field, f"not a finite amount: {value!r}")
-        # repr gives the shortest string that round-trips, so 19.99 stays 19.99, not 19.9899...
-        value = repr(value)
-    try:
-        amount = Decimal(str(value).strip())
-    except InvalidOperation:
-        raise InvalidSale(row, field, f"not an amount: {str(value)[:40]!r}") from None
+        amount = Decimal(repr(value))
+    elif isinstance(value, str) and _AMOUNT_TEXT.fullmatch(value.strip()):
+        amount = Decimal(value.strip())
+    else:
+        raise InvalidSale(row, field, f"not an amount: {str(value)[:40]!r}")
     if not amount.is_finite():
         raise InvalidSale(row, field, f"not a finite amount: {amount}")
     if amount < 0:
-        raise InvalidSale(row, field, f"negative: {amount}")
-    if amount != amount.quantize(Decimal("0.01")):
-        raise InvalidSale(row, field, f"more than two decimal places: {amount}")
+        raise InvalidSale(row, field, f"negative: {_shown(amount)}")
+    # The range first: quantizing a huge amount would overflow the decimal context.
     if amount >= _MONEY_LIMIT:
-        raise InvalidSale(row, field, f"too large for decimal(12,2): {amount}")
-    return amount.quantize(Decimal("0.01"))
+        raise InvalidSale(row, field, f"too large for decimal(12,2): {_shown(amount)}")
+    if amount != amount.quantize(_CENT):
+        raise InvalidSale(row, field, f"more than two decimal places: {_shown(amount)}")
+    return amount.quantize(_CENT)
+
+
+def _shown(amount: Decimal) -> str:
+    text = str(amount)
+    return text if len(text) <= 40 else f"{text[:37]}..."
 
 
 def _timestamp(value: Any, row: str, field: str, naive_tz: tzinfo) -> datetime | None:
@@ -264,7 +334,10 @@ def _timestamp(value: Any, row: str, field: str, naive_tz: tzinfo) -> datetime |
     if not isinstance(value, datetime):
         raise InvalidSale(row, field, f"not a timestamp: {value!r}")
     moment: datetime = value if value.tzinfo else value.replace(tzinfo=naive_tz)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise InvalidSale(row, field, f"out of range: {value.isoformat()}") from None
 
 
 # --- the table ----------------------------------------------------------------------------------

@@ -240,7 +240,9 @@ def load_progress_store(config: ProgressConfig, *, retention_days: int = 90) -> 
 
     from smartgo_exporter.progress.sqlite import SqliteProgressStore
 
-    return SqliteProgressStore(config.path, retention_days=retention_days)
+    return SqliteProgressStore(
+        config.path, retention_days=retention_days, busy_timeout_seconds=config.busy_timeout_seconds
+    )
 
 
 class _ForgetfulStore:

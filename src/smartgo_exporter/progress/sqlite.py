@@ -8,7 +8,7 @@ Leases are rows of their own table. Taking one is a single INSERT ... ON CONFLIC
 WHERE statement. A statement that writes takes the database's write lock before it reads, as
 BEGIN IMMEDIATE would for a separate read and write, so between processes sharing the file the
 check and the write are one atomic step, and a competing process waits for the lock (the
-connection's 30 s timeout) rather than failing. Whether it won is the statement's row count.
+connection's busy timeout) rather than failing. Whether it won is the statement's row count.
 """
 
 from __future__ import annotations
@@ -46,9 +46,11 @@ CREATE TABLE IF NOT EXISTS leases (
 class SqliteProgressStore:
     """ProgressStore in a local SQLite file; expired records are purged on every save."""
 
-    def __init__(self, path: Path, *, retention_days: int = 90) -> None:
+    def __init__(
+        self, path: Path, *, retention_days: int = 90, busy_timeout_seconds: float = 5
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, timeout=30, check_same_thread=False)
+        self._db = sqlite3.connect(path, timeout=busy_timeout_seconds, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
         self.retention_days = retention_days

@@ -26,6 +26,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import date
 from functools import reduce
 from pathlib import Path
 from typing import cast
@@ -33,12 +34,16 @@ from typing import cast
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
+import sqlalchemy.exc
 import structlog
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.exceptions import (
     CommitFailedException,
+    CommitStateUnknownException,
     NoSuchNamespaceError,
     NoSuchTableError,
+    ServerError,
+    ServiceUnavailableError,
     ValidationException,
 )
 from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, EqualTo, In, Or
@@ -61,6 +66,10 @@ _in = cast(Callable[[str, set[str]], BooleanExpression], In)
 
 RUN_ID_PROPERTY = "smartgo.run-id"
 """Snapshot summary property naming the export run that committed the snapshot."""
+BUSINESS_DATE_PROPERTY = "smartgo.business-date"
+"""Snapshot summary property: the business day (ISO date) whose sales the snapshot holds."""
+SOURCE_PROPERTY = "smartgo.source"
+"""Snapshot summary property: the `source` of the rows, since exporters may share a table."""
 
 PARTITION_SPEC = PartitionSpec(
     PartitionField(source_id=2, field_id=1000, transform=IdentityTransform(), name="tenant_id"),
@@ -239,8 +248,11 @@ class SalesTable:
         }
         return StoredRows(found, index)
 
-    def upsert(self, rows: pa.Table, *, run_id: str) -> None:
+    def upsert(self, rows: pa.Table, *, run_id: str, business_date: date | None = None) -> None:
         """Replace any stored rows with these rows' keys by these rows, in one snapshot.
+
+        The snapshot's summary names `run_id`, this table's source and, when given, the
+        `business_date` whose sales the rows are (see `last_exported_day`).
 
         A concurrent commit that touches the same keys makes ours fail validation; the batch
         is then re-planned against the new table state and committed again, up to
@@ -260,19 +272,30 @@ class SalesTable:
         )
         for attempt in itertools.count(1):
             try:
-                self._commit(rows, keys, run_id)
+                if attempt > 1:
+                    self.table.refresh()
+                self._commit(rows, keys, self._snapshot_properties(run_id, business_date))
                 return
             # pyiceberg retries a bare catalog conflict itself; it raises ValidationException when
             # the other writer touched our keys, and then only re-planning from the new state
-            # (which rows to rewrite) is right.
-            except (CommitFailedException, ValidationException) as error:
+            # (which rows to rewrite) is right. A catalog or warehouse that cannot be reached
+            # (connection refused or dropped, an I/O error) may well answer the next attempt;
+            # and redoing a commit whose outcome is unknown is safe, since it replaces the same
+            # keys. Until the commit lands, the table shows none of the batch.
+            except _RETRIED_AT_COMMIT as error:
                 if attempt >= self.commit_attempts:
                     raise SinkError(
-                        f"commit failed {attempt} times, the last because: {error}"
+                        f"cannot commit {rows.num_rows} rows to table"
+                        f" {'.'.join(self.table.name())}: {attempt} attempts failed, the last"
+                        f" because: {_first_line(error)}"
                     ) from error
-                log.warning("commit_conflict", attempt=attempt, error=str(error))
+                conflict = isinstance(error, (CommitFailedException, ValidationException))
+                log.warning(
+                    "commit_conflict" if conflict else "commit_failed",
+                    attempt=attempt,
+                    error=_first_line(error),
+                )
                 time.sleep(min(0.2 * 2**attempt, 5.0))
-                self.table.refresh()
 
     def query(self, statement: str) -> pa.Table:
         """Run DuckDB SQL over the table, visible as `sales`; the scan streams into DuckDB."""
@@ -285,13 +308,34 @@ class SalesTable:
         finally:
             connection.close()
 
-    def _commit(self, rows: pa.Table, keys: Sequence[Key], run_id: str) -> None:
+    def last_exported_day(self) -> date | None:
+        """The latest business day this source committed rows for, from the snapshot summaries.
+
+        The table's own memory of progress, for when the progress store has none: it says a
+        day's rows were (at least partly) written, not that its run completed.
+        """
+        days: list[date] = []
+        for snapshot in self.table.metadata.snapshots:
+            summary = snapshot.summary
+            if summary is None or summary.get(SOURCE_PROPERTY) != self.source:
+                continue
+            with contextlib.suppress(TypeError, ValueError):
+                days.append(date.fromisoformat(summary.get(BUSINESS_DATE_PROPERTY) or ""))
+        return max(days, default=None)
+
+    def _snapshot_properties(self, run_id: str, business_date: date | None) -> dict[str, str]:
+        properties = {RUN_ID_PROPERTY: run_id, SOURCE_PROPERTY: self.source}
+        if business_date is not None:
+            properties[BUSINESS_DATE_PROPERTY] = business_date.isoformat()
+        return properties
+
+    def _commit(self, rows: pa.Table, keys: Sequence[Key], properties: dict[str, str]) -> None:
         key_filter = self._key_filter(keys)
         transaction = self.table.transaction()
         metadata = transaction.table_metadata
         commit_uuid = uuid.uuid4()
         counter = itertools.count(0)
-        with transaction.update_snapshot(snapshot_properties={RUN_ID_PROPERTY: run_id}).overwrite(
+        with transaction.update_snapshot(snapshot_properties=properties).overwrite(
             commit_uuid=commit_uuid
         ) as snapshot:
             # The predicate scopes pyiceberg's conflict check to our keys' partitions.
@@ -313,6 +357,7 @@ class SalesTable:
                 metadata, rows, self.table.io, commit_uuid, counter
             ):
                 snapshot.append_data_file(data_file)
+        log.debug("batch_files_written", rows=rows.num_rows)
         transaction.commit_transaction()
 
     def _key_filter(self, keys: Iterable[Key]) -> BooleanExpression:
@@ -325,6 +370,24 @@ class SalesTable:
         ]
         either: Callable[[BooleanExpression, BooleanExpression], BooleanExpression] = Or
         return And(_equal_to("source", self.source), reduce(either, per_tenant))
+
+
+_RETRIED_AT_COMMIT = (
+    CommitFailedException,
+    ValidationException,
+    CommitStateUnknownException,
+    ServerError,
+    ServiceUnavailableError,
+    OSError,  # requests' errors are OSErrors too: the REST catalogs'
+    sqlalchemy.exc.OperationalError,  # the SQL catalog's database: unreachable, locked
+)
+"""What may pass by the next attempt of a commit; anything else is a bug or a bad table."""
+
+
+def _first_line(error: Exception) -> str:
+    """The error's own words, without SQLAlchemy's trailing "(Background on this error...)"."""
+    text = str(error).split("\n(Background on this error", 1)[0]
+    return " ".join(text.split()) or type(error).__name__
 
 
 def _read_file(table: Table, task: FileScanTask) -> pa.Table:

@@ -126,18 +126,25 @@ class SqlSource:
     def _create_engine(self, url: URL) -> Engine:
         timeout = self._config.connect_timeout_seconds
         connect_args: dict[str, Any] = {}
+        # Session settings the URL itself asks for (`?options=-c statement_timeout=60000` on
+        # PostgreSQL, `?init_command=SET max_statement_time=60` on MariaDB) are kept: ours are
+        # added to them, never put in their place.
         if self._backend == "postgresql":
             # The zone name was validated against the tz database, so it holds no space or quote.
-            connect_args = {
-                "connect_timeout": timeout,
-                "options": f"-c TimeZone={self._config.timezone}",
-            }
+            given = url.query.get("options", ())
+            options = [given] if isinstance(given, str) else list(given)
+            options.append(f"-c TimeZone={self._config.timezone}")
+            connect_args = {"connect_timeout": timeout, "options": " ".join(options)}
         elif self._backend in ("mysql", "mariadb"):
-            connect_args = {
-                "connect_timeout": timeout,
-                "init_command": "SET time_zone = '+00:00'",
-            }
+            connect_args = {"connect_timeout": timeout}
         engine = sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+        if self._backend in ("mysql", "mariadb"):
+
+            @sa.event.listens_for(engine, "connect")
+            def _pin_utc(dbapi_connection: Any, _record: Any) -> None:
+                with dbapi_connection.cursor() as cursor:
+                    cursor.execute("SET time_zone = '+00:00'")
+
         if self._backend == "sqlite":
             zone = self._zone
 
@@ -183,14 +190,23 @@ class SqlSource:
         return _Plan(statement, {}, {f: f for f in fields}, frozenset(), filter_tenants=False)
 
     def _reflect(self, conn: Connection, name: str) -> sa.Table:
+        """The configured table, found in the lists of schemas and tables the catalog gives.
+
+        A configured name is only ever compared with those lists, never put into a statement,
+        so no spelling of it reaches the server; the table is then reflected under the
+        catalog's own spelling (a name that matches one table only when case is ignored means
+        that table, as with columns).
+        """
         schema = self._config.db_schema
         inspector = sa.inspect(conn)
         if schema is not None and schema not in inspector.get_schema_names():
             raise ConfigError("source.schema", f"no schema {schema!r} in {self._where()}")
-        if not inspector.has_table(name, schema=schema):
+        tables = [*inspector.get_table_names(schema=schema), *inspector.get_view_names(schema)]
+        found = _find_name(tables, name)
+        if found is None:
             raise ConfigError("source.table", f"no table {name!r} in {self._where()}")
         try:
-            return sa.Table(name, sa.MetaData(), schema=schema, autoload_with=conn)
+            return sa.Table(found, sa.MetaData(), schema=schema, autoload_with=conn)
         except sa_exc.NoSuchTableError:
             raise ConfigError("source.table", f"no table {name!r} in {self._where()}") from None
 
@@ -291,9 +307,15 @@ class _Plan:
 
 
 def _find_column(table: sa.Table, name: str) -> sa.Column[Any] | None:
-    if name in table.c:
-        return table.c[name]
-    folded = [c for c in table.c if c.name.lower() == name.lower()]
+    found = _find_name([column.name for column in table.c], name)
+    return None if found is None else table.c[found]
+
+
+def _find_name(names: Sequence[str], name: str) -> str | None:
+    """`name` as spelled in `names`: itself, or the one name equal to it but for case."""
+    if name in names:
+        return name
+    folded = [candidate for candidate in names if candidate.lower() == name.lower()]
     return folded[0] if len(folded) == 1 else None
 
 

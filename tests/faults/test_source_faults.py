@@ -1,0 +1,524 @@
+"""The source database under fault. Each fault is injected into a real export (the SQL source, the
+local model, a real Iceberg table and progress store), then the table and the run record are
+checked and a re-run must converge, through `fault_report`.
+
+Faults of a server (a connection killed mid-stream, a statement timeout, a wrong password) are
+injected into PostgreSQL and MariaDB; faults of the data itself (a bad mapping, bad rows,
+duplicate and moving sale ids) into SQLite, where the source reads them the same way.
+
+The sales of these days have no photos, so each export is about the source and the table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import secrets
+import socket
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+import pyarrow.compute as pc
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from smartgo_exporter.config import Settings, load_config
+from smartgo_exporter.pipeline import BatchDone, export
+from smartgo_exporter.records import Key, RunRecord, RunStatus
+from smartgo_exporter.sinks.iceberg import SalesTable
+from tests.conftest import SALES_COLUMNS, pos_row
+from tests.faults.conftest import FaultReport, key_counts, read_table
+
+if TYPE_CHECKING:
+    from tests.conftest import SalesDatabase
+
+DAY = date(2026, 10, 25)
+NEXT_DAY = date(2026, 10, 26)
+SERVERS = {"postgresql": "PostgreSQL", "mariadb": "MariaDB", "sqlite": "SQLite"}
+
+
+# --- a store's day, and an export of it ------------------------------------------------------
+
+
+def export_settings(
+    root: Path,
+    url: str,
+    *,
+    source: Mapping[str, Any] | None = None,
+    export: Mapping[str, Any] | None = None,
+    **sections: Any,
+) -> Settings:
+    """Settings for exporting the POS `sales` table at `url` into a warehouse under `root`.
+
+    `source` and `export` entries are added to (or replace) the defaults; a `query` in `source`
+    replaces the table. Other sections (`progress`, `embedder`, ...) are given whole.
+    """
+    source_section: dict[str, Any] = {
+        "type": "sql",
+        "url": url,
+        "table": "sales",
+        "columns": dict(SALES_COLUMNS),
+        "timezone": "UTC",
+        "connect_timeout_seconds": 5,
+        **(source or {}),
+    }
+    if "query" in source_section:
+        del source_section["table"]
+    sections.setdefault("progress", {"type": "sqlite", "path": str(root / "progress.db")})
+    return load_config(
+        None,
+        source=source_section,
+        export={"batch_size": 20, **(export or {})},
+        table={
+            "catalog": {
+                "type": "sql",
+                "uri": f"sqlite:///{root}/warehouse/catalog.db",
+                "warehouse": f"file://{root}/warehouse",
+            }
+        },
+        **sections,
+    )
+
+
+def day_of_sales(
+    count: int, day: date = DAY, *, prefix: str = "S", start: datetime | None = None
+) -> list[dict[str, Any]]:
+    """`count` valid rows of the POS `sales` table on `day`, two tenants, no photos."""
+    first = start or datetime.combine(day, datetime.min.time()).replace(hour=8)
+    return [
+        pos_row(
+            id=f"{prefix}-{number:04d}",
+            store_id=1 + number % 2,
+            sold_at=first + timedelta(seconds=30 * number),
+            photo_url=None,
+        )
+        for number in range(count)
+    ]
+
+
+def keys_of(rows: Sequence[Mapping[str, Any]], day: date = DAY) -> dict[Key, date]:
+    """The sales of `rows` as the fault matrix counts them: (tenant, sale id) -> business day."""
+    return {(str(row["store_id"]), str(row["id"])): day for row in rows}
+
+
+def only_record(records: Sequence[RunRecord]) -> RunRecord:
+    assert len(records) == 1, [str(r.status) for r in records]
+    return records[0]
+
+
+def with_query(url: str, **parameters: str) -> str:
+    return make_url(url).update_query_dict(parameters).render_as_string(hide_password=False)
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def snapshots_of(settings: Settings) -> int:
+    table = SalesTable.open(settings.table, source=settings.export.source_name, create=False)
+    return len(table.table.snapshots())
+
+
+# --- the connection drops in the middle of a day ------------------------------------------
+
+
+PADDED_DAY = (
+    "SELECT sales.*, REPEAT('x', 65536) AS padding FROM sales"
+    " WHERE sold_at >= :start AND sold_at < :end ORDER BY sold_at, id"
+)
+"""A day of 64 KB rows on the wire: far more than socket buffers hold, so MariaDB is still
+sending when its connection is killed (PyMySQL streams, but the server writes ahead)."""
+
+
+def streaming_source(
+    sales_db: SalesDatabase, request: pytest.FixtureRequest
+) -> tuple[str, dict[str, Any], Callable[[], int]]:
+    """(url, source settings, kill) where kill ends the exporter's connection from another one
+    and says how many it ended: by application name on PostgreSQL, by user on MariaDB."""
+    if sales_db.backend == "postgresql":
+        name = f"sgx-fault-{secrets.token_hex(3)}"
+
+        def kill_postgresql() -> int:
+            with sales_db.engine.connect() as conn:
+                ended = conn.execute(
+                    sa.text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                        " WHERE application_name = :name"
+                    ),
+                    {"name": name},
+                ).scalar_one()
+                conn.commit()
+            return int(ended)
+
+        url = with_query(sales_db.url, application_name=name)
+        return url, {"fetch_size": 5}, kill_postgresql
+
+    user, password = request.getfixturevalue("mariadb_user_with_password")
+
+    def kill_mariadb() -> int:
+        with sales_db.engine.connect() as conn:
+            ids = conn.execute(
+                sa.text("SELECT id FROM information_schema.processlist WHERE user = :user"),
+                {"user": user},
+            ).scalars()
+            ended = [conn.execute(sa.text(f"KILL CONNECTION {int(id_)}")) for id_ in ids]
+        return len(ended)
+
+    reader = make_url(sales_db.url).set(username=user, password=password)
+    return reader.render_as_string(hide_password=False), {"query": PADDED_DAY}, kill_mariadb
+
+
+@pytest.mark.parametrize("sales_db", ["postgresql", "mariadb"], indirect=True)
+# PyMySQL's cursor, collected after its connection died, fails to drain it: only noise.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_connection_killed_mid_stream_fails_the_day_and_a_rerun_completes_it(
+    sales_db: SalesDatabase,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    fault_report: FaultReport,
+) -> None:
+    rows = day_of_sales(300)
+    sales_db.insert(*rows)
+    url, source, kill = streaming_source(sales_db, request)
+    settings = export_settings(tmp_path, url, source=source)
+    killed: list[int] = []
+
+    def kill_after_the_first_batch(done: BatchDone) -> None:
+        if not killed:
+            killed.append(kill())
+
+    records = export(settings, [DAY], on_batch=kill_after_the_first_batch)
+    gc.collect()
+
+    record = only_record(records)
+    assert killed[0] >= 1
+    assert record.status is RunStatus.FAILED
+    assert "cannot read sales from" in record.message
+    assert 0 < read_table(settings).num_rows < len(rows)
+    how = "pg_terminate_backend" if sales_db.backend == "postgresql" else "KILL CONNECTION"
+    fault_report.record(
+        fault=f"source: connection killed mid-stream ({SERVERS[sales_db.backend]})",
+        injected=f"{how} from another session after the first committed batch",
+        settings=settings,
+        source_sales=keys_of(rows),
+        records=records,
+        expect_status="FAILED",
+    )
+
+
+# --- a statement timeout ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def table_locked(sales_db: SalesDatabase) -> Iterator[Callable[[], None]]:
+    """Hold an exclusive lock on `sales` from another session (a migration, say) until released."""
+    holder = sales_db.engine.connect()
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if not released:
+            released = True
+            if sales_db.backend == "mariadb":
+                holder.execute(sa.text("UNLOCK TABLES"))
+            holder.rollback()
+            holder.close()
+
+    if sales_db.backend == "mariadb":
+        holder.execute(sa.text("LOCK TABLES sales WRITE"))
+    else:
+        holder.execute(sa.text("LOCK TABLE sales IN ACCESS EXCLUSIVE MODE"))
+    try:
+        yield release
+    finally:
+        release()
+
+
+STATEMENT_TIMEOUT = {
+    "postgresql": ({"options": "-c statement_timeout=500"}, "statement timeout"),
+    "mariadb": ({"init_command": "SET max_statement_time=0.5"}, "max_statement_time exceeded"),
+}
+"""Per backend: the URL parameters that set a 0.5 s statement timeout, and what it says."""
+
+
+@pytest.mark.parametrize("sales_db", ["postgresql", "mariadb"], indirect=True)
+def test_a_statement_timeout_fails_the_day_with_the_servers_reason(
+    sales_db: SalesDatabase, tmp_path: Path, fault_report: FaultReport
+) -> None:
+    rows = day_of_sales(30)
+    sales_db.insert(*rows)
+    parameters, reason = STATEMENT_TIMEOUT[sales_db.backend]
+    settings = export_settings(tmp_path, with_query(sales_db.url, **parameters))
+
+    with table_locked(sales_db) as release:
+        records = export(settings, [DAY])
+
+        record = only_record(records)
+        assert record.status is RunStatus.FAILED
+        assert reason in record.message
+        assert read_table(settings).num_rows == 0
+        fault_report.record(
+            fault=f"source: statement timeout ({SERVERS[sales_db.backend]})",
+            injected="0.5 s timeout set in the URL; the table locked by another session",
+            settings=settings,
+            source_sales=keys_of(rows),
+            records=records,
+            fix=release,
+            expect_status="FAILED",
+        )
+
+
+# --- a wrong password ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sales_db", ["mariadb"], indirect=True)
+def test_a_wrong_password_fails_the_day_and_the_record_never_shows_it(
+    sales_db: SalesDatabase,
+    mariadb_user_with_password: tuple[str, str],
+    tmp_path: Path,
+    fault_report: FaultReport,
+) -> None:
+    """MariaDB only: the PostgreSQL server of the test machine trusts loopback connections."""
+    rows = day_of_sales(10)
+    sales_db.insert(*rows)
+    user, password = mariadb_user_with_password
+    wrong = f"wrong-{secrets.token_hex(8)}"
+    url = make_url(sales_db.url).set(username=user).render_as_string()
+    settings = export_settings(tmp_path, url, source={"password": wrong})
+
+    records = export(settings, [DAY])
+
+    record = only_record(records)
+    assert record.status is RunStatus.FAILED
+    assert "Access denied" in record.message
+    stored = b"".join(path.read_bytes() for path in tmp_path.glob("progress.db*"))
+    for secret in (wrong, password):
+        assert secret not in record.message
+        assert secret.encode() not in stored
+    fault_report.record(
+        fault="source: wrong password",
+        injected="a MariaDB user given another password than its own",
+        settings=settings,
+        source_sales=keys_of(rows),
+        records=records,
+        rerun_settings=export_settings(tmp_path, url, source={"password": password}),
+        expect_status="FAILED",
+    )
+
+
+# --- a mapping that names a column the table lacks ----------------------------------------
+
+
+@pytest.mark.parametrize("sales_db", ["sqlite"], indirect=True)
+def test_a_mapped_column_the_table_lacks_fails_the_day_before_anything_is_written(
+    sales_db: SalesDatabase, tmp_path: Path, fault_report: FaultReport
+) -> None:
+    rows = day_of_sales(10)
+    sales_db.insert(*rows)
+    columns = {**SALES_COLUMNS, "sale_price": "amount"}
+    settings = export_settings(tmp_path, sales_db.url, source={"columns": columns})
+
+    records = export(settings, [DAY])
+
+    record = only_record(records)
+    assert record.status is RunStatus.FAILED
+    assert record.message.startswith("source.columns.sale_price:")
+    assert "amount" in record.message
+    assert snapshots_of(settings) == 0
+    fault_report.record(
+        fault="source: mapped column missing",
+        injected="source.columns.sale_price names a column the table lacks",
+        settings=settings,
+        source_sales=keys_of(rows),
+        records=records,
+        rerun_settings=export_settings(tmp_path, sales_db.url),
+        expect_status="FAILED",
+    )
+
+
+# --- rows the source should never have held -----------------------------------------------
+
+
+def zone_at_midday(now: datetime) -> ZoneInfo:
+    """A fixed-offset zone where it is about noon at `now`, so that a sale later today is in the
+    future and a sale earlier today is not, whatever the hour the tests run at."""
+    offset = 12 - now.astimezone(UTC).hour
+    return ZoneInfo("Etc/GMT" if offset == 0 else f"Etc/GMT{-offset:+d}")
+
+
+BAD_VALUES: dict[str, tuple[dict[str, Any], str, str]] = {
+    "a NULL price": ({"price": None}, "sale_price", "missing"),
+    "a negative price": ({"price": Decimal("-5.00")}, "sale_price", "negative"),
+    "an unknown currency": ({"currency": "EUU"}, "currency", "not an ISO 4217 code"),
+    "a sold_at in the future": ({"sold_at": "in three hours"}, "sold_at", "in the future"),
+}
+
+
+@pytest.mark.parametrize("sales_db", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("fault", BAD_VALUES)
+def test_a_bad_row_is_rejected_by_sale_and_field_and_the_rest_lands_partial(
+    sales_db: SalesDatabase, fault: str, tmp_path: Path, fault_report: FaultReport
+) -> None:
+    now = datetime.now(UTC)
+    zone = zone_at_midday(now)
+    today = now.astimezone(zone).date()
+    rows = day_of_sales(10, today, start=datetime.combine(today, datetime.min.time()))
+    changes, field, reason = BAD_VALUES[fault]
+    if changes.get("sold_at") == "in three hours":
+        changes = {"sold_at": (now + timedelta(hours=3)).astimezone(zone).replace(tzinfo=None)}
+    bad = pos_row(**{**rows[0], "id": "BAD-1", **changes})
+    sales_db.insert(*rows, bad)
+    settings = export_settings(
+        tmp_path,
+        sales_db.url,
+        source={"timezone": zone.key},
+        export={"timezone": zone.key},
+    )
+
+    records = export(settings, [today])
+
+    record = only_record(records)
+    assert record.status is RunStatus.PARTIAL
+    assert record.counts.rejected == 1
+    [error] = record.errors
+    assert (error.sale_id, error.stage, error.reason) == ("BAD-1", "source", field)
+    assert reason in error.detail
+    assert set(key_counts(read_table(settings))) == set(keys_of(rows, today))
+    fault_report.record(
+        fault=f"source: row with {fault}",
+        injected=f"one of 11 rows of the day has {fault}",
+        settings=settings,
+        source_sales=keys_of([*rows, bad], today),
+        records=records,
+        expect_status="PARTIAL",
+    )
+
+
+# --- one sale id twice in a day -------------------------------------------------------------
+
+PAID_SALES = (
+    "SELECT sales.* FROM sales JOIN payments ON payments.sale_id = sales.id"
+    " WHERE sales.sold_at >= :start AND sales.sold_at < :end ORDER BY sales.sold_at, sales.id"
+)
+"""A query through a payments table: a sale paid in two parts comes back twice."""
+
+
+def add_payments(url: str, payments: Sequence[tuple[str, str]]) -> None:
+    path = make_url(url).database
+    assert path is not None
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("DROP TABLE IF EXISTS payments")
+        db.execute("CREATE TABLE payments (sale_id TEXT NOT NULL, amount TEXT NOT NULL)")
+        db.executemany("INSERT INTO payments VALUES (?, ?)", payments)
+
+
+@pytest.mark.parametrize("sales_db", ["sqlite"], indirect=True)
+def test_a_sale_id_twice_in_one_day_lands_once_with_the_duplicate_recorded(
+    sales_db: SalesDatabase, tmp_path: Path, fault_report: FaultReport
+) -> None:
+    rows = day_of_sales(6)
+    sales_db.insert(*rows)
+    paid_twice = str(rows[2]["id"])
+    add_payments(sales_db.url, [(str(row["id"]), "10.00") for row in rows] + [(paid_twice, "9.99")])
+    settings = export_settings(tmp_path, sales_db.url, source={"query": PAID_SALES})
+
+    records = export(settings, [DAY])
+
+    record = only_record(records)
+    assert record.counts.sales == len(rows) + 1
+    assert [(e.sale_id, e.reason) for e in record.errors] == [(paid_twice, "duplicate_sale_id")]
+    assert key_counts(read_table(settings)) == dict.fromkeys(keys_of(rows), 1)
+    fault_report.record(
+        fault="source: duplicate sale id in one day",
+        injected="a query joining payments returns a sale paid in two parts twice",
+        settings=settings,
+        source_sales=keys_of(rows),
+        records=records,
+        expect_status="SUCCEEDED",
+    )
+
+
+@pytest.mark.parametrize("sales_db", ["sqlite"], indirect=True)
+def test_a_sale_id_twice_in_one_day_lands_once_even_in_different_batches(
+    sales_db: SalesDatabase, tmp_path: Path
+) -> None:
+    rows = day_of_sales(6)
+    sales_db.insert(*rows)
+    paid_twice = str(rows[0]["id"])
+    add_payments(sales_db.url, [(str(row["id"]), "10.00") for row in rows] + [(paid_twice, "1.00")])
+    # Its two rows come first and last: in the first batch of two and in the fourth.
+    query = PAID_SALES.replace(
+        "ORDER BY sales.sold_at, sales.id", "ORDER BY payments.amount DESC, sales.id"
+    )
+    settings = export_settings(
+        tmp_path, sales_db.url, source={"query": query}, export={"batch_size": 2}
+    )
+
+    records = export(settings, [DAY])
+
+    assert only_record(records).status is RunStatus.SUCCEEDED
+    assert key_counts(read_table(settings)) == dict.fromkeys(keys_of(rows), 1)
+
+
+# --- a sale that moves to another day at the source ---------------------------------------
+
+
+@pytest.mark.parametrize("sales_db", ["sqlite"], indirect=True)
+def test_a_sale_moved_to_another_day_ends_up_once_on_its_new_day_with_its_new_data(
+    sales_db: SalesDatabase, tmp_path: Path, fault_report: FaultReport
+) -> None:
+    first_day, second_day = day_of_sales(4, DAY, prefix="A"), day_of_sales(4, NEXT_DAY, prefix="B")
+    sales_db.insert(*first_day, *second_day)
+    settings = export_settings(tmp_path, sales_db.url)
+    export(settings, [DAY, NEXT_DAY])
+    moved = first_day[1]
+    new_sold_at = datetime(2026, 10, 26, 18, 0)
+    with sales_db.engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE sales SET sold_at = :sold_at, price = '99.00' WHERE id = :id"),
+            {"sold_at": f"{new_sold_at:%Y-%m-%d %H:%M:%S}", "id": moved["id"]},
+        )
+
+    def moved_rows() -> list[dict[str, Any]]:
+        rows = read_table(settings)
+        found: list[dict[str, Any]] = rows.filter(
+            pc.equal(rows["sale_id"], moved["id"])
+        ).to_pylist()
+        return found
+
+    # Its old day alone: the source no longer has it there, so the row is left as it is (not
+    # deleted) until its new day is exported.
+    old_day_again = export(settings, [DAY])
+    assert [row["sold_at"] for row in moved_rows()] == [
+        datetime.combine(DAY, datetime.min.time(), UTC).replace(hour=8, second=30)
+    ]
+    # Its new day: the one row now says what the source says.
+    records = export(settings, [NEXT_DAY])
+    assert [(row["sold_at"], row["sale_price"]) for row in moved_rows()] == [
+        (new_sold_at.replace(tzinfo=UTC), Decimal("99.00"))
+    ]
+    # Its old day once more: nothing resurrects the old version or deletes the new one.
+    records += export(settings, [DAY])
+    assert [(row["sold_at"], row["sale_price"]) for row in moved_rows()] == [
+        (new_sold_at.replace(tzinfo=UTC), Decimal("99.00"))
+    ]
+    assert {r.status for r in [*old_day_again, *records]} == {RunStatus.SUCCEEDED}
+    source_sales = {**keys_of(first_day, DAY), **keys_of(second_day, NEXT_DAY)}
+    source_sales[(str(moved["store_id"]), str(moved["id"]))] = NEXT_DAY
+    fault_report.record(
+        fault="source: sale id moves to another day",
+        injected="sold_at and price of an exported sale changed to the next day; both re-run",
+        settings=settings,
+        source_sales=source_sales,
+        records=records,
+        expect_status="SUCCEEDED",
+    )
