@@ -46,11 +46,11 @@ import structlog
 from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
+from smartgo_exporter import pipeline
 from smartgo_exporter.config import Settings, load_config
 from smartgo_exporter.errors import ConfigError, ExporterError
 from smartgo_exporter.logs import configure_logging
-from smartgo_exporter.pipeline import export, plan_days
-from smartgo_exporter.progress import NonFatalProgressStore, load_progress_store
+from smartgo_exporter.pipeline import export
 from smartgo_exporter.records import RunRecord, RunStatus
 from smartgo_exporter.windows import days as days_between
 
@@ -203,13 +203,7 @@ def days_due(settings: Settings, as_of: datetime | None = None) -> list[date]:
     The same days `export(settings)` would choose, worked out here so that the schedule's time
     can anchor them and the response can tell which of them the time budget left out.
     """
-    store = NonFatalProgressStore(
-        load_progress_store(settings.progress, retention_days=settings.retention_days)
-    )
-    try:
-        return plan_days(settings, store.last_succeeded_day(), as_of)
-    finally:
-        store.close()
+    return pipeline.days_due(settings, as_of)
 
 
 def publish_metrics(metrics: Metrics, records: Sequence[RunRecord], seconds: float) -> None:

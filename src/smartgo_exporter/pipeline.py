@@ -89,6 +89,42 @@ def plan_days(
     return catch_up(last_succeeded, target, settings.export.catch_up_days)
 
 
+def days_due(settings: Settings, now: datetime | None = None) -> list[date]:
+    """The days `export(settings)` would export at `now`: yesterday plus the missed days.
+
+    For callers that must know them first (the Lambda anchors them to its event's time and
+    reports which ones its time budget left out).
+    """
+    progress = NonFatalProgressStore.connect(
+        lambda: load_progress_store(settings.progress, retention_days=settings.retention_days)
+    )
+
+    def last_in_table() -> date | None:
+        try:
+            table = SalesTable.open(
+                settings.table, source=settings.export.source_name, create=False
+            )
+        except ExporterError:
+            return None
+        return table.last_exported_day()
+
+    try:
+        return _days_due(settings, progress, last_in_table, now)
+    finally:
+        progress.close()
+
+
+def _days_due(
+    settings: Settings,
+    progress: NonFatalProgressStore,
+    last_in_table: Callable[[], date | None],
+    now: datetime | None = None,
+) -> list[date]:
+    last_succeeded = progress.last_succeeded_day()
+    in_table = last_in_table() if last_succeeded is None else None
+    return plan_days(settings, last_succeeded, now, last_in_table=in_table)
+
+
 def export(
     settings: Settings,
     days: Sequence[date] | None = None,
@@ -116,9 +152,7 @@ def export(
         records: list[RunRecord] = []
         with _Stages.open(settings, on_batch, should_stop or (lambda: False)) as stages:
             if days is None:
-                last_succeeded = progress.last_succeeded_day()
-                in_table = stages.table.last_exported_day() if last_succeeded is None else None
-                days = plan_days(settings, last_succeeded, last_in_table=in_table)
+                days = _days_due(settings, progress, stages.table.last_exported_day)
             for number, day in enumerate(days):
                 if records and stages.should_stop():
                     break
