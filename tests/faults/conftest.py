@@ -20,6 +20,11 @@ the run records, then re-run the export itself (after `fix`, with `rerun_setting
         records=records, fix=server.heal, expect_status="SUCCEEDED",
     )
 
+When many faults share one export (one night with many bad photos), measure each fault's own
+sales with `measure_export`, re-run once (`rerun_export`), judge each with `converged`, and
+report with `outcome=`. Helpers: `demo_source_sales` (a demo store's keys and days), `day_of`,
+`read_table`, `key_counts`.
+
 Either way the row is stored first (with `record_property`, so the JUnit XML carries it, failing
 or not) and the invariants are asserted after: no sale lost, none duplicated, a status that is
 one of SUCCEEDED / PARTIAL / FAILED (and the expected one, when given) and does not contradict

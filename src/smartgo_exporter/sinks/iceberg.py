@@ -230,12 +230,20 @@ class SalesTable:
         return cls(table, source=source, commit_attempts=config.commit_attempts)
 
     def stored(self, keys: Iterable[Key]) -> StoredRows:
-        """The rows already in the table for these keys (at most one each)."""
+        """The rows already in the table for these keys (at most one each).
+
+        A catalog or warehouse that cannot be read raises SinkError naming the table.
+        """
         keys = list(keys)
         if not keys or self.table.current_snapshot() is None:
             return StoredRows(ARROW_SCHEMA.empty_table(), {})
-        self.table.refresh()
-        found = self.table.scan(row_filter=self._key_filter(keys)).to_arrow()
+        try:
+            self.table.refresh()
+            found = self.table.scan(row_filter=self._key_filter(keys)).to_arrow()
+        except _UNREACHABLE as error:
+            raise SinkError(
+                f"cannot read table {'.'.join(self.table.name())}: {_first_line(error)}"
+            ) from error
         index = {
             (tenant, sale): position
             for position, (tenant, sale) in enumerate(
@@ -357,7 +365,6 @@ class SalesTable:
                 metadata, rows, self.table.io, commit_uuid, counter
             ):
                 snapshot.append_data_file(data_file)
-        log.debug("batch_files_written", rows=rows.num_rows)
         transaction.commit_transaction()
 
     def _key_filter(self, keys: Iterable[Key]) -> BooleanExpression:
@@ -372,15 +379,15 @@ class SalesTable:
         return And(_equal_to("source", self.source), reduce(either, per_tenant))
 
 
-_RETRIED_AT_COMMIT = (
-    CommitFailedException,
-    ValidationException,
+_UNREACHABLE = (
     CommitStateUnknownException,
     ServerError,
     ServiceUnavailableError,
-    OSError,  # requests' errors are OSErrors too: the REST catalogs'
+    OSError,  # the warehouse's files; and requests' errors are OSErrors: the REST catalogs'
     sqlalchemy.exc.OperationalError,  # the SQL catalog's database: unreachable, locked
 )
+"""A catalog or warehouse that did not answer, or not in time: the next try may pass."""
+_RETRIED_AT_COMMIT = (CommitFailedException, ValidationException, *_UNREACHABLE)
 """What may pass by the next attempt of a commit; anything else is a bug or a bad table."""
 
 
