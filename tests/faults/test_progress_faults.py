@@ -248,7 +248,7 @@ print(json.dumps([[str(r.status), r.message] for r in records]), flush=True)
 """
 
 
-def write_config(root: Path, url: str, *, lock_wait_seconds: float) -> Path:
+def write_config(root: Path, url: str, *, lock_wait_seconds: float, batch_size: int = 40) -> Path:
     """The TOML file a scheduled run reads: the SQLite POS, a warehouse and store under root."""
     columns = "\n".join(
         f"{field} = {json.dumps(column)}" for field, column in SALES_COLUMNS.items()
@@ -257,7 +257,7 @@ def write_config(root: Path, url: str, *, lock_wait_seconds: float) -> Path:
     config.write_text(
         f"""
 [export]
-batch_size = 40
+batch_size = {batch_size}
 lock_wait_seconds = {lock_wait_seconds}
 
 [source]
@@ -321,7 +321,9 @@ def test_two_runs_of_one_day_started_together_one_exports_the_other_exits_saying
 ) -> None:
     rows = day_of_sales(200)
     sales_db.insert(*rows)
-    config = write_config(tmp_path, sales_db.url, lock_wait_seconds=0)
+    # Small batches make the winner's run last many commits, so the loser, which loads its
+    # model before asking for the day, still finds the day held on a slow, loaded machine.
+    config = write_config(tmp_path, sales_db.url, lock_wait_seconds=0, batch_size=4)
     settings = load_config(config)
     SalesTable.open(settings.table, source="smartgo")
     go = tmp_path / "go"
