@@ -8,11 +8,12 @@ without holding the whole window in memory.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Generator, Iterator, Mapping
+from datetime import tzinfo
+from typing import TYPE_CHECKING, Any, Protocol
 
 from smartgo_exporter.errors import InvalidSale
-from smartgo_exporter.records import Sale
+from smartgo_exporter.records import Sale, parse_sale
 from smartgo_exporter.windows import Window
 
 if TYPE_CHECKING:
@@ -47,6 +48,38 @@ class Source(Protocol):
     ) -> Iterator[SaleBatch]: ...
 
     def close(self) -> None: ...
+
+
+def parse_batches(
+    rows: Iterator[tuple[int, Mapping[str, Any] | InvalidSale]], batch_size: int, naive_tz: tzinfo
+) -> Generator[SaleBatch, None, None]:
+    """Validate (position, row) pairs into batches of at most `batch_size` rows.
+
+    Every source passes its rows, already mapped onto the sale fields, through here, so a row is
+    judged, counted and batched the same way whichever backend read it; a row the source itself
+    found unusable arrives as an InvalidSale. Closing the batches closes `rows`, so a source's
+    cursor or paging stops on the thread that closes them.
+    """
+    sales: list[Sale] = []
+    rejected: list[InvalidSale] = []
+    try:
+        for position, raw in rows:
+            if isinstance(raw, InvalidSale):
+                rejected.append(raw)
+            else:
+                try:
+                    sales.append(parse_sale(raw, position=position, naive_tz=naive_tz))
+                except InvalidSale as invalid:
+                    rejected.append(invalid)
+            if len(sales) + len(rejected) == batch_size:
+                yield SaleBatch(sales, rejected)
+                sales, rejected = [], []
+        if sales or rejected:
+            yield SaleBatch(sales, rejected)
+    finally:
+        close = getattr(rows, "close", None)
+        if close is not None:
+            close()
 
 
 def load_source(config: SourceConfig) -> Source:

@@ -35,8 +35,8 @@ import httpx
 
 from smartgo_exporter.config import RestSourceConfig
 from smartgo_exporter.errors import ConfigError, InvalidSale, SourceError
-from smartgo_exporter.records import SALE_FIELDS, Sale, parse_sale
-from smartgo_exporter.sources import SaleBatch
+from smartgo_exporter.records import SALE_FIELDS
+from smartgo_exporter.sources import SaleBatch, parse_batches
 from smartgo_exporter.windows import Window
 
 _MAX_RETRY_AFTER_SECONDS = 60.0
@@ -79,31 +79,23 @@ class RestSource:
         """Batches of at most `batch_size` items, built as pages arrive; closing it stops paging."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
-        tenants = set(tenant_ids)
+        return parse_batches(self._rows(window, set(tenant_ids)), batch_size, self._zone)
+
+    def _rows(
+        self, window: Window, tenants: set[str]
+    ) -> Iterator[tuple[int, dict[str, Any] | InvalidSale]]:
         fields = {field: self._config.columns.get(field, field) for field in SALE_FIELDS}
-        sales: list[Sale] = []
-        rejected: list[InvalidSale] = []
-        rows = 0
         position = 0
         for items in self._pages(window):
             for item in items:
                 position += 1
                 if not isinstance(item, dict):
-                    rejected.append(InvalidSale(str(position), "item", "not a JSON object"))
-                else:
-                    raw = {field: _lookup(item, key) for field, key in fields.items()}
-                    if tenants and _as_text(raw["tenant_id"]) not in tenants:
-                        continue
-                    try:
-                        sales.append(parse_sale(raw, position=position, naive_tz=self._zone))
-                    except InvalidSale as invalid:
-                        rejected.append(invalid)
-                rows += 1
-                if rows == batch_size:
-                    yield SaleBatch(sales, rejected)
-                    sales, rejected, rows = [], [], 0
-        if rows:
-            yield SaleBatch(sales, rejected)
+                    yield position, InvalidSale(str(position), "item", "not a JSON object")
+                    continue
+                raw = {field: _lookup(item, key) for field, key in fields.items()}
+                if tenants and _as_text(raw["tenant_id"]) not in tenants:
+                    continue
+                yield position, raw
 
     def close(self) -> None:
         self._client.close()

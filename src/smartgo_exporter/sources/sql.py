@@ -47,9 +47,9 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from smartgo_exporter.config import SqlSourceConfig
-from smartgo_exporter.errors import ConfigError, InvalidSale, SourceError
-from smartgo_exporter.records import REQUIRED_SALE_FIELDS, SALE_FIELDS, Sale, parse_sale
-from smartgo_exporter.sources import SaleBatch
+from smartgo_exporter.errors import ConfigError, SourceError
+from smartgo_exporter.records import REQUIRED_SALE_FIELDS, SALE_FIELDS
+from smartgo_exporter.sources import SaleBatch, parse_batches
 from smartgo_exporter.windows import Window
 
 _SQLITE_INSTANT = "smartgo_instant"
@@ -114,7 +114,9 @@ class SqlSource:
                     stream_results=True, yield_per=self._config.fetch_size
                 )
                 result = streaming.execute(plan.statement, plan.params)
-                yield from self._batches(result, plan, batch_size, set(tenant_ids))
+                yield from parse_batches(
+                    self._rows(result, plan, set(tenant_ids)), batch_size, self._zone
+                )
         except sa_exc.SQLAlchemyError as error:
             raise SourceError(self._describe(error)) from None
 
@@ -249,15 +251,12 @@ class SqlSource:
 
     # --- reading --------------------------------------------------------------------------------
 
-    def _batches(
-        self, result: sa.CursorResult[Any], plan: _Plan, batch_size: int, tenants: set[str]
-    ) -> Iterator[SaleBatch]:
+    def _rows(
+        self, result: sa.CursorResult[Any], plan: _Plan, tenants: set[str]
+    ) -> Iterator[tuple[int, dict[str, Any]]]:
         columns = _result_columns(result, plan)
         utc = {i for i, *_ in columns if _holds_instants(self._backend, result, i)}
         filter_tenants = plan.filter_tenants and bool(tenants)
-        sales: list[Sale] = []
-        rejected: list[InvalidSale] = []
-        rows = 0
         for position, row in enumerate(result, start=1):
             raw: dict[str, Any] = {}
             for index, field in columns:
@@ -267,16 +266,7 @@ class SqlSource:
                 raw[field] = value
             if filter_tenants and not _tenant_matches(raw.get("tenant_id"), tenants):
                 continue
-            try:
-                sales.append(parse_sale(raw, position=position, naive_tz=self._zone))
-            except InvalidSale as invalid:
-                rejected.append(invalid)
-            rows += 1
-            if rows == batch_size:
-                yield SaleBatch(sales, rejected)
-                sales, rejected, rows = [], [], 0
-        if rows:
-            yield SaleBatch(sales, rejected)
+            yield position, raw
 
     # --- errors ---------------------------------------------------------------------------------
 
