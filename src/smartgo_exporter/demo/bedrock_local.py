@@ -49,7 +49,6 @@ import hmac
 import io
 import json
 import re
-import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -61,6 +60,8 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from PIL import Image
+
+from smartgo_exporter.demo.server import ServerThread
 
 MODELS = frozenset({"amazon.titan-embed-image-v1"})
 DIMENSIONS = frozenset({256, 384, 1024})
@@ -308,41 +309,6 @@ def _seeded_unit(data: bytes, length: int) -> np.ndarray[Any, np.dtype[np.float6
     return unit
 
 
-class _ServerThread:
-    """An aiohttp application served from its own event loop on a daemon thread."""
-
-    def __init__(self, app: web.Application, host: str, port: int) -> None:
-        self._host, self._port = host, port
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="local-bedrock", daemon=True
-        )
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-
-    def start(self) -> int:
-        self._thread.start()
-        try:
-            return asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(timeout=10)
-        except BaseException:
-            self.stop()
-            raise
-
-    async def _serve(self) -> int:
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self._host, self._port).start()
-        port: int = self._runner.addresses[0][1]
-        return port
-
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
-        if not self._thread.is_alive():
-            self._loop.close()
-
-
 @contextlib.contextmanager
 def serve_bedrock(
     *, access_key: str, secret_key: str, host: str = "127.0.0.1", port: int = 0
@@ -354,7 +320,7 @@ def serve_bedrock(
     server = LocalBedrock(access_key, secret_key)
     app = web.Application(client_max_size=MAX_REQUEST_BYTES)
     app.router.add_post("/model/{model_id:.+}/invoke", server.invoke)
-    thread = _ServerThread(app, host, port)
+    thread = ServerThread(app, host, port, name="local-bedrock")
     bound = thread.start()
     server.endpoint_url = f"http://[{host}]:{bound}" if ":" in host else f"http://{host}:{bound}"
     try:

@@ -48,34 +48,24 @@ def _photo_app(folder: Path) -> web.Application:
     return app
 
 
-class _PhotoServer:
-    """aiohttp on its own event loop in a daemon thread, so callers stay synchronous."""
+class ServerThread:
+    """An aiohttp application on its own event loop in a daemon thread, so callers stay
+    synchronous; the demo's photo server and its local Bedrock both run this way."""
 
-    def __init__(self, folder: Path, host: str, port: int) -> None:
+    def __init__(self, app: web.Application, host: str, port: int, *, name: str) -> None:
         self._host, self._port = host, port
         self._loop = asyncio.new_event_loop()
-        self._runner = web.AppRunner(_photo_app(folder), access_log=None, handle_signals=False)
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name=f"demo-photos-{port}", daemon=True
-        )
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
 
-    def start(self) -> str:
+    def start(self) -> int:
+        """Listen, and return the bound port (port 0 picks a free one); OSError if refused."""
         self._thread.start()
         try:
-            port = asyncio.run_coroutine_threadsafe(self._open(), self._loop).result(timeout=30)
-        except OSError as error:
+            return asyncio.run_coroutine_threadsafe(self._open(), self._loop).result(timeout=30)
+        except BaseException:
             self.stop()
-            if error.errno == errno.EADDRINUSE:
-                raise DemoError(
-                    f"port {self._port} on {self._host} is already in use, and the demo's photo "
-                    f"URLs name that port; stop whatever listens there (an earlier demo?), or "
-                    f"rebuild the demo on another port"
-                ) from None
-            raise DemoError(
-                f"cannot serve the demo photos on {self._host}:{self._port}: "
-                f"{error.strerror or error}"
-            ) from None
-        return photo_base_url(self._host, port)
+            raise
 
     async def _open(self) -> int:
         await self._runner.setup()
@@ -104,10 +94,21 @@ def serve_photos(
     anything else is 404. The port is fixed by default because the URLs stored in the demo
     database name it; port 0 picks a free one (for tests). A taken port raises DemoError.
     """
-    server = _PhotoServer(folder, host, port)
-    base_url = server.start()
+    server = ServerThread(_photo_app(folder), host, port, name=f"demo-photos-{port}")
     try:
-        yield base_url
+        bound = server.start()
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            raise DemoError(
+                f"port {port} on {host} is already in use, and the demo's photo "
+                f"URLs name that port; stop whatever listens there (an earlier demo?), or "
+                f"rebuild the demo on another port"
+            ) from None
+        raise DemoError(
+            f"cannot serve the demo photos on {host}:{port}: {error.strerror or error}"
+        ) from None
+    try:
+        yield photo_base_url(host, bound)
     finally:
         server.stop()
 
