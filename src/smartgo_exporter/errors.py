@@ -65,7 +65,11 @@ class EmbeddingError(ExporterError):
 
 
 class ModelUnavailable(ExporterError):
-    """The embedding model cannot be loaded; raised at start, before any sale is read."""
+    """The embedding model cannot be used at all, so no later image could fare better.
+
+    The local model raises it at start, before any sale is read (weights missing or corrupt);
+    Titan also mid-run (credentials refused, an unknown model, vectors of the wrong length).
+    """
 
 
 class SinkError(ExporterError):
