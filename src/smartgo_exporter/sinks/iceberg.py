@@ -31,7 +31,6 @@ from functools import reduce
 from pathlib import Path
 from typing import cast
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy.exc
@@ -307,6 +306,10 @@ class SalesTable:
 
     def query(self, statement: str) -> pa.Table:
         """Run DuckDB SQL over the table, visible as `sales`; the scan streams into DuckDB."""
+        # Imported here: only `sql` needs DuckDB, and every export and Lambda cold start would
+        # otherwise pay for loading it.
+        import duckdb
+
         connection = duckdb.connect()
         try:
             connection.register("sales", self.table.scan().to_arrow_batch_reader())
