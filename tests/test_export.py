@@ -243,13 +243,14 @@ def test_an_unreachable_database_fails_the_run_and_records_it(workspace: DemoPat
 def test_an_export_killed_mid_run_then_rerun_holds_each_sale_once(
     workspace: DemoPaths, store: tuple[DemoPaths, DemoCatalog]
 ) -> None:
-    settings = settings_of(workspace, export={"batch_size": 10})
+    settings = settings_of(workspace, export={"batch_size": 10, "commit_rows": 10})
     script = (
         "import sys; from datetime import date, timedelta\n"
         "from smartgo_exporter import export, load_config\n"
         f"days = [date({FIRST_DAY.year}, {FIRST_DAY.month}, {FIRST_DAY.day}) "
         f"+ timedelta(days=n) for n in range({DAYS})]\n"
-        "export(load_config(sys.argv[1], export={'batch_size': 10, 'lease_seconds': 3}), days)\n"
+        "export(load_config(sys.argv[1], export={'batch_size': 10, 'commit_rows': 10,"
+        " 'lease_seconds': 3}), days)\n"
     )
     child = subprocess.Popen([sys.executable, "-c", script, str(workspace.config)])
     deadline = time.monotonic() + 120
@@ -279,7 +280,7 @@ def _snapshots(settings: Settings) -> int:
 def test_a_run_asked_to_stop_commits_what_it_read_and_says_partial(
     workspace: DemoPaths, store: tuple[DemoPaths, DemoCatalog]
 ) -> None:
-    settings = settings_of(workspace, export={"batch_size": 10})
+    settings = settings_of(workspace, export={"batch_size": 10, "commit_rows": 10})
     records = export(settings, days(), should_stop=lambda: True)
     assert [r.status for r in records] == [RunStatus.PARTIAL]
     assert "stopped" in records[0].message

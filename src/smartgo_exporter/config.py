@@ -50,7 +50,12 @@ class ExportConfig(_Section):
     """Export only these tenants; empty means every tenant the source has."""
     catch_up_days: int = Field(7, ge=0, le=366)
     batch_size: int = Field(500, ge=1, le=100_000)
-    """Sales per committed batch: large enough that a commit writes a few files per partition."""
+    """Sales read, looked up in the table and fetched together; two batches' photos are in
+    memory at once, so this bounds the memory a run takes."""
+    commit_rows: int = Field(10_000, ge=1, le=1_000_000)
+    """Rows gathered from batches before they are committed as one snapshot: a commit's cost
+    is mostly fixed, so few large commits are cheaper, but the rows gathered are redone when a
+    run dies before its commit."""
     lease_seconds: float = Field(60, gt=0)
     """How long a run's hold on its day outlives the run: it is renewed every third of this
     while the run is alive, so the day of a run that crashed is free again after this long."""

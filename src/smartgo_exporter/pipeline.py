@@ -3,9 +3,10 @@
 This is the one place that wires the stages; the CLI, the scheduler and the Lambda handler all
 call `export`. Within a window, work flows one way through two concurrent halves joined by a
 bounded queue: the first reads a batch of sales, looks up what the table already holds and
-fetches the photos still needed; the second embeds those photos and commits the batch. So the
-next batch's photos download while this batch's are embedded, and at most two batches are in
-memory however large the day.
+fetches the photos still needed; the second embeds those photos and, every `commit_rows` rows
+and at the end of the window, commits what it gathered as one snapshot. So the next batch's
+photos download while this batch's are embedded, and at most two batches' photos are in memory
+however large the day. What a batch goes through is in `batches.py`, shared with the Ray runner.
 
 Blocking work runs on dedicated single-thread executors (one for the source, one for the table,
 one for the model): database drivers and SQLite connections expect to stay on one thread, and
@@ -24,15 +25,16 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 
+import pyarrow as pa
 import structlog
 
+from smartgo_exporter.batches import embed_photos, last_per_key, select_sales, sort_photos
 from smartgo_exporter.config import Settings
 from smartgo_exporter.embedders import Embedder, load_embedder
-from smartgo_exporter.errors import EmbeddingError, ExporterError, PhotoError
+from smartgo_exporter.errors import ExporterError
 from smartgo_exporter.images import Photo, PhotoFetcher
 from smartgo_exporter.progress import NonFatalProgressStore, load_progress_store
 from smartgo_exporter.records import (
-    Embedding,
     EmbeddingStatus,
     RunCounts,
     RunError,
@@ -163,7 +165,7 @@ def export(
         return records
     except ExporterError as error:
         # A stage that could not even be opened (the model, the table) fails the first day.
-        record = _failed_record(
+        record = failed_run_record(
             settings, days[0] if days else yesterday(settings.export.timezone), trigger, error
         )
         progress.save(record)
@@ -225,25 +227,19 @@ async def _export_day(
 ) -> RunRecord:
     settings = stages.settings
     window = business_day(day, settings.export.timezone)
-    record = _new_record(settings, window, trigger)
+    record = new_run_record(settings, window, trigger)
     structlog.contextvars.bind_contextvars(run_id=record.run_id, day=day.isoformat())
-    lease = _Lease(progress, f"window:{settings.export.source_name}:{day}", record.run_id)
+    lease = DayLease(progress, lease_name(settings, day), record.run_id)
     ttl = settings.export.lease_seconds
     if not await lease.acquire(ttl, settings.export.lock_wait_seconds):
-        record.status = RunStatus.FAILED
-        record.message = (
-            f"another run is exporting {day}, so this run did nothing"
-            f" (a crashed run's hold lapses within {ttl:g} s)"
-        )
-        record.record_error(RunError("", "run", "locked", record.message))
-        record.finished_at = datetime.now(UTC)
+        lock_out(record, ttl)
         log.error("run_locked_out")
         progress.save(record)
         structlog.contextvars.unbind_contextvars("run_id", "day")
         return record
     log.info("run_started", window_start=window.start.isoformat(), trigger=trigger)
     progress.save(record)
-    _close_interrupted_runs(progress, record)
+    close_interrupted_runs(progress, record)
     keep_alive = asyncio.create_task(lease.keep_alive(ttl))
     try:
         await _export_window(stages, window, record)
@@ -266,7 +262,7 @@ async def _export_day(
     return record
 
 
-def _close_interrupted_runs(progress: NonFatalProgressStore, current: RunRecord) -> None:
+def close_interrupted_runs(progress: NonFatalProgressStore, current: RunRecord) -> None:
     """Record as FAILED the runs of this day still marked RUNNING: they were interrupted.
 
     A run killed, crashed or timed out (SIGKILL, out of memory, a Lambda timeout) cannot
@@ -288,8 +284,24 @@ def _close_interrupted_runs(progress: NonFatalProgressStore, current: RunRecord)
         progress.save(stale)
 
 
+def lease_name(settings: Settings, day: date) -> str:
+    """The name of a day's lease: every runner takes the same one, so they exclude each other."""
+    return f"window:{settings.export.source_name}:{day}"
+
+
+def lock_out(record: RunRecord, ttl_seconds: float) -> None:
+    """Record as FAILED, and why, a run that found its day held by another run."""
+    record.status = RunStatus.FAILED
+    record.message = (
+        f"another run is exporting {record.business_date}, so this run did nothing"
+        f" (a crashed run's hold lapses within {ttl_seconds:g} s)"
+    )
+    record.record_error(RunError("", "run", "locked", record.message))
+    record.finished_at = datetime.now(UTC)
+
+
 @dataclasses.dataclass
-class _Lease:
+class DayLease:
     """A run's exclusive hold on its day, so two runs of one window never work at once."""
 
     progress: NonFatalProgressStore
@@ -330,15 +342,30 @@ class _Prepared:
     stored: StoredRows
 
 
+@dataclasses.dataclass
+class _Uncommitted:
+    """Embedded batches gathered for one commit: a commit per `commit_rows` rows keeps the
+    files large and the snapshots few, while batches stay small enough to hold their photos."""
+
+    tables: list[pa.Table] = dataclasses.field(default_factory=list)
+    counts: RunCounts = dataclasses.field(default_factory=RunCounts)
+    rows: int = 0
+
+
 async def _export_window(stages: _Stages, window: Window, record: RunRecord) -> None:
     queue: asyncio.Queue[_Prepared | None] = asyncio.Queue(maxsize=1)
+    uncommitted = _Uncommitted()
     async with PhotoFetcher(stages.settings.photos) as fetcher:
         producer = asyncio.create_task(_produce(stages, fetcher, window, record, queue))
         try:
             while (prepared := await queue.get()) is not None:
-                await _finish_batch(stages, prepared, record)
-                if stages.on_batch is not None:
-                    stages.on_batch(BatchDone(window.day, prepared.counts, *stages.position))
+                await _embed_batch(stages, prepared, record, uncommitted)
+                if uncommitted.rows >= stages.settings.export.commit_rows:
+                    uncommitted = await _commit(stages, uncommitted, record)
+            # Also when the source failed midway (the producer ends the queue either way): the
+            # rows read before the failure are embedded already, and are kept.
+            if uncommitted.counts.sales:
+                await _commit(stages, uncommitted, record)
         finally:
             if not producer.done():
                 producer.cancel()
@@ -375,10 +402,9 @@ async def _produce(
 async def _prepare(
     stages: _Stages, fetcher: PhotoFetcher, batch: SaleBatch, record: RunRecord
 ) -> _Prepared:
-    counts = RunCounts(sales=len(batch.sales) + len(batch.rejected), rejected=len(batch.rejected))
-    for invalid in batch.rejected:
-        record.record_error(RunError(invalid.row, "source", invalid.field, invalid.reason))
-    sales = _unique(batch.sales, record, stages.settings.export.tenant_ids)
+    sales, counts, errors = select_sales(batch, stages.settings.export.tenant_ids)
+    for error in errors:
+        record.record_error(error)
     stored = await _on(stages.table_thread, stages.table.stored, [sale.key for sale in sales])
     embedder = stages.embedder
     plan = plan_batch(sales, stored, embedder.model_id, uses_titles=embedder.uses_captions)
@@ -387,21 +413,19 @@ async def _prepare(
     urls = sorted({sale.photo_url for sale in plan.to_fetch if sale.photo_url})
     log.debug("photos_fetching", photos=len(urls))
     photos = dict(zip(urls, await fetcher.fetch_all(urls), strict=True))
-    fetched: list[tuple[Sale, Photo]] = []
-    for sale in plan.to_fetch:
-        photo = photos[str(sale.photo_url)]
-        if isinstance(photo, PhotoError):
-            plan.settled.append(SaleRow(sale, EmbeddingStatus.failed(photo.reason)))
-            record.record_error(RunError(sale.sale_id, "photo", photo.reason, _redact(photo)))
-            counts.failed += 1
-        else:
-            fetched.append((sale, photo))
-    return _Prepared(plan.settled, fetched, counts, stored)
+    fetched, failed, errors = sort_photos(plan.to_fetch, photos, counts)
+    for error in errors:
+        record.record_error(error)
+    return _Prepared(plan.settled + failed, fetched, counts, stored)
 
 
-async def _finish_batch(stages: _Stages, prepared: _Prepared, record: RunRecord) -> None:
+async def _embed_batch(
+    stages: _Stages, prepared: _Prepared, record: RunRecord, uncommitted: _Uncommitted
+) -> None:
     log.debug("batch_embedding", photos=len(prepared.fetched))
-    embedded, errors = await _on(stages.model_thread, _embed, stages.embedder, prepared)
+    embedded, errors = await _on(
+        stages.model_thread, embed_photos, stages.embedder, prepared.fetched, prepared.counts
+    )
     for error in errors:
         record.record_error(error)
     rows = prepared.settled + embedded
@@ -409,83 +433,34 @@ async def _finish_batch(stages: _Stages, prepared: _Prepared, record: RunRecord)
     prepared.counts.written = len(to_write)
     prepared.counts.unchanged = len(rows) - len(to_write)
     if to_write:
-        table = rows_to_arrow(
-            to_write,
-            source=stages.settings.export.source_name,
-            run_id=record.run_id,
-            exported_at=datetime.now(UTC),
+        uncommitted.tables.append(
+            rows_to_arrow(
+                to_write,
+                source=stages.settings.export.source_name,
+                run_id=record.run_id,
+                exported_at=datetime.now(UTC),
+            )
         )
+        uncommitted.rows += len(to_write)
+    uncommitted.counts.add(prepared.counts)
+    log.debug("batch_embedded", **dataclasses.asdict(prepared.counts))
+
+
+async def _commit(stages: _Stages, uncommitted: _Uncommitted, record: RunRecord) -> _Uncommitted:
+    """Upsert the gathered batches in one snapshot; returns the next, empty, gathering."""
+    if uncommitted.tables:
         await _on(
             stages.table_thread,
             stages.table.upsert,
-            table,
+            last_per_key(uncommitted.tables),
             run_id=record.run_id,
             business_date=record.business_date,
         )
-    record.counts.add(prepared.counts)
-    log.info("batch_committed", **dataclasses.asdict(prepared.counts))
-
-
-def _embed(embedder: Embedder, prepared: _Prepared) -> tuple[list[SaleRow], list[RunError]]:
-    """Embed each distinct photo once (several sales of one product share it).
-
-    Runs on the model thread, so it returns its errors for the event loop to record rather
-    than touching the run record concurrently with the next batch's preparation.
-    """
-
-    def key(sale: Sale, photo: Photo) -> tuple[str, str | None]:
-        # A model that embeds titles too sees one photo with two titles as two inputs.
-        return (photo.sha256, sale.title if embedder.uses_captions else None)
-
-    distinct: dict[tuple[str, str | None], Photo] = {}
-    for sale, photo in prepared.fetched:
-        distinct.setdefault(key(sale, photo), photo)
-    inputs = list(distinct)
-    outputs = embedder.embed(
-        [distinct[k].data for k in inputs], captions=[title for _, title in inputs]
-    )
-    vectors = dict(zip(inputs, outputs, strict=True))
-    rows: list[SaleRow] = []
-    errors: list[RunError] = []
-    for sale, photo in prepared.fetched:
-        vector = vectors[key(sale, photo)]
-        if isinstance(vector, EmbeddingError):
-            reason = f"embedding_{vector.reason}"
-            rows.append(SaleRow(sale, EmbeddingStatus.failed(reason)))
-            errors.append(RunError(sale.sale_id, "embedding", reason, vector.detail))
-            prepared.counts.failed += 1
-            continue
-        embedding = Embedding(vector, embedder.model_id, photo.sha256, photo.width, photo.height)
-        rows.append(SaleRow(sale, EmbeddingStatus.OK, embedding))
-        prepared.counts.embedded += 1
-    return rows, errors
-
-
-def _unique(sales: list[Sale], record: RunRecord, tenant_ids: list[str]) -> list[Sale]:
-    """One sale per key (the source's later row wins), of the configured tenants only."""
-    allowed = set(tenant_ids)
-    by_key: dict[tuple[str, str], Sale] = {}
-    for sale in sales:
-        if allowed and sale.tenant_id not in allowed:
-            log.warning("foreign_tenant_dropped", tenant_id=sale.tenant_id, sale_id=sale.sale_id)
-            continue
-        if sale.key in by_key:
-            record.record_error(
-                RunError(sale.sale_id, "source", "duplicate_sale_id", "the later row was kept")
-            )
-        by_key[sale.key] = sale
-    return list(by_key.values())
-
-
-def _redact(error: PhotoError) -> str:
-    """The error without the URL's credentials: its userinfo (user:password@) and its query
-    string, where signed URLs keep theirs."""
-    url = error.url.split("?", 1)[0].split("#", 1)[0]
-    scheme, separator, rest = url.partition("://")
-    if separator:
-        authority, slash, path = rest.partition("/")
-        url = f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
-    return f"{url}: {error.reason}" + (f" ({error.detail})" if error.detail else "")
+    record.counts.add(uncommitted.counts)
+    log.info("batch_committed", **dataclasses.asdict(uncommitted.counts))
+    if stages.on_batch is not None:
+        stages.on_batch(BatchDone(record.business_date, uncommitted.counts, *stages.position))
+    return _Uncommitted()
 
 
 async def _on(
@@ -495,7 +470,8 @@ async def _on(
     return await loop.run_in_executor(executor, lambda: function(*args, **kwargs))
 
 
-def _new_record(settings: Settings, window: Window, trigger: str) -> RunRecord:
+def new_run_record(settings: Settings, window: Window, trigger: str) -> RunRecord:
+    """A RUNNING record under a new run id, which starts with the day so ids sort by day."""
     now = datetime.now(UTC)
     return RunRecord(
         run_id=f"{window.day:%Y%m%d}-{uuid.uuid4().hex[:12]}",
@@ -509,8 +485,11 @@ def _new_record(settings: Settings, window: Window, trigger: str) -> RunRecord:
     )
 
 
-def _failed_record(settings: Settings, day: date, trigger: str, error: ExporterError) -> RunRecord:
-    record = _new_record(settings, business_day(day, settings.export.timezone), trigger)
+def failed_run_record(
+    settings: Settings, day: date, trigger: str, error: ExporterError
+) -> RunRecord:
+    """The record of a run that failed before its day began: a stage could not be opened."""
+    record = new_run_record(settings, business_day(day, settings.export.timezone), trigger)
     record.status = RunStatus.FAILED
     record.finished_at = record.started_at
     record.message = str(error)

@@ -48,7 +48,13 @@ from tests.test_export import FIRST_DAY, days, settings_of
 BATCH_SIZE = 5
 LEASE_SECONDS = 0.6
 """The killed run's hold on its day lapses this long after its last renewal."""
-CHILD_SETTINGS = {"export": {"batch_size": BATCH_SIZE, "lease_seconds": LEASE_SECONDS}}
+CHILD_SETTINGS = {
+    "export": {
+        "batch_size": BATCH_SIZE,
+        "commit_rows": BATCH_SIZE,
+        "lease_seconds": LEASE_SECONDS,
+    }
+}
 RERUN_SETTINGS = {"export": {"lock_wait_seconds": 10}}
 
 FORK_SERVER = """
@@ -239,7 +245,8 @@ def _cli(workspace: DemoPaths, *extra: str) -> subprocess.Popen[str]:
         [str(command), "run", "--config", str(workspace.config), "--from",
          days()[0].isoformat(), "--to", days()[-1].isoformat(), "--log-level", "INFO", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=os.environ | {"SGX_EXPORT__BATCH_SIZE": "5", "SGX_EXPORT__LEASE_SECONDS": "1"},
+        env=os.environ | {"SGX_EXPORT__BATCH_SIZE": "5", "SGX_EXPORT__COMMIT_ROWS": "5",
+                          "SGX_EXPORT__LEASE_SECONDS": "1"},
     )  # fmt: skip
 
 

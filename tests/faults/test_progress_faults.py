@@ -258,6 +258,7 @@ def write_config(root: Path, url: str, *, lock_wait_seconds: float, batch_size: 
         f"""
 [export]
 batch_size = {batch_size}
+commit_rows = {batch_size}
 lock_wait_seconds = {lock_wait_seconds}
 
 [source]

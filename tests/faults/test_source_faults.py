@@ -74,7 +74,7 @@ def export_settings(
     return load_config(
         None,
         source=source_section,
-        export={"batch_size": 20, **(export or {})},
+        export={"batch_size": 20, "commit_rows": 20, **(export or {})},
         table={
             "catalog": {
                 "type": "sql",
@@ -460,7 +460,7 @@ def test_a_sale_id_twice_in_one_day_lands_once_even_in_different_batches(
         "ORDER BY sales.sold_at, sales.id", "ORDER BY payments.amount DESC, sales.id"
     )
     settings = export_settings(
-        tmp_path, sales_db.url, source={"query": query}, export={"batch_size": 2}
+        tmp_path, sales_db.url, source={"query": query}, export={"batch_size": 2, "commit_rows": 2}
     )
 
     records = export(settings, [DAY])
