@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import structlog
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from smartgo_exporter.embedders import Vector
 from smartgo_exporter.errors import EmbeddingError, ModelUnavailable
@@ -357,6 +357,10 @@ def encode_for_titan(data: bytes, max_bytes: int = MAX_IMAGE_BYTES) -> bytes | E
         return EmbeddingError("decode_failed", "empty image")
     try:
         with Image.open(io.BytesIO(data)) as image:
+            if _sendable_as_is(image, len(data), max_bytes):
+                # Most product photos: decoding and re-encoding them would change nothing
+                # Titan sees, and would cost more CPU than the rest of the call.
+                return data
             image.draft("RGB", _fitted(image.size))
             upright = ImageOps.exif_transpose(image)
             flat = _on_white(upright)
@@ -375,6 +379,18 @@ def encode_for_titan(data: bytes, max_bytes: int = MAX_IMAGE_BYTES) -> bytes | E
         "too_large",
         f"{flat.width}x{flat.height} is {buffer.tell()} bytes as JPEG at quality "
         f"{JPEG_QUALITIES[-1]}, over {max_bytes}",
+    )
+
+
+def _sendable_as_is(image: Image.Image, size: int, max_bytes: int) -> bool:
+    """A plain JPEG within Titan's limits, the right way up: what re-encoding would produce."""
+    orientation = image.getexif().get(ExifTags.Base.Orientation, 1) if "exif" in image.info else 1
+    return (
+        image.format == "JPEG"
+        and image.mode in ("RGB", "L")
+        and max(image.size) <= MAX_SIDE
+        and size <= max_bytes
+        and orientation == 1
     )
 
 
