@@ -1,7 +1,8 @@
 """The Iceberg table under fault: a concurrent writer, the catalog gone at commit, a read-only
-warehouse. Each export is real (the demo store, its photo server, the local model); each fault is
-real too: a second process committing, a PostgreSQL catalog whose network path is cut, a
-warehouse the kernel refuses to write to (even for root).
+warehouse, a full warehouse disk. Each export is real (the demo store, its photo server, the
+local model); each fault is real too: a second process committing, a PostgreSQL catalog whose
+network path is cut, a warehouse the kernel refuses to write to (even for root), a warehouse on
+a disk of its own with no byte left.
 """
 
 from __future__ import annotations
@@ -9,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
+import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +82,7 @@ def test_a_concurrent_writer_committing_to_the_same_partitions_loses_nothing_on_
     """Another process upserts other sales of the same store and month, commit after commit,
     for the whole export: each commit that loses the race is re-planned and retried, and in
     the end both writers' sales are in the table, each exactly once."""
-    settings = settings_of(workspace, export={"batch_size": 10})
+    settings = settings_of(workspace, export={"batch_size": 10, "commit_rows": 10})
     SalesTable.open(settings.table, source="smartgo")  # both writers start from one table
     stop, ledger = workspace.root / "stop-writer", workspace.root / "writer-ledger"
     tenant = next(iter(demo_source_sales(workspace.sales_db)))[0]
@@ -91,7 +95,9 @@ def test_a_concurrent_writer_committing_to_the_same_partitions_loses_nothing_on_
         assert writer.stdout is not None
         assert writer.stdout.readline().strip() == "ready"
         with structlog.testing.capture_logs() as logs, caplog.at_level(logging.WARNING):
-            records = export(settings, [FIRST_DAY])
+            records = export(
+                settings, [FIRST_DAY], on_batch=_after_first_commit(wait_for_commit_in=ledger)
+            )
     finally:
         stop.touch()
         writer_output = writer.communicate(timeout=60)[0]
@@ -123,6 +129,28 @@ def test_a_concurrent_writer_committing_to_the_same_partitions_loses_nothing_on_
         records=records,
     )
     assert {str(r.status) for r in records} <= {"SUCCEEDED", "PARTIAL"}
+
+
+def _after_first_commit(*, wait_for_commit_in: Path) -> Callable[[BatchDone], None]:
+    """Hold the export after its first commit until the other writer has committed again, so
+    that the other writer's commit lands between ours however the two processes are scheduled
+    (on a loaded machine the export can otherwise finish inside the writer's pause)."""
+    seen: list[BatchDone] = []
+
+    def hold(batch: BatchDone) -> None:
+        seen.append(batch)
+        if len(seen) != 1:
+            return
+        committed = _lines(wait_for_commit_in)
+        deadline = time.monotonic() + 60
+        while _lines(wait_for_commit_in) == committed and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    return hold
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text().split()) if path.exists() else 0
 
 
 # --- the catalog unreachable at commit ---------------------------------------------------------
@@ -208,7 +236,7 @@ def test_a_catalog_unreachable_at_commit_is_retried_then_fails_the_run_with_no_p
     link, uri = catalog_link
     settings = settings_of(
         workspace,
-        export={"batch_size": 10},
+        export={"batch_size": 10, "commit_rows": 10},
         table={
             "catalog_name": f"fault_{uuid.uuid4().hex[:8]}",
             "catalog": {
@@ -240,7 +268,6 @@ def test_a_catalog_unreachable_at_commit_is_retried_then_fails_the_run_with_no_p
     assert committed.num_rows == records[0].counts.written  # the failed batch left no trace
     table = SalesTable.open(settings.table, source="smartgo", create=False).table
     assert len(table.snapshots()) == 1
-    print("MSG", records[0].message)
     fault_report.record(
         fault="table: catalog unreachable at commit",
         injected="TCP proxy to the PostgreSQL catalog cut after batch 1",
@@ -286,5 +313,80 @@ def test_a_read_only_warehouse_fails_the_run_with_a_clear_message_and_a_rerun_co
         settings=settings,
         source_sales=demo_source_sales(workspace.sales_db),
         records=records,
+        expect_status="FAILED",
+    )
+
+
+# --- a full warehouse disk ---------------------------------------------------------------------
+
+WAREHOUSE_DISK = "32m"
+"""The warehouse's own disk: room for the demo's table many times over, filled in a moment."""
+
+
+@pytest.fixture
+def warehouse_on_tmpfs(workspace: DemoPaths) -> Iterator[Path]:
+    """The workspace's warehouse on a tmpfs of its own, so filling it fills no one else's disk;
+    unmounted afterwards (lazily: the catalog's SQLite connections may still hold a file)."""
+    workspace.warehouse.mkdir(parents=True, exist_ok=True)
+    tmpfs = ["-t", "tmpfs", "-o", f"size={WAREHOUSE_DISK}", "sgx-warehouse"]
+    subprocess.run(["mount", *tmpfs, str(workspace.warehouse)], check=True)
+    try:
+        yield workspace.warehouse
+    finally:
+        subprocess.run(["umount", "--lazy", str(workspace.warehouse)], check=True)
+
+
+def fill_disk(folder: Path) -> Path:
+    """Write zeros to a new file in `folder` until the kernel answers ENOSPC; return the file,
+    whose removal frees the disk again."""
+    filler = folder / "filler"
+    chunk = bytes(1 << 20)
+    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    try:
+        while True:
+            try:
+                os.write(descriptor, chunk)  # a short write fills the rest; the next one fails
+            except OSError as error:
+                if error.errno != errno.ENOSPC:
+                    raise
+                return filler
+    finally:
+        os.close(descriptor)
+
+
+def test_a_full_warehouse_disk_fails_the_run_saying_no_space_and_a_rerun_converges(
+    workspace: DemoPaths, warehouse_on_tmpfs: Path, fault_report: FaultReport
+) -> None:
+    """Day 1 is exported, then the warehouse's disk is filled to the last byte. Unlike a
+    read-only warehouse, the batch's data files can still be created, and writing them fails:
+    day 1 (nothing to write) still finishes, day 2's commit meets ENOSPC on every attempt and
+    the run fails saying so, its files left on disk but none in the table, and day 3 waits;
+    once space is freed, a re-run completes all three days."""
+    settings = settings_of(workspace, table={"commit_attempts": 2})
+    export(settings, [FIRST_DAY])
+    snapshots = len(SalesTable.open(settings.table, source="smartgo").table.snapshots())
+    before = key_counts(read_table(settings))
+    filler = fill_disk(warehouse_on_tmpfs)
+
+    records = export(settings, days())
+
+    assert [r.status for r in records] == [RunStatus.PARTIAL, RunStatus.FAILED]
+    assert records[0].counts.written == 0
+    assert "No space left on device" in records[1].message
+    assert "cannot commit" in records[1].message
+    table = SalesTable.open(settings.table, source="smartgo", create=False).table
+    assert len(table.snapshots()) == snapshots
+    assert key_counts(read_table(settings)) == before
+    in_table = {Path(task.file.file_path).name for task in table.scan().plan_files()}
+    on_disk = {path.name for path in warehouse_on_tmpfs.rglob("*.parquet")}
+    assert on_disk - in_table, "the failed batch's files were never even started"
+    fault_report.record(
+        fault="table: warehouse disk full",
+        injected=f"the warehouse on a {WAREHOUSE_DISK} tmpfs of its own, filled to ENOSPC after"
+        " day 1 was exported",
+        settings=settings,
+        source_sales=demo_source_sales(workspace.sales_db),
+        records=records,
+        fix=filler.unlink,
         expect_status="FAILED",
     )

@@ -30,10 +30,13 @@ so similar-looking photos are NOT near each other. The server proves the wiring,
 
 Knobs (`reset()` restores them): `dimension_override` (answer vectors of this length whatever
 was asked), `throttle_next` (answer that many upcoming requests 429 ThrottlingException),
-`max_image_bytes`, `delay_seconds` (hold every request that long), `denied_models` (403
-AccessDeniedException). Records: `requests`, `throttled`, `per_model`, `in_flight`,
-`max_in_flight`, `bodies` (the parsed JSON of every signed, unthrottled request for a model it
-serves) and `last_body`.
+`throttle_seconds` (answer every request 429 ThrottlingException for that many seconds of wall
+time, counted from the first request that arrives once it is set: a quota exhausted for a
+while, however many calls the client makes meanwhile), `max_image_bytes`, `delay_seconds` (hold
+every request that long), `denied_models` (403 AccessDeniedException). Records: `requests`,
+`throttled`, `throttled_since` (the `time.monotonic()` of the first request `throttle_seconds`
+throttled), `per_model`, `in_flight`, `max_in_flight`, `bodies` (the parsed JSON of every
+signed, unthrottled request for a model it serves) and `last_body`.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ import hmac
 import io
 import json
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -122,11 +126,13 @@ class LocalBedrock:
     endpoint_url: str = ""
     dimension_override: int | None = None
     throttle_next: int = 0
+    throttle_seconds: float = 0.0
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     delay_seconds: float = 0.0
     denied_models: set[str] = dataclasses.field(default_factory=set)
     requests: int = 0
     throttled: int = 0
+    throttled_since: float | None = None
     per_model: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     in_flight: int = 0
     max_in_flight: int = 0
@@ -168,8 +174,13 @@ class LocalBedrock:
         _check_signature(request, payload, Credentials(self.access_key, self.secret_key))
         if self.throttle_next > 0:
             self.throttle_next -= 1
-            self.throttled += 1
-            raise _Refusal(429, "ThrottlingException", "Too many requests, please wait.")
+            raise self._throttled()
+        if self.throttle_seconds > 0:
+            now = time.monotonic()
+            if self.throttled_since is None:
+                self.throttled_since = now
+            if now - self.throttled_since < self.throttle_seconds:
+                raise self._throttled()
         if model not in MODELS:
             raise _validation("The provided model identifier is invalid.")
         if model in self.denied_models:
@@ -191,6 +202,10 @@ class LocalBedrock:
         tokens = len(text.split())
         vector = _embedding(image, text, self.dimension_override or length)
         return {"embedding": vector, "inputTextTokenCount": tokens}
+
+    def _throttled(self) -> _Refusal:
+        self.throttled += 1
+        return _Refusal(429, "ThrottlingException", "Too many requests, please wait.")
 
     def _parse(self, body: dict[str, Any]) -> tuple[int, bytes, str]:
         """(output length, image bytes, text) of a valid request; ValidationException if not."""
