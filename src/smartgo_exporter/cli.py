@@ -15,16 +15,19 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 import typer
 from rich import box
 from rich.console import Console
+from rich.filesize import pick_unit_and_suffix
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from smartgo_exporter.backfill import Runner, backfill
 from smartgo_exporter.config import Settings, load_config
 from smartgo_exporter.errors import ExporterError
 from smartgo_exporter.logs import configure_logging
 from smartgo_exporter.pipeline import BatchDone, export
 from smartgo_exporter.progress import load_progress_store
 from smartgo_exporter.records import RunRecord, RunStatus
+from smartgo_exporter.sinks import compaction
 from smartgo_exporter.sinks.iceberg import SalesTable, create_table
 from smartgo_exporter.windows import days
 
@@ -86,6 +89,55 @@ def run(
     with _progress_display() as on_batch, stop_on_signals(threading.Event()) as stop:
         records = _guarded(
             lambda: export(settings, selected, on_batch=on_batch, should_stop=stop.is_set)
+        )
+    print_runs(records)
+    if any(record.status is RunStatus.FAILED for record in records):
+        raise typer.Exit(1)
+
+
+@app.command("backfill")
+def backfill_command(
+    first: Annotated[
+        datetime, typer.Option("--from", formats=["%Y-%m-%d"], help="First day to export.")
+    ],
+    last: Annotated[
+        datetime, typer.Option("--to", formats=["%Y-%m-%d"], help="Last day to export.")
+    ],
+    config: ConfigOption = DEFAULT_CONFIG,
+    runner: Annotated[
+        Runner,
+        typer.Option(
+            help="local: one day after another on this machine; ray: all the days at once on "
+            "a Ray cluster. Needs: pip install 'smartgo-exporter\\[ray]'."
+        ),
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="The Ray cluster (host:port, auto, ray://...); default: RAY_ADDRESS, a Ray "
+            "started on this machine, or else a local Ray started for this backfill."
+        ),
+    ] = None,
+    log_level: LogLevel = "WARNING",
+) -> None:
+    """Export every day of a range, each as its own run, on this machine or on a Ray cluster.
+
+    Every day gets its run record and the table is the same whichever runner exports it: rows
+    already there are not rewritten, and stored embeddings of unchanged photos are reused.
+    Example: smartgo-exporter backfill --from 2026-01-01 --to 2026-03-31 --runner ray
+    """
+    configure_logging(log_level)
+    settings = _settings(config)
+    with _progress_display() as on_batch:
+        records = _guarded(
+            lambda: backfill(
+                settings,
+                first.date(),
+                last.date(),
+                runner=runner,
+                ray_address=ray_address,
+                on_batch=on_batch,
+            )
         )
     print_runs(records)
     if any(record.status is RunStatus.FAILED for record in records):
@@ -377,6 +429,113 @@ def schedule(
     settings = _guarded(lambda: load_config(config, **overrides))
     with stop_on_signals(threading.Event()) as stop:
         run_schedule(settings, stop_event=stop)
+
+
+@app.command()
+def compact(
+    config: ConfigOption = DEFAULT_CONFIG,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's partitions.")] = None,
+    month: Annotated[
+        datetime | None,
+        typer.Option(formats=["%Y-%m"], help="Only this month's partitions (YYYY-MM)."),
+    ] = None,
+    target_mib: Annotated[
+        int,
+        typer.Option(
+            "--target-mib",
+            min=1,
+            help="Size of a rewritten data file, in MiB; files of 3/4 of it or more are kept.",
+        ),
+    ] = compaction.DEFAULT_TARGET_FILE_BYTES // compaction.MIB,
+    keep_days: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Expire snapshots older than this many days; the current one is always kept.",
+        ),
+    ] = compaction.DEFAULT_KEEP_DAYS,
+    log_level: LogLevel = "WARNING",
+) -> None:
+    """Rewrite each partition's small data files into few large ones, then expire old snapshots.
+
+    Each partition becomes one snapshot with exactly its rows; an export committing to it
+    meanwhile is never lost (the partition is planned again, or left for the next compaction).
+    --tenant and --month narrow the rewrite; expiry is table-wide. No file is deleted:
+    pyiceberg cannot yet, so files no snapshot references any more are counted and left.
+    Not for S3 Tables, which compacts its tables itself.
+    Example: smartgo-exporter compact --config smartgo-exporter.toml --month 2026-10 --keep-days 7
+    """
+    configure_logging(log_level)
+    settings = _settings(config)
+    report = _guarded(
+        lambda: compaction.compact(
+            settings.table,
+            tenant=tenant,
+            month=month.date() if month else None,
+            target_file_bytes=target_mib * compaction.MIB,
+            keep_days=keep_days,
+        )
+    )
+    _print_compaction(report)
+
+
+def _print_compaction(report: compaction.CompactionReport) -> None:
+    """Partitions rewritten (files and bytes before and after), then what expiry did."""
+    done = report.compacted
+    selected = len(done) + report.already_compact + len(report.skipped)
+    console.print(
+        f"{report.table}: compacted {len(done)} of {selected} partitions"
+        f" (target {_size(report.target_file_bytes)} per file)",
+        markup=False,
+    )
+    if done:
+        table = Table(box=box.SIMPLE_HEAD)
+        table.add_column("partition", no_wrap=True)
+        for column in ("files", "size", "rows"):
+            table.add_column(column, justify="right")
+        for part in done:
+            table.add_row(
+                part.partition,
+                f"{part.files_before} → {part.files_after}",
+                f"{_size(part.bytes_before)} → {_size(part.bytes_after)}",
+                str(part.rows),
+            )
+        if len(done) > 1:
+            table.add_section()
+            table.add_row(
+                "total",
+                f"{sum(p.files_before for p in done)} → {sum(p.files_after for p in done)}",
+                f"{_size(sum(p.bytes_before for p in done))}"
+                f" → {_size(sum(p.bytes_after for p in done))}",
+                str(sum(p.rows for p in done)),
+            )
+        console.print(table)
+    if report.skipped:
+        errors.print(
+            "Left as they were, concurrent commits having changed them at every attempt"
+            f" (compact again later): {', '.join(report.skipped)}",
+            style="yellow",
+            markup=False,
+        )
+    console.print(
+        f"Snapshots: expired {report.snapshots_expired} older than {report.keep_days} days,"
+        f" kept {report.snapshots_kept}."
+    )
+    unreferenced = (
+        f"; {report.unreferenced_files} data files ({_size(report.unreferenced_bytes)}) that no"
+        " snapshot references any more stay on storage"
+        if report.unreferenced_files
+        else ""
+    )
+    console.print(f"Files deleted: none (pyiceberg 0.12 deletes no files){unreferenced}.")
+
+
+def _size(count: int) -> str:
+    """In binary units, as --target-mib is given: 812 bytes, 1.6 MiB, 128 MiB."""
+    unit, suffix = pick_unit_and_suffix(count, ["bytes", "KiB", "MiB", "GiB", "TiB"], 1024)
+    if unit == 1:
+        return f"{count} bytes"
+    return f"{count / unit:,.1f}".removesuffix(".0") + f" {suffix}"
 
 
 @app.command("create-table")

@@ -74,3 +74,8 @@ class ModelUnavailable(ExporterError):
 
 class SinkError(ExporterError):
     """The table could not be created, read or committed to."""
+
+
+class RunnerUnavailable(ExporterError):
+    """The runner asked for cannot be used here: its optional extra is not installed (the
+    message says what to pip install) or its cluster cannot be reached."""

@@ -219,6 +219,14 @@ def _redact(error: Exception, properties: dict[str, str]) -> str:
     return text
 
 
+def load_table(config: TableConfig) -> Table:
+    """The existing table; SinkError naming it when it is missing or its catalog fails."""
+    catalog = open_catalog(config)
+    identifier = (config.namespace, config.name)
+    with _table_errors(identifier, "open", config.catalog):
+        return catalog.load_table(identifier)
+
+
 class SalesTable:
     """The sales table of one source: what the pipeline reads keys from and upserts into."""
 
@@ -230,13 +238,7 @@ class SalesTable:
     @classmethod
     def open(cls, config: TableConfig, *, source: str, create: bool = True) -> SalesTable:
         """Load the table, creating namespace and table (or adding new columns) as needed."""
-        if create:
-            table = create_table(config)
-        else:
-            catalog = open_catalog(config)
-            identifier = (config.namespace, config.name)
-            with _table_errors(identifier, "open", config.catalog):
-                table = catalog.load_table(identifier)
+        table = create_table(config) if create else load_table(config)
         return cls(table, source=source, commit_attempts=config.commit_attempts)
 
     def stored(self, keys: Iterable[Key]) -> StoredRows:
@@ -250,9 +252,9 @@ class SalesTable:
         try:
             self.table.refresh()
             found = self.table.scan(row_filter=self._key_filter(keys)).to_arrow()
-        except _UNREACHABLE as error:
+        except UNREACHABLE as error:
             raise SinkError(
-                f"cannot read table {'.'.join(self.table.name())}: {_first_line(error)}"
+                f"cannot read table {'.'.join(self.table.name())}: {first_line(error)}"
             ) from error
         index = {
             (tenant, sale): position
@@ -305,13 +307,13 @@ class SalesTable:
                     raise SinkError(
                         f"cannot commit {rows.num_rows} rows to table"
                         f" {'.'.join(self.table.name())}: {attempt} attempts failed, the last"
-                        f" because: {_first_line(error)}"
+                        f" because: {first_line(error)}"
                     ) from error
                 conflict = isinstance(error, (CommitFailedException, ValidationException))
                 log.warning(
                     "commit_conflict" if conflict else "commit_failed",
                     attempt=attempt,
-                    error=_first_line(error),
+                    error=first_line(error),
                 )
                 time.sleep(min(0.2 * 2**attempt, 5.0))
 
@@ -405,7 +407,7 @@ class SalesTable:
         return And(_equal_to("source", self.source), reduce(either, per_tenant))
 
 
-_UNREACHABLE = (
+UNREACHABLE = (
     CommitStateUnknownException,
     ServerError,
     ServiceUnavailableError,
@@ -413,11 +415,11 @@ _UNREACHABLE = (
     sqlalchemy.exc.OperationalError,  # the SQL catalog's database: unreachable, locked
 )
 """A catalog or warehouse that did not answer, or not in time: the next try may pass."""
-_RETRIED_AT_COMMIT = (CommitFailedException, ValidationException, *_UNREACHABLE)
+_RETRIED_AT_COMMIT = (CommitFailedException, ValidationException, *UNREACHABLE)
 """What may pass by the next attempt of a commit; anything else is a bug or a bad table."""
 
 
-def _first_line(error: Exception) -> str:
+def first_line(error: Exception) -> str:
     """The error's own words, without SQLAlchemy's trailing "(Background on this error...)"."""
     text = str(error).split("\n(Background on this error", 1)[0]
     return " ".join(text.split()) or type(error).__name__

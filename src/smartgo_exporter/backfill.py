@@ -1,0 +1,58 @@
+"""Backfills: export a range of past days, on this machine or on a Ray cluster.
+
+A backfill (a new table, a new model, a fixed source) is many days that do not depend on each
+other. The local runner exports them one after another through `pipeline.export`; the Ray
+runner (`ray_runner`) exports them all at once on a cluster. Either way each day is one run with
+its run record and its lease, and the table comes out the same. Ray is an optional extra,
+imported only when it is chosen.
+
+    records = backfill(settings, date(2026, 1, 1), date(2026, 3, 31), runner="ray")
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Literal, get_args
+
+from smartgo_exporter.config import Settings
+from smartgo_exporter.errors import ConfigError
+from smartgo_exporter.pipeline import ProgressCallback, export
+from smartgo_exporter.records import RunRecord
+from smartgo_exporter.windows import days
+
+Runner = Literal["local", "ray"]
+TRIGGER = "backfill"
+"""The run records' `trigger`, so `history` tells a backfill from the nightly runs."""
+
+
+def backfill(
+    settings: Settings,
+    start: date,
+    end: date,
+    *,
+    runner: Runner = "local",
+    ray_address: str | None = None,
+    on_batch: ProgressCallback | None = None,
+) -> list[RunRecord]:
+    """Export every day from `start` to `end`, both included; one run record per day.
+
+    `runner="ray"` runs the days on a Ray already initialised in this process, or else on the
+    cluster at `ray_address` (`host:port`, `auto`, `ray://...`), or else where `ray.init()`
+    goes (see `ray_runner.export_on_ray`). Without Ray installed it raises RunnerUnavailable, whose
+    message says what to install. A `ray_address` without the Ray runner is a ConfigError,
+    as is an unknown runner or a range that ends before it starts.
+    """
+    if runner not in get_args(Runner):
+        raise ConfigError("runner", f"unknown runner {runner!r}; use local or ray")
+    if end < start:
+        raise ConfigError("to", f"the range ends ({end}) before it starts ({start})")
+    selected = list(days(start, end))
+    if runner == "ray":
+        from smartgo_exporter.ray_runner import export_on_ray
+
+        return export_on_ray(
+            settings, selected, address=ray_address, trigger=TRIGGER, on_batch=on_batch
+        )
+    if ray_address is not None:
+        raise ConfigError("ray_address", "only the ray runner runs on a cluster")
+    return export(settings, selected, trigger=TRIGGER, on_batch=on_batch)

@@ -1,0 +1,554 @@
+"""Backfills on a Ray cluster: the export's stages as a Ray Data pipeline, with one committer.
+
+A backfill is many days that do not depend on each other, so on a cluster they run at once.
+The days are the blocks of a Ray dataset. A task per day reads its sales in batches, looks up
+what the table already holds and fetches the photos still needed; an actor pool sized from the
+cluster's CPUs embeds them, each actor loading the model once, and keeps the rows that changed;
+the driver is the one committer: it takes each day's batches in the order they were read,
+upserts them every `commit_rows` rows and at the end of the day, and writes the day's run record.
+What a batch goes through is `batches.py` and `reuse.py`, as in the local runner, so the table
+comes out as `pipeline.export` would write it.
+
+Per day, the run is the local runner's: its lease is held while it runs (here every day is
+leased up front, since all run at once), a RUNNING record is saved at its start and its outcome
+at its end, with the same counts and errors. One thing differs: a failed day does not stop the
+others, which are running already; each gets its own record.
+
+Between stages, an item is one pickled dataclass in a binary column: Ray Data then has nothing
+to infer, and a batch arrives as the same Python objects the local runner hands on.
+
+    records = export_on_ray(settings, [date(2026, 11, 1), date(2026, 11, 2)], address="auto")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import logging
+import pickle
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, date, datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import structlog
+
+from smartgo_exporter.batches import embed_photos, last_per_key, select_sales, sort_photos
+from smartgo_exporter.config import EmbedderConfig, LocalEmbedderConfig, PhotoConfig, Settings
+from smartgo_exporter.embedders import load_embedder
+from smartgo_exporter.errors import ExporterError, PhotoError, RunnerUnavailable
+from smartgo_exporter.images import Photo, PhotoFetcher
+from smartgo_exporter.logs import configure_logging
+from smartgo_exporter.pipeline import (
+    BatchDone,
+    DayLease,
+    ProgressCallback,
+    close_interrupted_runs,
+    failed_run_record,
+    lease_name,
+    lock_out,
+    new_run_record,
+)
+from smartgo_exporter.progress import NonFatalProgressStore, load_progress_store
+from smartgo_exporter.records import (
+    EmbeddingStatus,
+    RunCounts,
+    RunError,
+    RunRecord,
+    RunStatus,
+    Sale,
+    SaleRow,
+    StoredRows,
+    rows_to_arrow,
+)
+from smartgo_exporter.reuse import changed_rows, plan_batch
+from smartgo_exporter.sinks.iceberg import SalesTable
+from smartgo_exporter.sources import SaleBatch, load_source
+from smartgo_exporter.windows import business_day
+
+INSTALL_HINT = "pip install 'smartgo-exporter[ray]'"
+
+try:
+    import ray
+    import ray.data
+except ImportError:  # the `ray` extra; backfill imports this module only when Ray is chosen
+    raise RunnerUnavailable(f"the Ray runner needs Ray; install it with: {INSTALL_HINT}") from None
+
+log = structlog.get_logger(__name__)
+
+ITEM = "item"
+"""The dataset's one column: a pickled _DayToRead, _Fetched, _Embedded or _DayRead."""
+MODEL_CPUS = 1
+"""CPUs each model actor reserves; the local model runs that many threads in it."""
+READ_CPUS = 0.5
+"""CPUs a day's reading task reserves: it mostly waits on the database and the photo servers."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _DayToRead:
+    """A block of the input dataset: one day to export, under its run's id."""
+
+    day: date
+    run_id: str
+
+
+@dataclasses.dataclass
+class _Fetched:
+    """A batch read, planned against the table and with its photos fetched, for the model."""
+
+    day: date
+    run_id: str
+    sequence: int
+    """The batch's place in its day's stream, from 0: the committer takes batches in order."""
+    settled: list[SaleRow]
+    fetched: list[tuple[Sale, Photo]]
+    stored: StoredRows
+    counts: RunCounts
+    errors: list[RunError]
+
+
+@dataclasses.dataclass
+class _Embedded:
+    """A batch ready to commit: the rows that differ from the table's (None when none do)."""
+
+    day: date
+    sequence: int
+    rows: pa.Table | None
+    counts: RunCounts
+    errors: list[RunError]
+    failure: RunError | None = None
+    """Why the model failed the whole batch; the day then fails, as in the local runner."""
+
+
+@dataclasses.dataclass
+class _DayRead:
+    """A day's last item: how many batches came before it, and what stopped the reading early."""
+
+    day: date
+    sequence: int
+    failure: RunError | None = None
+
+
+def export_on_ray(
+    settings: Settings,
+    days: Sequence[date],
+    *,
+    address: str | None = None,
+    trigger: str = "backfill",
+    on_batch: ProgressCallback | None = None,
+) -> list[RunRecord]:
+    """Export each day on Ray, one run record per day, and return the records in day order.
+
+    Runs on the Ray already initialised in this process if there is one; otherwise connects to
+    `address` (a cluster's `host:port`, `auto` or `ray://...`), or, when it is None, goes
+    where `ray.init()` goes (RAY_ADDRESS, a Ray started on this machine, else a new local
+    instance), and disconnects again (stopping what it started) at the end; RunnerUnavailable
+    when Ray cannot be reached or started. As in `pipeline.export`, a model, table or source
+    that cannot even be opened fails the first day, and a day whose lease another run holds is
+    recorded FAILED and left alone.
+    """
+    if not days:
+        return []
+    progress = NonFatalProgressStore.connect(
+        lambda: load_progress_store(settings.progress, retention_days=settings.retention_days)
+    )
+    try:
+        with _ray_session(address), _without_ray_progress_bars():
+            try:
+                # Opened here first, as the local runner opens them: a bad install, catalog or
+                # source fails the first day before any starts; and the model's id decides
+                # which stored embeddings the tasks reuse.
+                embedder = load_embedder(settings.embedder)
+                table = SalesTable.open(settings.table, source=settings.export.source_name)
+                load_source(settings.source).close()
+            except ExporterError as error:
+                record = failed_run_record(settings, days[0], trigger, error)
+                progress.save(record)
+                return [record]
+            backfill = _Backfill(settings, progress, table, trigger, on_batch, len(days))
+            return asyncio.run(backfill.run(days, embedder.model_id, embedder.uses_captions))
+    finally:
+        progress.close()
+
+
+@contextlib.contextmanager
+def _ray_session(address: str | None) -> Iterator[None]:
+    if ray.is_initialized():
+        yield
+        return
+    try:
+        if address is None:
+            ray.init(include_dashboard=False, logging_level=logging.WARNING)
+        else:
+            ray.init(address=address, logging_level=logging.WARNING)
+    except Exception as error:
+        where = f"at {address}" if address else "locally"
+        raise RunnerUnavailable(f"cannot start or reach Ray {where}: {error}") from error
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@contextlib.contextmanager
+def _without_ray_progress_bars() -> Iterator[None]:
+    """Ray Data's progress bars off for this call: the CLI draws its own, on the same terminal."""
+    context = ray.data.DataContext.get_current()
+    shown = context.enable_progress_bars
+    context.enable_progress_bars = False
+    try:
+        yield
+    finally:
+        context.enable_progress_bars = shown
+
+
+@dataclasses.dataclass
+class _Day:
+    """The committer's view of one day in flight."""
+
+    record: RunRecord
+    lease: DayLease
+    log: structlog.typing.FilteringBoundLogger
+    keep_alive: asyncio.Task[None]
+    next_sequence: int = 0
+    arrived: dict[int, _Embedded | _DayRead] = dataclasses.field(default_factory=dict)
+    """Items that came before an earlier batch of their day, by sequence."""
+    tables: list[pa.Table] = dataclasses.field(default_factory=list)
+    gathered: RunCounts = dataclasses.field(default_factory=RunCounts)
+    """Counts of the batches in `tables`, added to the record when they are committed."""
+    rows: int = 0
+
+
+class _Backfill:
+    """The driver: leases and records every day, runs the dataset, and commits its output."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        progress: NonFatalProgressStore,
+        table: SalesTable,
+        trigger: str,
+        on_batch: ProgressCallback | None,
+        days_total: int,
+    ) -> None:
+        self.settings = settings
+        self.progress = progress
+        self.table = table
+        self.trigger = trigger
+        self.on_batch = on_batch
+        self.days_total = days_total
+        self.days_done = 0
+        self.running: dict[date, _Day] = {}
+        # Commits run off the event loop, which keeps renewing the leases meanwhile, and one
+        # after another on one thread, as the catalog's database connections expect.
+        self.table_thread = ThreadPoolExecutor(1, thread_name_prefix="table")
+
+    async def run(self, days: Sequence[date], model_id: str, uses_titles: bool) -> list[RunRecord]:
+        try:
+            started = await asyncio.gather(*(self._start(day) for day in days))
+            if self.running:
+                dataset = self._dataset(model_id, uses_titles)
+                try:
+                    await self._commit_output(dataset)
+                except Exception as error:
+                    # The dataset itself failed (an actor that could not load the model on its
+                    # node, a lost worker): no running day can complete.
+                    log.error("backfill_failed", error=str(error), exc_info=True)
+                    for day in list(self.running.values()):
+                        self._finish(day, _failure(error))
+            return list(started)
+        finally:
+            # Only when the backfill itself is stopped (Ctrl-C): its days' records say so.
+            stopped = RunError("", "run", "interrupted", "the backfill stopped before this day")
+            for day in list(self.running.values()):
+                self._finish(day, stopped)
+            self.table_thread.shutdown(wait=True, cancel_futures=True)
+
+    async def _start(self, day: date) -> RunRecord:
+        """Take the day's lease and record the run as RUNNING; or record it locked out."""
+        export = self.settings.export
+        record = new_run_record(self.settings, business_day(day, export.timezone), self.trigger)
+        day_log = log.bind(run_id=record.run_id, day=day.isoformat())
+        lease = DayLease(self.progress, lease_name(self.settings, day), record.run_id)
+        if not await lease.acquire(export.lease_seconds, export.lock_wait_seconds):
+            lock_out(record, export.lease_seconds)
+            day_log.error("run_locked_out")
+            self.progress.save(record)
+            self.days_done += 1
+            return record
+        day_log.info("run_started", window_start=record.window_start.isoformat(), runner="ray")
+        self.progress.save(record)
+        close_interrupted_runs(self.progress, record)
+        keep_alive = asyncio.create_task(lease.keep_alive(export.lease_seconds))
+        self.running[day] = _Day(record, lease, day_log, keep_alive)
+        return record
+
+    def _dataset(self, model_id: str, uses_titles: bool) -> ray.data.Dataset:
+        """Days -> batches with their photos (tasks) -> embedded rows (the model's actor pool)."""
+        log_level = _log_level()
+        orders = [
+            _pack(_DayToRead(day, running.record.run_id)) for day, running in self.running.items()
+        ]
+        # One CPU is left to the reading tasks, so the actors can never take every CPU and
+        # starve the stage that feeds them.
+        cpus = ray.cluster_resources().get("CPU", 1)  # type: ignore[no-untyped-call]
+        pool = max(1, int(cpus) - MODEL_CPUS)
+        embedder = self.settings.embedder
+        if isinstance(embedder, LocalEmbedderConfig) and embedder.threads == 0:
+            embedder = embedder.model_copy(update={"threads": MODEL_CPUS})
+        return (
+            ray.data.from_items(orders, override_num_blocks=len(orders))
+            .flat_map(
+                functools.partial(
+                    _read_day,
+                    settings=self.settings,
+                    model_id=model_id,
+                    uses_titles=uses_titles,
+                    log_level=log_level,
+                ),
+                num_cpus=READ_CPUS,
+            )
+            .map_batches(
+                _ModelActor,
+                fn_constructor_kwargs={
+                    "config": embedder,
+                    "source_name": self.settings.export.source_name,
+                    "log_level": log_level,
+                },
+                batch_size=1,
+                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool),
+                num_cpus=MODEL_CPUS,
+            )
+        )
+
+    async def _commit_output(self, dataset: ray.data.Dataset) -> None:
+        loop = asyncio.get_running_loop()
+        output = iter(dataset.iter_rows())
+        # Waiting for Ray's next row happens off the event loop, which keeps renewing leases.
+        waiting = ThreadPoolExecutor(1, thread_name_prefix="ray-output")
+        try:
+            while (row := await loop.run_in_executor(waiting, next, output, None)) is not None:
+                item: _Embedded | _DayRead = _unpack(row)
+                day = self.running.get(item.day)
+                if day is None:
+                    continue  # a later batch of a day that has failed already
+                day.arrived[item.sequence] = item
+                while (ready := day.arrived.pop(day.next_sequence, None)) is not None:
+                    day.next_sequence += 1
+                    try:
+                        await self._take(day, ready)
+                    except Exception as error:
+                        _log_if_unexpected(error)
+                        self._finish(day, _failure(error))
+                    if day.record.finished:
+                        break
+        finally:
+            # Not waiting: when the backfill is stopped, the thread may be waiting on Ray still.
+            waiting.shutdown(wait=False, cancel_futures=True)
+
+    async def _take(self, day: _Day, item: _Embedded | _DayRead) -> None:
+        """Gather a batch, committing every `commit_rows` rows; at the day's end, finish it."""
+        if isinstance(item, _DayRead):
+            # Also when reading failed midway: the batches read before are kept, as locally.
+            if day.gathered.sales:
+                await self._commit(day)
+            self._finish(day, item.failure)
+            return
+        for error in item.errors:
+            day.record.record_error(error)
+        if item.failure is not None:
+            # What was gathered is not committed: the local runner fails the same way.
+            self._finish(day, item.failure)
+            return
+        if item.rows is not None:
+            day.tables.append(item.rows)
+            day.rows += item.rows.num_rows
+        day.gathered.add(item.counts)
+        if day.rows >= self.settings.export.commit_rows:
+            await self._commit(day)
+
+    async def _commit(self, day: _Day) -> None:
+        record = day.record
+        if day.tables:
+            await asyncio.get_running_loop().run_in_executor(
+                self.table_thread,
+                lambda: self.table.upsert(
+                    last_per_key(day.tables),
+                    run_id=record.run_id,
+                    business_date=record.business_date,
+                ),
+            )
+        record.counts.add(day.gathered)
+        day.log.info("batch_committed", **dataclasses.asdict(day.gathered))
+        if self.on_batch is not None:
+            done = BatchDone(record.business_date, day.gathered, self.days_done, self.days_total)
+            self.on_batch(done)
+        day.tables, day.gathered, day.rows = [], RunCounts(), 0
+
+    def _finish(self, day: _Day, failure: RunError | None) -> None:
+        """Record the day's outcome and let go of it."""
+        record = day.record
+        if failure is not None:
+            record.status = RunStatus.FAILED
+            record.message = failure.detail
+            record.record_error(failure)
+            day.log.error("run_failed", error=record.message)
+        else:
+            record.status = RunStatus.SUCCEEDED if not record.counts.rejected else RunStatus.PARTIAL
+        record.finished_at = datetime.now(UTC)
+        self.progress.save(record)
+        day.keep_alive.cancel()
+        day.lease.release()
+        del self.running[record.business_date]
+        self.days_done += 1
+        day.log.info("run_finished", status=str(record.status), **dataclasses.asdict(record.counts))
+
+
+# --- what runs on the cluster -------------------------------------------------------------------
+
+
+def _read_day(
+    row: dict[str, Any], *, settings: Settings, model_id: str, uses_titles: bool, log_level: int
+) -> Iterator[dict[str, bytes]]:
+    """A Ray task: read one day's sales in batches and fetch each batch's missing photos.
+
+    Ends the day's stream with a _DayRead, also when the source or the table fails midway.
+    """
+    order: _DayToRead = _unpack(row)
+    configure_logging(logging.getLevelName(log_level))
+    export = settings.export
+    sequence = 0
+    failure: RunError | None = None
+    with (
+        structlog.contextvars.bound_contextvars(run_id=order.run_id, day=order.day.isoformat()),
+        contextlib.ExitStack() as cleanup,
+    ):
+        try:
+            source = load_source(settings.source)
+            cleanup.callback(source.close)
+            table = SalesTable.open(settings.table, source=export.source_name, create=False)
+            window = business_day(order.day, export.timezone)
+            batches = source.read(window, export.batch_size, export.tenant_ids)
+            # Closed before the source, so a database cursor is not left to the collector.
+            cleanup.callback(getattr(batches, "close", lambda: None))
+            for batch in batches:
+                yield _pack(
+                    _fetch_batch(settings, table, order, sequence, batch, model_id, uses_titles)
+                )
+                sequence += 1
+        except Exception as error:
+            _log_if_unexpected(error)
+            failure = _failure(error)
+    yield _pack(_DayRead(order.day, sequence, failure))
+
+
+def _fetch_batch(
+    settings: Settings,
+    table: SalesTable,
+    order: _DayToRead,
+    sequence: int,
+    batch: SaleBatch,
+    model_id: str,
+    uses_titles: bool,
+) -> _Fetched:
+    """A batch planned against the table: rows complete already, and the photos still needed."""
+    sales, counts, errors = select_sales(batch, settings.export.tenant_ids)
+    stored = table.stored([sale.key for sale in sales])
+    plan = plan_batch(sales, stored, model_id, uses_titles=uses_titles)
+    counts.reused = plan.reused
+    counts.no_image = sum(row.status == EmbeddingStatus.NO_IMAGE for row in plan.settled)
+    urls = sorted({sale.photo_url for sale in plan.to_fetch if sale.photo_url})
+    photos = dict(zip(urls, asyncio.run(_fetch_photos(settings.photos, urls)), strict=True))
+    fetched, failed, photo_errors = sort_photos(plan.to_fetch, photos, counts)
+    return _Fetched(
+        day=order.day,
+        run_id=order.run_id,
+        sequence=sequence,
+        settled=plan.settled + failed,
+        fetched=fetched,
+        stored=stored,
+        counts=counts,
+        errors=errors + photo_errors,
+    )
+
+
+async def _fetch_photos(config: PhotoConfig, urls: Sequence[str]) -> list[Photo | PhotoError]:
+    async with PhotoFetcher(config) as fetcher:
+        return await fetcher.fetch_all(urls)
+
+
+class _ModelActor:
+    """An actor of the model pool: loads the embedder once, then embeds batch after batch."""
+
+    def __init__(self, config: EmbedderConfig, source_name: str, log_level: int) -> None:
+        configure_logging(logging.getLevelName(log_level))
+        self.embedder = load_embedder(config)
+        self.source_name = source_name
+
+    def __call__(self, batch: dict[str, np.ndarray[Any, Any]]) -> dict[str, list[bytes]]:
+        return {ITEM: [_pack_item(self._embed(_unpack_item(payload))) for payload in batch[ITEM]]}
+
+    def _embed(self, item: _Fetched | _DayRead) -> _Embedded | _DayRead:
+        if isinstance(item, _DayRead):
+            return item
+        with structlog.contextvars.bound_contextvars(run_id=item.run_id, day=item.day.isoformat()):
+            try:
+                embedded, errors = embed_photos(self.embedder, item.fetched, item.counts)
+            except Exception as error:
+                _log_if_unexpected(error)
+                failure = _failure(error)
+                return _Embedded(item.day, item.sequence, None, item.counts, item.errors, failure)
+        rows = item.settled + embedded
+        to_write = changed_rows(rows, item.stored)
+        item.counts.written = len(to_write)
+        item.counts.unchanged = len(rows) - len(to_write)
+        table = (
+            rows_to_arrow(
+                to_write, source=self.source_name, run_id=item.run_id, exported_at=datetime.now(UTC)
+            )
+            if to_write
+            else None
+        )
+        return _Embedded(item.day, item.sequence, table, item.counts, item.errors + errors)
+
+
+# --- small helpers -------------------------------------------------------------------------------
+
+
+def _failure(error: Exception) -> RunError:
+    """A run-wide failure as the local runner records it."""
+    return RunError("", "run", type(error).__name__, str(error) or type(error).__name__)
+
+
+def _log_if_unexpected(error: Exception) -> None:
+    """Log a bug's traceback where it happened: the committer records every failure, but
+    only the process that raised it has the traceback."""
+    if not isinstance(error, ExporterError):
+        log.error("stage_failed", error=str(error), exc_info=True)
+
+
+def _log_level() -> int:
+    """The level this process logs at, for the workers to log at too: they start unconfigured."""
+    bound = structlog.get_logger().bind()
+    return int(getattr(bound, "get_effective_level", lambda: logging.INFO)())
+
+
+def _pack(item: object) -> dict[str, bytes]:
+    return {ITEM: _pack_item(item)}
+
+
+def _pack_item(item: object) -> bytes:
+    return pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _unpack(row: dict[str, Any]) -> Any:
+    return _unpack_item(row[ITEM])
+
+
+def _unpack_item(payload: bytes) -> Any:
+    # Only this module's own stages write these items, on the cluster the driver runs.
+    return pickle.loads(payload)

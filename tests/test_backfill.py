@@ -1,0 +1,215 @@
+"""Backfills on Ray: the table and the run records the local runner produces, from a cluster.
+
+The demo store (a SQLite sales database, real photos over HTTP, the real local model, a real
+Iceberg table) is exported over the same days twice, once by each runner into its own
+warehouse; the Ray runner runs on a local Ray instance of two CPUs, started once per session.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import ray
+
+from smartgo_exporter.backfill import backfill
+from smartgo_exporter.config import Settings
+from smartgo_exporter.demo import DemoCatalog, DemoPaths, write_demo_config
+from smartgo_exporter.progress.sqlite import SqliteProgressStore
+from smartgo_exporter.records import SALE_FIELDS, RunRecord, RunStatus
+from smartgo_exporter.sinks.iceberg import BUSINESS_DATE_PROPERTY, RUN_ID_PROPERTY, SalesTable
+from tests.test_export import FIRST_DAY, days, settings_of, store, table_rows
+
+__all__ = ["store"]
+
+LAST_DAY = days()[-1]
+COMPARED_COLUMNS = (
+    *SALE_FIELDS,
+    "image_sha256",
+    "image_width",
+    "image_height",
+    "embedding_model",
+    "embedding_dim",
+    "embedding_status",
+    "source",
+)
+"""Every column but the embedding (compared within float tolerance) and the run's own id
+and time."""
+
+
+@pytest.fixture(scope="session")
+def ray_instance() -> Iterator[None]:
+    """A local Ray of two CPUs for the session: the runner uses it, and leaves it running."""
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@dataclasses.dataclass
+class Backfilled:
+    paths: DemoPaths
+    settings: Settings
+    records: list[RunRecord]
+
+
+def backfilled(
+    store: tuple[DemoPaths, DemoCatalog], folder: Path, runner: str, *, write: bool = True
+) -> Backfilled:
+    """A fresh copy of the store's database with its own warehouse, backfilled by `runner`."""
+    paths = DemoPaths(folder)
+    shutil.copy(store[0].sales_db, paths.sales_db)
+    write_demo_config(paths)
+    settings = settings_of(paths)
+    records = backfill(settings, FIRST_DAY, LAST_DAY, runner=runner) if write else []
+    return Backfilled(paths, settings, records)
+
+
+@pytest.fixture(scope="module")
+def by_local(
+    store: tuple[DemoPaths, DemoCatalog], tmp_path_factory: pytest.TempPathFactory
+) -> Backfilled:
+    return backfilled(store, tmp_path_factory.mktemp("local"), "local")
+
+
+@pytest.fixture(scope="module")
+def by_ray(
+    store: tuple[DemoPaths, DemoCatalog],
+    tmp_path_factory: pytest.TempPathFactory,
+    ray_instance: None,
+) -> Backfilled:
+    return backfilled(store, tmp_path_factory.mktemp("ray"), "ray")
+
+
+def sorted_rows(settings: Settings) -> pa.Table:
+    return table_rows(settings).sort_by([("tenant_id", "ascending"), ("sale_id", "ascending")])
+
+
+def by_day(records: list[RunRecord]) -> dict[date, RunRecord]:
+    return {record.business_date: record for record in records}
+
+
+def test_ray_writes_the_table_the_local_runner_writes(
+    by_local: Backfilled, by_ray: Backfilled
+) -> None:
+    local, on_ray = sorted_rows(by_local.settings), sorted_rows(by_ray.settings)
+    assert on_ray.num_rows == local.num_rows > 0
+    for column in COMPARED_COLUMNS:
+        assert on_ray[column].to_pylist() == local[column].to_pylist(), column
+    for ours, theirs in zip(
+        on_ray["embedding"].to_pylist(), local["embedding"].to_pylist(), strict=True
+    ):
+        assert (ours is None) == (theirs is None)
+        if ours is not None:
+            np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5)
+
+
+def test_ray_records_each_day_as_the_local_runner_does(
+    by_local: Backfilled, by_ray: Backfilled
+) -> None:
+    local, on_ray = by_day(by_local.records), by_day(by_ray.records)
+    assert list(on_ray) == days()
+    for day, record in on_ray.items():
+        assert record.status == local[day].status, day
+        assert record.counts == local[day].counts, day
+        assert record.finished_at is not None
+    assert {r.status for r in on_ray.values()} >= {RunStatus.SUCCEEDED, RunStatus.PARTIAL}
+    stored = SqliteProgressStore(by_ray.paths.progress_db)
+    try:
+        for day, record in on_ray.items():
+            assert [(r.run_id, r.status) for r in stored.runs_on(day)] == [
+                (record.run_id, record.status)
+            ]
+    finally:
+        stored.close()
+
+
+def test_each_ray_snapshot_names_its_run_and_business_day(by_ray: Backfilled) -> None:
+    table = SalesTable.open(by_ray.settings.table, source="smartgo").table
+    day_of_run = {record.run_id: record.business_date.isoformat() for record in by_ray.records}
+    summaries = [snapshot.summary for snapshot in table.snapshots()]
+    assert {summary[RUN_ID_PROPERTY] for summary in summaries if summary} == {
+        record.run_id for record in by_ray.records if record.counts.written
+    }
+    for summary in summaries:
+        assert summary is not None
+        assert summary[BUSINESS_DATE_PROPERTY] == day_of_run[summary[RUN_ID_PROPERTY]]
+
+
+def test_a_broken_photo_is_recorded_on_ray_as_locally(
+    by_local: Backfilled, by_ray: Backfilled
+) -> None:
+    local, on_ray = by_day(by_local.records), by_day(by_ray.records)
+    photo_errors = 0
+    for day, record in on_ray.items():
+        assert record.failures == local[day].failures, day
+        assert sorted(map(dataclasses.astuple, record.errors)) == sorted(
+            map(dataclasses.astuple, local[day].errors)
+        )
+        photo_errors += sum(error.stage == "photo" for error in record.errors)
+    assert photo_errors > 0
+    assert sum(r.failures.get("photo:http_404", 0) for r in on_ray.values()) == photo_errors
+
+
+def test_a_rerun_on_ray_reuses_every_embedding_and_writes_nothing(by_ray: Backfilled) -> None:
+    table = SalesTable.open(by_ray.settings.table, source="smartgo").table
+    snapshots = len(table.snapshots())
+    again = backfill(by_ray.settings, FIRST_DAY, LAST_DAY, runner="ray")
+    embedded = sum(record.counts.embedded for record in by_ray.records)
+    assert embedded > 0
+    assert sum(record.counts.embedded for record in again) == 0
+    assert sum(record.counts.reused for record in again) == embedded
+    assert sum(record.counts.written for record in again) == 0
+    assert [r.status for r in again] == [r.status for r in by_ray.records]
+    table.refresh()
+    assert len(table.snapshots()) == snapshots
+
+
+def test_a_day_another_run_holds_is_left_alone_and_the_others_run(
+    store: tuple[DemoPaths, DemoCatalog], tmp_path: Path, ray_instance: None
+) -> None:
+    fresh = backfilled(store, tmp_path, "ray", write=False)
+    held = SqliteProgressStore(fresh.paths.progress_db)
+    try:
+        assert held.acquire_lease(f"window:smartgo:{FIRST_DAY}", "another-run", 600)
+        records = backfill(fresh.settings, FIRST_DAY, LAST_DAY, runner="ray")
+    finally:
+        held.close()
+    locked, *others = records
+    assert locked.status is RunStatus.FAILED
+    assert [error.reason for error in locked.errors] == ["locked"]
+    assert locked.counts.sales == 0
+    assert all(record.status is not RunStatus.FAILED for record in others)
+    exported = set(table_rows(fresh.settings)["sold_at"].to_pylist())
+    assert exported
+    assert all(moment.date() != FIRST_DAY for moment in exported)
+
+
+def test_without_ray_the_command_says_how_to_install_it(tmp_path: Path) -> None:
+    paths = DemoPaths(tmp_path)
+    write_demo_config(paths)
+    command = (
+        "import sys; sys.modules['ray'] = None\n"
+        "from smartgo_exporter.cli import app\n"
+        f"app(['backfill', '-c', {str(paths.config)!r}, '--from', '{FIRST_DAY}',"
+        f" '--to', '{FIRST_DAY}', '--runner', 'ray'])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "pip install 'smartgo-exporter[ray]'" in result.stderr
+    assert not paths.warehouse.exists()
