@@ -166,6 +166,24 @@ def test_a_5000x4000_photo_is_sent_within_2048_px_and_5_mb(
     assert len(base64.b64decode(bedrock_server.last_body["inputImage"])) < MAX_IMAGE_BYTES
 
 
+def test_an_upright_rgb_jpeg_within_the_limits_is_sent_byte_for_byte(
+    titan: MakeTitan, bedrock_server: FakeBedrock
+) -> None:
+    original = encode(noise(5, 800, 600), "JPEG", quality=85)
+
+    titan().embed([original])
+
+    assert base64.b64decode(bedrock_server.last_body["inputImage"]) == original
+
+
+def test_a_cmyk_jpeg_is_converted_to_rgb_before_it_is_sent(
+    titan: MakeTitan, bedrock_server: FakeBedrock
+) -> None:
+    titan().embed([encode(noise(6).convert("CMYK"), "JPEG")])
+
+    assert sent_image(bedrock_server.last_body).mode == "RGB"
+
+
 def test_a_photo_over_the_size_limit_is_sent_at_a_lower_jpeg_quality(
     bedrock_server: FakeBedrock,
 ) -> None:
