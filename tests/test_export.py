@@ -20,6 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+import structlog
 
 from smartgo_exporter import windows
 from smartgo_exporter.config import Settings, load_config
@@ -112,6 +113,31 @@ def test_a_day_lands_once_and_a_rerun_reuses_every_embedding(
     assert sum(r.counts.embedded for r in second) == 0
     assert sum(r.counts.reused for r in second) == embedded_first
     assert sum(r.counts.written for r in second) == 0
+
+
+def test_a_photo_embedded_earlier_in_the_run_is_not_downloaded_again(workspace: DemoPaths) -> None:
+    """A product sold again later in the run shows the same photo: one download, one embedding."""
+    start, end = (
+        windows.business_day(days()[0], "UTC").start,
+        windows.business_day(days()[-1], "UTC").end,
+    )
+    with sqlite3.connect(workspace.sales_db) as db:
+        urls = [
+            url
+            for (url,) in db.execute(
+                "SELECT photo_url FROM sales WHERE photo_url IS NOT NULL"
+                " AND sold_at >= ? AND sold_at < ?",
+                (f"{start:%Y-%m-%d %H:%M:%S}", f"{end:%Y-%m-%d %H:%M:%S}"),
+            )
+        ]
+    assert len(urls) > len(set(urls))  # the demo sells some products more than once
+
+    with structlog.testing.capture_logs() as logs:
+        records = export(settings_of(workspace, export={"batch_size": 10}), days())
+
+    downloads = sum(entry["photos"] for entry in logs if entry["event"] == "photos_fetching")
+    failed = sum(record.counts.failed for record in records)  # a broken link is tried again
+    assert downloads <= len(set(urls)) + failed
 
 
 def test_a_price_change_at_the_source_rewrites_exactly_that_row(workspace: DemoPaths) -> None:

@@ -45,7 +45,7 @@ from smartgo_exporter.records import (
     StoredRows,
     rows_to_arrow,
 )
-from smartgo_exporter.reuse import changed_rows, plan_batch
+from smartgo_exporter.reuse import RecentEmbeddings, changed_rows, plan_batch
 from smartgo_exporter.sinks.iceberg import SalesTable
 from smartgo_exporter.sources import SaleBatch, Source, load_source
 from smartgo_exporter.windows import Window, business_day, catch_up, yesterday
@@ -185,6 +185,7 @@ class _Stages:
     source_thread: ThreadPoolExecutor
     table_thread: ThreadPoolExecutor
     model_thread: ThreadPoolExecutor
+    recent: RecentEmbeddings
     position: tuple[int, int] = (0, 1)
     """(days done, days in this export call), for BatchDone."""
 
@@ -212,6 +213,7 @@ class _Stages:
                 source_thread=source_thread,
                 table_thread=table_thread,
                 model_thread=model_thread,
+                recent=RecentEmbeddings(uses_titles=embedder.uses_captions),
             )
         finally:
             source.close()
@@ -410,10 +412,18 @@ async def _prepare(
     plan = plan_batch(sales, stored, embedder.model_id, uses_titles=embedder.uses_captions)
     counts.reused = plan.reused
     counts.no_image = sum(row.status == EmbeddingStatus.NO_IMAGE for row in plan.settled)
-    urls = sorted({sale.photo_url for sale in plan.to_fetch if sale.photo_url})
+    to_fetch: list[Sale] = []
+    for sale in plan.to_fetch:
+        if (embedding := stages.recent.get(sale)) is None:
+            to_fetch.append(sale)
+        else:
+            # Embedded once already in this run, like a photo shared within a batch.
+            plan.settled.append(SaleRow(sale, EmbeddingStatus.OK, embedding))
+            counts.embedded += 1
+    urls = sorted({sale.photo_url for sale in to_fetch if sale.photo_url})
     log.debug("photos_fetching", photos=len(urls))
     photos = dict(zip(urls, await fetcher.fetch_all(urls), strict=True))
-    fetched, failed, errors = sort_photos(plan.to_fetch, photos, counts)
+    fetched, failed, errors = sort_photos(to_fetch, photos, counts)
     for error in errors:
         record.record_error(error)
     return _Prepared(plan.settled + failed, fetched, counts, stored)
@@ -428,6 +438,7 @@ async def _embed_batch(
     )
     for error in errors:
         record.record_error(error)
+    stages.recent.remember(embedded)
     rows = prepared.settled + embedded
     to_write = changed_rows(rows, prepared.stored)
     prepared.counts.written = len(to_write)

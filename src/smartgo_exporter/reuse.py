@@ -10,7 +10,8 @@ nothing.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 
 from smartgo_exporter.records import (
     SALE_FIELDS,
@@ -96,3 +97,40 @@ def _same_as_stored(row: SaleRow, stored: StoredRows) -> bool:
     model = embedding.model if embedding else None
     sha256 = embedding.image_sha256 if embedding else None
     return bool(model == current["embedding_model"] and sha256 == current["image_sha256"])
+
+
+class RecentEmbeddings:
+    """Embeddings made earlier in this export, by photo URL (and title, for a model that embeds
+    titles too), so that a product sold again later in the run, with the same photo, needs
+    neither the download nor the model again.
+
+    Within one export a URL is taken to show one photo; the table's own reuse (`plan_batch`)
+    is per sale, and does not cover a new sale of a product already embedded. Bounded: the
+    least recently used are forgotten first, so memory stays flat however long the run.
+    """
+
+    def __init__(self, *, uses_titles: bool, capacity: int = 10_000) -> None:
+        self._uses_titles = uses_titles
+        self._capacity = capacity
+        self._known: OrderedDict[tuple[str, str | None], Embedding] = OrderedDict()
+
+    def get(self, sale: Sale) -> Embedding | None:
+        key = self._key(sale)
+        embedding = self._known.get(key) if key else None
+        if key and embedding is not None:
+            self._known.move_to_end(key)
+        return embedding
+
+    def remember(self, rows: Iterable[SaleRow]) -> None:
+        for row in rows:
+            key = self._key(row.sale)
+            if key and row.embedding is not None:
+                self._known[key] = row.embedding
+                self._known.move_to_end(key)
+        while len(self._known) > self._capacity:
+            self._known.popitem(last=False)
+
+    def _key(self, sale: Sale) -> tuple[str, str | None] | None:
+        if not sale.photo_url:
+            return None
+        return (sale.photo_url, sale.title if self._uses_titles else None)
