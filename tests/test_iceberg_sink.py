@@ -152,6 +152,36 @@ def test_stored_rows_are_returned_only_for_the_keys_asked(config: TableConfig) -
     assert vector.shape == (8,)
 
 
+def test_a_lookup_within_a_sold_at_span_finds_only_the_sales_sold_in_it(
+    config: TableConfig,
+) -> None:
+    table = SalesTable.open(config, source="smartgo")
+    table.upsert(batch([sale(i) for i in range(10)]), run_id="run-1")
+    keys = [("store-a", "3"), ("store-a", "7")]
+
+    around_3 = table.stored(
+        keys, sold_within=(DAY + timedelta(minutes=2), DAY + timedelta(minutes=4))
+    )
+
+    assert [key for key in keys if key in around_3] == [("store-a", "3")]
+
+
+def test_an_upsert_replaces_a_sale_whose_sold_at_moved_out_of_its_old_file(
+    config: TableConfig,
+) -> None:
+    table = SalesTable.open(config, source="smartgo")
+    table.upsert(batch([sale(i) for i in range(10)]), run_id="run-1")
+    table.upsert(batch([sale(i) for i in range(100, 110)]), run_id="run-2")
+    moved = sale(3, day=DAY + timedelta(days=40))  # next month: another partition
+
+    table.upsert(batch([moved]), run_id="run-3")
+
+    rows = all_rows(table)
+    assert rows.num_rows == 20
+    [row] = rows.filter(pc.equal(rows["sale_id"], "3")).to_pylist()
+    assert row["sold_at"] == moved.sold_at
+
+
 def test_an_older_table_gains_new_columns_without_rewriting_data(config: TableConfig) -> None:
     catalog = open_catalog(config)
     catalog.create_namespace(config.namespace)

@@ -10,6 +10,7 @@ those steps; each takes what it needs and returns what it found, and the runner 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 
 import pyarrow as pa
 import structlog
@@ -53,6 +54,14 @@ def select_sales(
             )
         by_key[sale.key] = sale
     return list(by_key.values()), counts, errors
+
+
+def sold_within(sales: Sequence[Sale]) -> tuple[datetime, datetime] | None:
+    """The first and last `sold_at` of the sales: where the table keeps their stored rows."""
+    if not sales:
+        return None
+    times = [sale.sold_at for sale in sales]
+    return min(times), max(times)
 
 
 def sort_photos(

@@ -28,7 +28,13 @@ from typing import Any, TypeVar
 import pyarrow as pa
 import structlog
 
-from smartgo_exporter.batches import embed_photos, last_per_key, select_sales, sort_photos
+from smartgo_exporter.batches import (
+    embed_photos,
+    last_per_key,
+    select_sales,
+    sold_within,
+    sort_photos,
+)
 from smartgo_exporter.config import Settings
 from smartgo_exporter.embedders import Embedder, load_embedder
 from smartgo_exporter.errors import ExporterError
@@ -407,7 +413,12 @@ async def _prepare(
     sales, counts, errors = select_sales(batch, stages.settings.export.tenant_ids)
     for error in errors:
         record.record_error(error)
-    stored = await _on(stages.table_thread, stages.table.stored, [sale.key for sale in sales])
+    stored = await _on(
+        stages.table_thread,
+        stages.table.stored,
+        [sale.key for sale in sales],
+        sold_within=sold_within(sales),
+    )
     embedder = stages.embedder
     plan = plan_batch(sales, stored, embedder.model_id, uses_titles=embedder.uses_captions)
     counts.reused = plan.reused

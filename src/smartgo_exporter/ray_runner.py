@@ -37,7 +37,13 @@ import numpy as np
 import pyarrow as pa
 import structlog
 
-from smartgo_exporter.batches import embed_photos, last_per_key, select_sales, sort_photos
+from smartgo_exporter.batches import (
+    embed_photos,
+    last_per_key,
+    select_sales,
+    sold_within,
+    sort_photos,
+)
 from smartgo_exporter.config import EmbedderConfig, LocalEmbedderConfig, PhotoConfig, Settings
 from smartgo_exporter.embedders import load_embedder
 from smartgo_exporter.errors import ExporterError, PhotoError, RunnerUnavailable
@@ -457,7 +463,7 @@ def _fetch_batch(
 ) -> _Fetched:
     """A batch planned against the table: rows complete already, and the photos still needed."""
     sales, counts, errors = select_sales(batch, settings.export.tenant_ids)
-    stored = table.stored([sale.key for sale in sales])
+    stored = table.stored([sale.key for sale in sales], sold_within=sold_within(sales))
     plan = plan_batch(sales, stored, model_id, uses_titles=uses_titles)
     counts.reused = plan.reused
     counts.no_image = sum(row.status == EmbeddingStatus.NO_IMAGE for row in plan.settled)
