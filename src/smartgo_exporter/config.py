@@ -156,7 +156,7 @@ class LocalEmbedderConfig(_Section):
     type: Literal["local"] = "local"
     batch_size: int = Field(32, ge=1, le=1024)
     threads: int = Field(0, ge=0)
-    """onnxruntime intra-op threads; 0 means one per core."""
+    """onnxruntime intra-op threads; 0 means half the cores (the rest decode photos)."""
     fit: Literal["pad", "crop"] = "pad"
     """How a photo becomes a square: pad on white keeps the whole item, crop matches ImageNet."""
 
