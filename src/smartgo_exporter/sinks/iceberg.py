@@ -260,11 +260,17 @@ class SalesTable:
         keys = list(keys)
         if not keys or self.table.current_snapshot() is None:
             return StoredRows(ARROW_SCHEMA.empty_table(), {})
-        row_filter = self._key_filter(keys)
-        if sold_within is not None:
+        if sold_within is None:
+            row_filter = self._key_filter(keys)
+        else:
+            # The span alone prunes the files; the keys are then picked out with Arrow. Given
+            # to pyiceberg as well, the key set would be bound against every manifest's
+            # partitions, which cost more than all the rest of a lookup.
             first, last = sold_within
+            either: Callable[[BooleanExpression, BooleanExpression], BooleanExpression] = Or
             row_filter = And(
-                row_filter,
+                _equal_to("source", self.source),
+                reduce(either, [_equal_to("tenant_id", tenant) for tenant in {k[0] for k in keys}]),
                 _at_least("sold_at", first.isoformat()),
                 _at_most("sold_at", last.isoformat()),
             )
@@ -275,6 +281,8 @@ class SalesTable:
             raise SinkError(
                 f"cannot read table {'.'.join(self.table.name())}: {first_line(error)}"
             ) from error
+        if sold_within is not None:
+            found = found.filter(_key_mask(found, self.source, keys))
         index = {
             (tenant, sale): position
             for position, (tenant, sale) in enumerate(
