@@ -267,10 +267,8 @@ class SalesTable:
             # to pyiceberg as well, the key set would be bound against every manifest's
             # partitions, which cost more than all the rest of a lookup.
             first, last = sold_within
-            either: Callable[[BooleanExpression, BooleanExpression], BooleanExpression] = Or
             row_filter = And(
-                _equal_to("source", self.source),
-                reduce(either, [_equal_to("tenant_id", tenant) for tenant in {k[0] for k in keys}]),
+                self._tenant_filter(keys),
                 _at_least("sold_at", first.isoformat()),
                 _at_most("sold_at", last.isoformat()),
             )
@@ -392,7 +390,7 @@ class SalesTable:
             # The predicate scopes pyiceberg's conflict check to our keys' partitions.
             snapshot.delete_by_predicate(key_filter)
             if self.table.current_snapshot() is not None:
-                for task in self._files_holding(keys, key_filter):
+                for task in self._files_holding(keys):
                     current = _read_file(self.table, task)
                     keep = pc.invert(_key_mask(current, self.source, keys))
                     kept = current.filter(keep)
@@ -410,27 +408,43 @@ class SalesTable:
                 snapshot.append_data_file(data_file)
         transaction.commit_transaction()
 
-    def _files_holding(
-        self, keys: Sequence[Key], key_filter: BooleanExpression
-    ) -> list[FileScanTask]:
+    def _files_holding(self, keys: Sequence[Key]) -> list[FileScanTask]:
         """The data files that hold any of `keys`, found by reading their key columns only.
 
-        File statistics cannot rule out most files (ids rarely sort with the files), and
-        reading each candidate whole, embeddings included, to learn that it holds none of the
-        keys made every commit cost more as the table grew.
+        Files are planned by tenant only, and the keys are looked for with Arrow: file
+        statistics cannot rule out most files (ids rarely sort with the files), and pyiceberg,
+        given the key set, binds it anew for every manifest and file, which made each commit
+        cost more as the table grew. Reading each candidate whole, embeddings included, to
+        learn that it holds none of the keys did too.
         """
-        candidates = list(self.table.scan(row_filter=key_filter).plan_files())
+        candidates = list(self.table.scan(row_filter=self._tenant_filter(keys)).plan_files())
         if not candidates:
             return []
         key_columns = ArrowScan(
             table_metadata=self.table.metadata,
             io=self.table.io,
             projected_schema=self.table.schema().select("source", "tenant_id", "sale_id"),
-            row_filter=key_filter,
+            row_filter=AlwaysTrue(),
         )
+
+        def holds_a_key(task: FileScanTask) -> bool:
+            columns = key_columns.to_table(tasks=[task])
+            return bool(pc.any(_key_mask(columns, self.source, keys)).as_py())
+
         with ThreadPoolExecutor(thread_name_prefix="key-scan") as pool:
-            found = pool.map(lambda task: key_columns.to_table(tasks=[task]).num_rows, candidates)
-            return [task for task, rows in zip(candidates, found, strict=True) if rows]
+            return [
+                task
+                for task, holds in zip(candidates, pool.map(holds_a_key, candidates), strict=True)
+                if holds
+            ]
+
+    def _tenant_filter(self, keys: Iterable[Key]) -> BooleanExpression:
+        either: Callable[[BooleanExpression, BooleanExpression], BooleanExpression] = Or
+        tenants = {tenant for tenant, _ in keys}
+        return And(
+            _equal_to("source", self.source),
+            reduce(either, [_equal_to("tenant_id", tenant) for tenant in tenants]),
+        )
 
     def _key_filter(self, keys: Iterable[Key]) -> BooleanExpression:
         """Exactly these keys, said so that whole files are skipped by their statistics.
