@@ -1,0 +1,174 @@
+"""Synthetic sales for the benchmarks: one business day in a SQLite store database, no photos.
+
+The database has the demo store's `sales` table (its POS column names, money as decimal text,
+naive UTC timestamps as text), so the exporter reads it through the same column mapping the demo
+writes into its config. Every `photo_url` is NULL: these benchmarks measure the SQL-to-Iceberg
+path alone, and a sale without a photo is settled as `no_image` without any download or model
+call. The same seed gives the same rows.
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from collections.abc import Iterator
+from datetime import date, datetime, time, timedelta
+from pathlib import Path
+from time import perf_counter
+from typing import Any
+
+import pyarrow as pa
+from pyiceberg.catalog import load_catalog
+
+from smartgo_exporter import export
+from smartgo_exporter.config import Settings, load_config
+from smartgo_exporter.demo.store import SALE_COLUMNS, SALES_TABLE
+from smartgo_exporter.logs import configure_logging
+from smartgo_exporter.records import RunStatus
+
+BUSINESS_DAY = date(2026, 10, 21)
+TENANTS = (("ldn-camden", "GBP", 0.40), ("ber-mitte", "EUR", 0.33), ("ams-jordaan", "EUR", 0.27))
+"""(store id, currency, share of the sales): the demo's three stores."""
+
+_BRANDS = ("Uniqlo", "COS", "Levi's", "Patagonia", "Dr. Martens", "Barbour", "Nike", "Arket")
+_ITEMS = (
+    ("T-shirt", "Tops"),
+    ("jumper", "Knitwear"),
+    ("jeans", "Trousers"),
+    ("dress", "Dresses"),
+    ("jacket", "Outerwear"),
+    ("boots", "Shoes"),
+)
+_COLOURS = ("black", "navy", "grey", "olive", "red", "cream", "sky blue")
+_CONDITIONS = ("new", "like new", "good", "fair")
+
+# The demo store's `sales` table (see smartgo_exporter.demo.store), with its index on sold_at.
+_SCHEMA = f"""
+CREATE TABLE {SALES_TABLE} (
+    id INTEGER PRIMARY KEY,
+    store_id TEXT NOT NULL,
+    till TEXT NOT NULL,
+    sku TEXT NOT NULL,
+    sold_at TEXT NOT NULL,
+    price TEXT,
+    list_price TEXT,
+    currency TEXT NOT NULL,
+    title TEXT,
+    brand TEXT,
+    category TEXT,
+    item_condition TEXT,
+    photo_url TEXT,
+    payment_method TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX sales_by_sold_at ON {SALES_TABLE} (sold_at);
+"""
+
+
+def write_sales_database(
+    path: Path, sales: int, *, day: date = BUSINESS_DAY, seed: int = 0
+) -> None:
+    """Write `sales` sales sold on `day` (UTC) into a new SQLite database at `path`."""
+    if path.exists():
+        raise FileExistsError(path)
+    connection = sqlite3.connect(path)
+    try:
+        connection.executescript(_SCHEMA)
+        columns = "id, store_id, till, sku, sold_at, price, list_price, currency, title, brand,"
+        columns += " category, item_condition, photo_url, payment_method, updated_at"
+        with connection:
+            connection.executemany(
+                f"INSERT INTO {SALES_TABLE} ({columns}) VALUES ({', '.join('?' * 15)})",  # noqa: S608
+                _rows(sales, day, random.Random(seed)),
+            )
+    finally:
+        connection.close()
+
+
+def _rows(sales: int, day: date, rng: random.Random) -> Iterator[tuple[Any, ...]]:
+    midnight = datetime.combine(day, time())
+    tenants = [tenant for tenant, _, _ in TENANTS]
+    currencies = {tenant: currency for tenant, currency, _ in TENANTS}
+    weights = [share for _, _, share in TENANTS]
+    for sale_id in range(1, sales + 1):
+        tenant = rng.choices(tenants, weights)[0]
+        item, category = rng.choice(_ITEMS)
+        brand = rng.choice(_BRANDS)
+        sold_at = midnight + timedelta(seconds=rng.randrange(86_400))
+        list_cents = rng.randrange(500, 20_000)
+        price_cents = list_cents * rng.choice((100, 100, 100, 90, 80, 50)) // 100
+        yield (
+            sale_id,
+            tenant,
+            rng.choice(("T1", "T2")),
+            f"{tenant[:3].upper()}-{rng.randrange(1_000_000):06d}",
+            f"{sold_at:%Y-%m-%d %H:%M:%S}",
+            f"{price_cents // 100}.{price_cents % 100:02d}",
+            f"{list_cents // 100}.{list_cents % 100:02d}",
+            currencies[tenant],
+            f"{brand} {rng.choice(_COLOURS)} {item}",
+            brand,
+            category,
+            rng.choice(_CONDITIONS),
+            None,
+            rng.choice(("card", "card", "card", "cash")),
+            f"{sold_at + timedelta(seconds=rng.randrange(90)):%Y-%m-%d %H:%M:%S}",
+        )
+
+
+def exporter_settings(database: Path, work: Path, **export: Any) -> Settings:
+    """Settings that export `database` into a local SQL catalog and file:// warehouse in `work`.
+
+    `export` overrides keys of the `[export]` section (batch_size, ...). The business day runs
+    in UTC, as the stored timestamps do, so the window is exactly the generated day.
+    """
+    return load_config(
+        export={"timezone": "UTC", **export},
+        source={
+            "type": "sql",
+            "url": f"sqlite:///{database.resolve()}",
+            "table": SALES_TABLE,
+            "columns": SALE_COLUMNS,
+            "timezone": "UTC",
+        },
+        table={
+            "catalog": {
+                "type": "sql",
+                "uri": f"sqlite:///{(work / 'catalog.db').resolve()}",
+                "warehouse": (work / "warehouse").resolve().as_uri(),
+            }
+        },
+        progress={"type": "sqlite", "path": str((work / "progress.db").resolve())},
+    )
+
+
+def export_day(database: Path, work: Path, **export_options: Any) -> dict[str, Any]:
+    """Export the generated day with the exporter, as `export` runs it; what the run reported.
+
+    `seconds` is the wall time of the `export` call, model loading and table opening included:
+    what a nightly run pays.
+    """
+    configure_logging("WARNING")
+    settings = exporter_settings(database, work, **export_options)
+    start = perf_counter()
+    [record] = export(settings, [BUSINESS_DAY])
+    seconds = perf_counter() - start
+    if record.status is not RunStatus.SUCCEEDED:
+        raise RuntimeError(f"the export ended {record.status}: {record.message}")
+    return {
+        "seconds": seconds,
+        "written": record.counts.written,
+        "unchanged": record.counts.unchanged,
+        "batch_size": settings.export.batch_size,
+        "commit_rows": settings.export.commit_rows,
+    }
+
+
+def count_rows(
+    catalog: dict[str, str], catalog_name: str, identifier: tuple[str, str], key: tuple[str, str]
+) -> tuple[int, int]:
+    """(rows, distinct keys) of an Iceberg table: a merge that duplicated a key shows here."""
+    table = load_catalog(catalog_name, **catalog).load_table(identifier)
+    keys = table.scan(selected_fields=key).to_arrow()
+    distinct = pa.TableGroupBy(keys, list(key)).aggregate([])
+    return keys.num_rows, distinct.num_rows

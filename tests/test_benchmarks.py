@@ -1,0 +1,83 @@
+"""Each benchmark script, run at a small N so that none of them rots between measurements.
+
+They run as a user runs them, `python benchmarks/<script>.py`, in a subprocess; the tests check
+that each finishes and prints every figure it promises, never the figures' values: timings on a
+shared machine prove nothing.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
+
+
+def run_benchmark(script: str, *arguments: str, timeout: float = 600) -> str:
+    finished = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *arguments],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    return finished.stdout
+
+
+def test_the_local_model_benchmark_prints_decode_model_and_both() -> None:
+    output = run_benchmark("bench_local_model.py", "--images", "16", "--repeat", "1")
+
+    for figure in ("decode + preprocess alone", "model alone", "decode + model (embed)"):
+        assert figure in output
+
+
+def test_the_export_benchmark_compares_the_limit_cold_warm_sequential_and_daft(
+    tmp_path: Path,
+) -> None:
+    output = run_benchmark("bench_export.py", "--sales", "40", "--json", str(tmp_path / "f.json"))
+
+    for figure in (
+        "photos/s delivered",
+        "limit (decode overlapped with model)",
+        "limit (decode, then model, in turns)",
+        "draft-mode decoding: max cosine distance",
+        "exporter, cold",
+        "exporter, warm re-run",
+        "sequential script",
+    ):
+        assert figure in output
+    [daft] = [line.split() for line in output.splitlines() if line.startswith("daft ")]
+    assert float(daft[1]) > 0  # its seconds: Daft ran, the row is not a "not run" note
+    assert (tmp_path / "f.json").stat().st_size > 0
+
+
+def test_the_titan_benchmark_prints_a_row_per_concurrency() -> None:
+    output = run_benchmark(
+        "bench_titan.py", "--latency", "0.05", "--concurrency", "1", "4", "--calls-per-slot", "2"
+    )
+
+    rows = [line.split() for line in output.splitlines() if line.strip()[:1].isdigit()]
+    assert [row[0] for row in rows] == ["1", "4"]
+
+
+def test_the_sql_to_iceberg_benchmark_loads_twice_with_each_system_and_counts_rows() -> None:
+    output = run_benchmark("bench_sql_to_iceberg.py", "--sales", "500")
+
+    rows = [line.split()[:2] for line in output.splitlines()]
+    for system in ("exporter", "dlt"):
+        assert [system, "first"] in rows
+        assert [system, "re-run"] in rows
+        assert f"{system} table: 500 rows, 500 distinct keys: ok" in output
+    assert "exporter / dlt, first:" in output
+    assert "exporter / dlt, re-run:" in output
+
+
+def test_the_memory_benchmark_prints_a_row_per_window() -> None:
+    output = run_benchmark("bench_memory.py", "--sales", "300", "1000")
+
+    assert "peak RSS" in output
+    rows = [line.split() for line in output.splitlines() if line.strip()[:1].isdigit()]
+    assert [row[0] for row in rows] == ["300", "1,000"]
+    assert all(row[2] != "-" and row[4] == "MiB" for row in rows)  # rows/s, then peak RSS
