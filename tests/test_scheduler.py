@@ -275,7 +275,9 @@ class Scheduler:
 def test_sigterm_during_an_export_commits_the_batch_records_partial_and_exits(
     recent_workspace: DemoPaths, recent_store: tuple[DemoPaths, DemoCatalog]
 ) -> None:
-    scheduler = Scheduler(recent_workspace.config, SGX_EXPORT__BATCH_SIZE="2")
+    scheduler = Scheduler(
+        recent_workspace.config, SGX_EXPORT__BATCH_SIZE="2", SGX_EXPORT__COMMIT_ROWS="2"
+    )
     try:
         committed = scheduler.wait_for("batch_committed")
         assert scheduler.stop(timeout=60) == 0
