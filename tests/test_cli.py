@@ -8,7 +8,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from smartgo_exporter.cli import app
-from smartgo_exporter.demo import DemoPaths, run_demo
+from smartgo_exporter.demo import DemoPaths
 from tests.test_export import FIRST_DAY, store, workspace
 
 __all__ = ["store", "workspace"]
@@ -92,13 +92,20 @@ def test_an_unreachable_database_exits_non_zero(workspace: DemoPaths) -> None:
 def test_the_demo_run_twice_writes_nothing_the_second_time(tmp_path: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
-    first = run_demo(tmp_path, port=port, sales=150)
-    second = run_demo(tmp_path, port=port, sales=150)
-    assert len(first.records) == 30
-    assert sum(r.counts.written for r in first.records) > 0
-    assert sum(r.counts.written for r in second.records) == 0
-    assert sum(r.counts.embedded for r in second.records) == 0
-    assert sum(r.counts.reused for r in second.records) == sum(
-        r.counts.embedded for r in first.records
-    )
+        port = str(probe.getsockname()[1])
+    demo = ("demo", "--dir", str(tmp_path), "--port", port, "--sales", "150")
+    code, first = invoke(*demo)
+    assert code == 0, first
+    code, second = invoke(*demo)
+    assert code == 0, second
+    assert first.count("SUCCEEDED") + first.count("PARTIAL") == 30
+    assert "rows written" in first
+    assert "Nothing changed in the table" in second
+    sales, _written, embedded, _reused, _failed, _rejected = _totals(first)
+    assert _totals(second)[:4] == [sales, 0, 0, embedded]
+
+
+def _totals(output: str) -> list[int]:
+    """The numbers of the summary table's `total` row."""
+    [line] = [line for line in output.splitlines() if line.strip().startswith("total")]
+    return [int(cell) for cell in line.split()[1:]]

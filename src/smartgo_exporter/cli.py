@@ -22,6 +22,7 @@ from rich.table import Table
 
 from smartgo_exporter.backfill import Runner, backfill
 from smartgo_exporter.config import Settings, load_config
+from smartgo_exporter.demo.store import DEFAULT_SALES
 from smartgo_exporter.errors import ExporterError
 from smartgo_exporter.logs import configure_logging
 from smartgo_exporter.pipeline import BatchDone, export
@@ -39,6 +40,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Markdown reflows a docstring's paragraphs to the terminal; the "rich" mode keeps every
+    # source line break, which wraps ragged.
+    rich_markup_mode="markdown",
 )
 console = Console()
 errors = Console(stderr=True)
@@ -77,7 +81,8 @@ def run(
     SIGTERM or Ctrl-C stops it cleanly: the batches already read are committed, the day is
     recorded PARTIAL (a later run completes it), later days are left for the next run, and
     the exit status is that of the recorded runs. A second SIGTERM or Ctrl-C exits at once.
-    Example: smartgo-exporter run --config smartgo-exporter.toml --from 2026-11-01 --to 2026-11-07
+
+    Example: `smartgo-exporter run --config smartgo-exporter.toml --from 2026-11-01 --to 2026-11-07`
     """
     import threading
 
@@ -124,7 +129,8 @@ def backfill_command(
 
     Every day gets its run record and the table is the same whichever runner exports it: rows
     already there are not rewritten, and stored embeddings of unchanged photos are reused.
-    Example: smartgo-exporter backfill --from 2026-01-01 --to 2026-03-31 --runner ray
+
+    Example: `smartgo-exporter backfill --from 2026-01-01 --to 2026-03-31 --runner ray`
     """
     configure_logging(log_level)
     settings = _settings(config)
@@ -155,7 +161,7 @@ def history(
 ) -> None:
     """Show recent runs, or one day's runs with their errors.
 
-    Example: smartgo-exporter history --date 2026-11-26
+    Example: `smartgo-exporter history --date 2026-11-26`
     """
     settings = _settings(config)
     store = load_progress_store(settings.progress, retention_days=settings.retention_days)
@@ -167,7 +173,7 @@ def history(
 def stats(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Summarise the stored runs: success rate, rows, failures by reason.
 
-    Example: smartgo-exporter stats
+    Example: `smartgo-exporter stats`
     """
     settings = _settings(config)
     summary = load_progress_store(
@@ -198,7 +204,7 @@ def sql(
 ) -> None:
     """Run SQL over the exported table (DuckDB over a pyiceberg scan).
 
-    Example: smartgo-exporter sql "SELECT tenant_id, count(*) FROM sales GROUP BY 1"
+    Example: `smartgo-exporter sql "SELECT tenant_id, count(*) FROM sales GROUP BY 1"`
     """
     settings = _settings(config)
     result = _guarded(
@@ -221,6 +227,12 @@ def demo(
     ] = Path("smartgo-demo"),
     fresh: Annotated[bool, typer.Option(help="Rebuild the demo data from scratch.")] = False,
     port: Annotated[int, typer.Option(help="Port of the demo's photo server.")] = 8765,
+    sales: Annotated[
+        int,
+        typer.Option(
+            min=100, help="How many sales the demo store holds; read when the store is built."
+        ),
+    ] = DEFAULT_SALES,
     aws_local: Annotated[
         bool,
         typer.Option(
@@ -243,14 +255,21 @@ def demo(
     and DynamoDB in memory, so the run history starts empty on every run. The local Bedrock
     answers deterministic pseudo-embeddings: this proves the wiring, not the model's quality.
 
-    Example: smartgo-exporter demo --dir /tmp/smartgo-demo [--aws-local]
+    Example: `smartgo-exporter demo --dir /tmp/smartgo-demo [--aws-local]`
     """
     from smartgo_exporter.demo import run_demo
 
     configure_logging(log_level)
     with _progress_display() as on_batch:
         outcome = _guarded(
-            lambda: run_demo(folder, fresh=fresh, port=port, on_batch=on_batch, aws_local=aws_local)
+            lambda: run_demo(
+                folder,
+                fresh=fresh,
+                port=port,
+                sales=sales,
+                on_batch=on_batch,
+                aws_local=aws_local,
+            )
         )
     store = outcome.summary
     console.print(
@@ -259,6 +278,7 @@ def demo(
         f" {store.sales_without_photo} sales without a photo and {store.invalid_rows} invalid rows."
     )
     print_runs(outcome.records)
+    console.print(_what_changed(outcome.records))
     if outcome.aws_local is not None:
         _print_aws_local(outcome.aws_local, runs=len(outcome.records))
         return
@@ -267,6 +287,19 @@ def demo(
         f"Try:  smartgo-exporter sql --config {outcome.paths.config} "
         '"SELECT tenant_id, count(*) AS sales, sum(sale_price) AS revenue FROM sales GROUP BY 1"'
     )
+
+
+def _what_changed(records: Sequence[RunRecord]) -> str:
+    """One sentence on the table, so that a re-run's "nothing changed" needs no adding up."""
+    written = sum(record.counts.written for record in records)
+    embedded = sum(record.counts.embedded for record in records)
+    reused = sum(record.counts.reused for record in records)
+    if written == 0:
+        return (
+            "Nothing changed in the table: every sale was already there, "
+            f"{reused} embeddings were reused and none was computed again."
+        )
+    return f"{written} rows written; {embedded} photos embedded, {reused} embeddings reused."
 
 
 def _print_aws_local(report: AwsLocalReport, runs: int) -> None:
@@ -306,7 +339,7 @@ def _print_aws_local(report: AwsLocalReport, runs: int) -> None:
 
 def print_runs(records: Sequence[RunRecord], *, with_errors: bool = False) -> None:
     """The per-run summary table the CLI prints after an export and for `history`."""
-    table = Table(title="Export runs", box=box.SIMPLE_HEAD)
+    table = Table(title="Export runs", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     table.add_column("day", no_wrap=True)
     table.add_column("status", no_wrap=True)
     for column in COUNT_COLUMNS:
@@ -418,7 +451,8 @@ def schedule(
 
     SIGTERM or Ctrl-C stops it: an export in progress commits its current batch and is recorded
     PARTIAL (the next run completes the day); between exports it exits at once.
-    Example: smartgo-exporter schedule --config smartgo-exporter.toml --cron "30 2 * * *"
+
+    Example: `smartgo-exporter schedule --config smartgo-exporter.toml --cron "30 2 * * *"`
     """
     import threading
 
@@ -463,7 +497,8 @@ def compact(
     --tenant and --month narrow the rewrite; expiry is table-wide. No file is deleted:
     pyiceberg cannot yet, so files no snapshot references any more are counted and left.
     Not for S3 Tables, which compacts its tables itself.
-    Example: smartgo-exporter compact --config smartgo-exporter.toml --month 2026-10 --keep-days 7
+
+    Example: `smartgo-exporter compact --config smartgo-exporter.toml --month 2026-10 --keep-days 7`
     """
     configure_logging(log_level)
     settings = _settings(config)
@@ -544,7 +579,8 @@ def create_table_command(config: ConfigOption = DEFAULT_CONFIG) -> None:
 
     Safe to run again: an existing table keeps its data files. Run it when deploying, so that
     the export's own role needs no permission to create namespaces or tables.
-    Example: smartgo-exporter create-table --config smartgo-exporter.toml
+
+    Example: `smartgo-exporter create-table --config smartgo-exporter.toml`
     """
     settings = _settings(config)
     table = _guarded(lambda: create_table(settings.table))
