@@ -97,20 +97,26 @@ def test_a_lease_needs_a_positive_time_to_live(store: ProgressStore) -> None:
         store.acquire_lease(LEASE, "run-a", ttl_seconds=0)
 
 
-def _race(config: ProgressConfig, owner: str, start: object, results: object) -> None:
-    store = load_progress_store(config)
-    start.wait()  # type: ignore[attr-defined]
+def _race(
+    config: ProgressConfig, owner: str, start: object, results: object, open_first: bool
+) -> None:
+    if open_first:
+        store = load_progress_store(config)
+        start.wait()  # type: ignore[attr-defined]
+    else:
+        start.wait()  # type: ignore[attr-defined]
+        store = load_progress_store(config)
     results.put((owner, store.acquire_lease(LEASE, owner, ttl_seconds=60)))  # type: ignore[attr-defined]
     store.close()
 
 
-def test_processes_racing_for_one_lease_yield_exactly_one_winner(config: ProgressConfig) -> None:
-    load_progress_store(config).close()  # the table or file exists before the race starts
+def _race_for_the_lease(config: ProgressConfig, *, open_first: bool) -> list[bool]:
+    """Whether each of RACERS processes, released together, took the lease."""
     # fork, not spawn: a spawned child would spend seconds importing the package before racing.
     context = multiprocessing.get_context("fork")
     start, results = context.Barrier(RACERS), context.Queue()
     racers = [
-        context.Process(target=_race, args=(config, f"run-{n}", start, results))
+        context.Process(target=_race, args=(config, f"run-{n}", start, results, open_first))
         for n in range(RACERS)
     ]
     for racer in racers:
@@ -118,7 +124,22 @@ def test_processes_racing_for_one_lease_yield_exactly_one_winner(config: Progres
     outcomes = dict(results.get(timeout=30) for _ in racers)
     for racer in racers:
         racer.join(timeout=30)
-    assert sorted(outcomes.values()) == [False] * (RACERS - 1) + [True]
+    return sorted(outcomes.values())
+
+
+def test_processes_racing_for_one_lease_yield_exactly_one_winner(config: ProgressConfig) -> None:
+    load_progress_store(config).close()  # the table or file exists before the race starts
+    assert _race_for_the_lease(config, open_first=True) == [False] * (RACERS - 1) + [True]
+
+
+def test_processes_opening_a_new_sqlite_store_together_yield_exactly_one_winner(
+    tmp_path: Path,
+) -> None:
+    # Two scheduled runs started at once on a fresh machine both create the file and switch it
+    # to WAL; a racer that could not open it would run without a lease.
+    for attempt in range(10):
+        config = SqliteProgressConfig(path=tmp_path / f"progress-{attempt}.db")
+        assert _race_for_the_lease(config, open_first=False) == [False] * (RACERS - 1) + [True]
 
 
 def _unreachable(kind: str, tmp_path: Path) -> tuple[ProgressStore, type[Exception]]:

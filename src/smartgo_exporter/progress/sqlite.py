@@ -51,9 +51,26 @@ class SqliteProgressStore:
     ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, timeout=busy_timeout_seconds, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
+        self._set_up(busy_timeout_seconds)
         self.retention_days = retention_days
+
+    def _set_up(self, busy_timeout_seconds: float) -> None:
+        """WAL and the schema, retried while another process sets up the same new file.
+
+        Switching a new file to WAL can fail at once with "database is locked" while another
+        connection switches it, without waiting in the busy handler; a run that gave up here
+        would work without its store, and so without a lease.
+        """
+        deadline = time.monotonic() + busy_timeout_seconds
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.executescript(_SCHEMA)
+                return
+            except sqlite3.OperationalError as error:
+                if error.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def save(self, record: RunRecord) -> None:
         now = _iso(datetime.now(UTC))
