@@ -238,12 +238,32 @@ import json, os, sys, time
 from datetime import date
 from smartgo_exporter import export, load_config
 
-config, day, go = sys.argv[1], date.fromisoformat(sys.argv[2]), sys.argv[3]
+from smartgo_exporter.pipeline import DayLease
+
+config, day, go, hold = sys.argv[1], date.fromisoformat(sys.argv[2]), sys.argv[3], sys.argv[4]
 settings = load_config(config)
+
+def wait_for(path):
+    while not os.path.exists(path):
+        time.sleep(0.005)
+
+def hold_after_first_batch(_):
+    if hold and not os.path.exists(hold + ".held"):
+        open(hold + ".held", "w").close()
+        wait_for(hold + ".released")
+
+asking = DayLease.acquire
+
+async def acquire(lease, *args):
+    if hold:
+        open(f"{hold}.asked-{os.getpid()}", "w").close()
+    return await asking(lease, *args)
+
+DayLease.acquire = acquire
+
 print("ready", flush=True)
-while not os.path.exists(go):
-    time.sleep(0.005)
-records = export(settings, [day])
+wait_for(go)
+records = export(settings, [day], on_batch=hold_after_first_batch)
 print(json.dumps([[str(r.status), r.message] for r in records]), flush=True)
 """
 
@@ -284,11 +304,25 @@ path = {json.dumps(str(root / "progress.db"))}
 
 
 @contextlib.contextmanager
-def two_runs_of(config: Path, day: date, go: Path) -> Iterator[list[subprocess.Popen[str]]]:
-    """Two exporter processes for `day`, each waiting (imports done) for `go` to exist."""
+def two_runs_of(
+    config: Path, day: date, go: Path, hold: Path | None = None
+) -> Iterator[list[subprocess.Popen[str]]]:
+    """Two exporter processes for `day`, each waiting (imports done) for `go` to exist.
+
+    With `hold`, each run writes `<hold>.asked-<pid>` as it asks for the day, and the first to
+    commit a batch then writes `<hold>.held` and holds its day until `<hold>.released` exists.
+    """
     runs = [
         subprocess.Popen(
-            [sys.executable, "-c", RUN_ONE_DAY, str(config), day.isoformat(), str(go)],
+            [
+                sys.executable,
+                "-c",
+                RUN_ONE_DAY,
+                str(config),
+                day.isoformat(),
+                str(go),
+                str(hold or ""),
+            ],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -304,6 +338,11 @@ def two_runs_of(config: Path, day: date, go: Path) -> Iterator[list[subprocess.P
             if run.poll() is None:
                 run.kill()
             run.wait()
+
+
+def asked(hold: Path) -> list[Path]:
+    """The marks of the runs that have asked for the day (see `two_runs_of`)."""
+    return list(hold.parent.glob(f"{hold.name}.asked-*"))
 
 
 def outcomes(runs: list[subprocess.Popen[str]]) -> list[tuple[str, str]]:
@@ -322,15 +361,20 @@ def test_two_runs_of_one_day_started_together_one_exports_the_other_exits_saying
 ) -> None:
     rows = day_of_sales(200)
     sales_db.insert(*rows)
-    # Small batches make the winner's run last many commits, so the loser, which loads its
-    # model before asking for the day, still finds the day held on a slow, loaded machine.
-    config = write_config(tmp_path, sales_db.url, lock_wait_seconds=0, batch_size=4)
+    config = write_config(tmp_path, sales_db.url, lock_wait_seconds=0)
     settings = load_config(config)
     SalesTable.open(settings.table, source="smartgo")
-    go = tmp_path / "go"
+    go, hold = tmp_path / "go", tmp_path / "hold"
 
-    with two_runs_of(config, DAY, go) as runs:
+    # The winner holds its day after its first commit until the loser has given up, so that
+    # the loser, which loads its model before asking for the day, always finds it held.
+    with two_runs_of(config, DAY, go, hold) as runs:
         go.touch()
+        deadline = time.monotonic() + 120
+        while all(run.poll() is None for run in runs):
+            assert time.monotonic() < deadline, "neither run finished or gave up"
+            time.sleep(0.02)
+        hold.with_suffix(".released").touch()
         (loser, loser_message), (winner, _) = outcomes(runs)
 
     assert (loser, winner) == ("FAILED", "SUCCEEDED")
@@ -355,21 +399,23 @@ def test_two_runs_of_one_day_the_second_waits_and_then_lands_what_changed_meanwh
     sales_db.insert(*rows)
     config = write_config(tmp_path, sales_db.url, lock_wait_seconds=60)
     settings = load_config(config)
-    table = SalesTable.open(settings.table, source="smartgo")
-    go = tmp_path / "go"
+    SalesTable.open(settings.table, source="smartgo")
+    go, hold = tmp_path / "go", tmp_path / "hold"
     changed = str(rows[-1]["id"])
 
-    with two_runs_of(config, DAY, go) as runs:
+    # One run holds its day after its first commit until both have asked for the day, so the
+    # other always waits, and the price changes at the source while the first is exporting.
+    with two_runs_of(config, DAY, go, hold) as runs:
         go.touch()
-        deadline = time.monotonic() + 60
-        while table.table.refresh().current_snapshot() is None:
-            assert time.monotonic() < deadline, "neither run committed a batch"
+        deadline = time.monotonic() + 120
+        while not (hold.with_suffix(".held").exists() and len(asked(hold)) == 2):
+            assert time.monotonic() < deadline, "no run held the day while the other asked"
             time.sleep(0.02)
-        # One run is exporting the day: the price changes at the source under it.
         with sales_db.engine.begin() as conn:
             conn.execute(
                 sa.text("UPDATE sales SET price = '123.45' WHERE id = :id"), {"id": changed}
             )
+        hold.with_suffix(".released").touch()
         results = outcomes(runs)
 
     assert results == [("SUCCEEDED", ""), ("SUCCEEDED", "")]
