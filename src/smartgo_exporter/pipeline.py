@@ -420,9 +420,7 @@ async def _prepare(
         sold_within=sold_within(sales),
     )
     embedder = stages.embedder
-    plan = plan_batch(sales, stored, embedder.model_id, uses_titles=embedder.uses_captions)
-    counts.reused = plan.reused
-    counts.no_image = sum(row.status == EmbeddingStatus.NO_IMAGE for row in plan.settled)
+    plan = plan_batch(sales, stored, embedder.model_id, counts, uses_titles=embedder.uses_captions)
     to_fetch: list[Sale] = []
     for sale in plan.to_fetch:
         if (embedding := stages.recent.get(sale)) is None:
@@ -451,9 +449,7 @@ async def _embed_batch(
         record.record_error(error)
     stages.recent.remember(embedded)
     rows = prepared.settled + embedded
-    to_write = changed_rows(rows, prepared.stored)
-    prepared.counts.written = len(to_write)
-    prepared.counts.unchanged = len(rows) - len(to_write)
+    to_write = changed_rows(rows, prepared.stored, prepared.counts)
     if to_write:
         uncommitted.tables.append(
             rows_to_arrow(

@@ -61,7 +61,6 @@ from smartgo_exporter.pipeline import (
 )
 from smartgo_exporter.progress import NonFatalProgressStore, load_progress_store
 from smartgo_exporter.records import (
-    EmbeddingStatus,
     RunCounts,
     RunError,
     RunRecord,
@@ -464,9 +463,7 @@ def _fetch_batch(
     """A batch planned against the table: rows complete already, and the photos still needed."""
     sales, counts, errors = select_sales(batch, settings.export.tenant_ids)
     stored = table.stored([sale.key for sale in sales], sold_within=sold_within(sales))
-    plan = plan_batch(sales, stored, model_id, uses_titles=uses_titles)
-    counts.reused = plan.reused
-    counts.no_image = sum(row.status == EmbeddingStatus.NO_IMAGE for row in plan.settled)
+    plan = plan_batch(sales, stored, model_id, counts, uses_titles=uses_titles)
     urls = sorted({sale.photo_url for sale in plan.to_fetch if sale.photo_url})
     photos = dict(zip(urls, asyncio.run(_fetch_photos(settings.photos, urls)), strict=True))
     fetched, failed, photo_errors = sort_photos(plan.to_fetch, photos, counts)
@@ -509,9 +506,7 @@ class _ModelActor:
                 failure = _failure(error)
                 return _Embedded(item.day, item.sequence, None, item.counts, item.errors, failure)
         rows = item.settled + embedded
-        to_write = changed_rows(rows, item.stored)
-        item.counts.written = len(to_write)
-        item.counts.unchanged = len(rows) - len(to_write)
+        to_write = changed_rows(rows, item.stored, item.counts)
         table = (
             rows_to_arrow(
                 to_write, source=self.source_name, run_id=item.run_id, exported_at=datetime.now(UTC)

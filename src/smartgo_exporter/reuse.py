@@ -17,6 +17,7 @@ from smartgo_exporter.records import (
     SALE_FIELDS,
     Embedding,
     EmbeddingStatus,
+    RunCounts,
     Sale,
     SaleRow,
     StoredRows,
@@ -30,13 +31,18 @@ class BatchPlan:
     settled: list[SaleRow] = dataclasses.field(default_factory=list)
     """Rows complete already: an embedding taken from the table, or no photo to fetch."""
     to_fetch: list[Sale] = dataclasses.field(default_factory=list)
-    reused: int = 0
 
 
 def plan_batch(
-    sales: Sequence[Sale], stored: StoredRows, model_id: str, *, uses_titles: bool = False
+    sales: Sequence[Sale],
+    stored: StoredRows,
+    model_id: str,
+    counts: RunCounts,
+    *,
+    uses_titles: bool = False,
 ) -> BatchPlan:
-    """Split sales into those complete already and those whose photo must be fetched.
+    """Split sales into those complete already and those whose photo must be fetched, counting
+    the reused embeddings and the sales without a photo into `counts`.
 
     With `uses_titles` (a model that embeds the title with the photo), a changed title also
     needs a new embedding.
@@ -45,13 +51,14 @@ def plan_batch(
     for sale in sales:
         if sale.image_url is None:
             plan.settled.append(SaleRow(sale, EmbeddingStatus.NO_IMAGE))
+            counts.no_image += 1
             continue
         embedding = _stored_embedding(sale, stored, model_id, uses_titles)
         if embedding is None:
             plan.to_fetch.append(sale)
         else:
             plan.settled.append(SaleRow(sale, EmbeddingStatus.OK, embedding))
-            plan.reused += 1
+            counts.reused += 1
     return plan
 
 
@@ -80,9 +87,13 @@ def _stored_embedding(
     )
 
 
-def changed_rows(rows: Sequence[SaleRow], stored: StoredRows) -> list[SaleRow]:
-    """The rows that differ from what the table holds (new sales included)."""
-    return [row for row in rows if not _same_as_stored(row, stored)]
+def changed_rows(rows: Sequence[SaleRow], stored: StoredRows, counts: RunCounts) -> list[SaleRow]:
+    """The rows that differ from what the table holds (new sales included), counted into
+    `counts` as written and the others as unchanged."""
+    changed = [row for row in rows if not _same_as_stored(row, stored)]
+    counts.written += len(changed)
+    counts.unchanged += len(rows) - len(changed)
+    return changed
 
 
 def _same_as_stored(row: SaleRow, stored: StoredRows) -> bool:
