@@ -81,3 +81,26 @@ def test_the_memory_benchmark_prints_a_row_per_window() -> None:
     rows = [line.split() for line in output.splitlines() if line.strip()[:1].isdigit()]
     assert [row[0] for row in rows] == ["300", "1,000"]
     assert all(row[2] != "-" and row[4] == "MiB" for row in rows)  # rows/s, then peak RSS
+
+
+def test_the_fit_benchmark_prints_retrieval_and_classification_for_pad_and_crop() -> None:
+    output = run_benchmark("bench_fit.py", "--products", "16")
+
+    rows = {
+        " ".join(line.split("|")[0].split()): line.split("|")[1:] for line in output.splitlines()
+    }
+    queries_per_canvas = {
+        "all": 16,
+        "non-square": 12,
+        "square 1:1": 4,
+        "wide 4:3": 4,
+        "wide 16:9": 4,
+        "tall 3:4": 4,
+    }
+    for canvas, count in queries_per_canvas.items():
+        recall, alike = rows[f"{canvas} {count}"]
+        assert [value[-1] for value in recall.split()] == ["%", "%"]  # pad, crop
+        assert len(alike.split()) == 3  # pad, crop, the best possible
+    for version in ("original", "wide 2:1", "tall 1:2"):
+        top1, top5 = rows[version]
+        assert all(value.endswith("/5") for value in (*top1.split(), *top5.split()))
