@@ -67,7 +67,9 @@ def draft_distance(embedder: LocalEmbedder, photos: list[bytes]) -> float:
     the exporter does) and with a full-size decode, over `photos`."""
 
     def vectors(draft: bool) -> np.ndarray:
-        pixels = [decode_for_model(photo, "pad", draft=draft) for photo in photos]
+        pixels = [
+            decode_for_model(photo, LocalEmbedderConfig().fit, draft=draft) for photo in photos
+        ]
         features, _ = embedder._run([p for p in pixels if isinstance(p, np.ndarray)])
         return features / np.linalg.norm(features, axis=1, keepdims=True)
 

@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=0, help="0: the embedder's default")
-    parser.add_argument("--fit", choices=["pad", "crop"], default="pad")
+    parser.add_argument("--fit", choices=["pad", "crop"], default=LocalEmbedderConfig().fit)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 

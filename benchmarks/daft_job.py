@@ -147,8 +147,9 @@ def run_daft_job(sales_db: Path, day: date, warehouse: Path, *, batch_size: int 
     """Read, download, embed and append one day of sales with Daft, into a new table.
 
     `warehouse` is made if missing and holds the catalog database and the table's files; the
-    table must not exist yet. `batch_size` is the photos per UDF call; the model
-    inside takes them in the exporter's own `embedder.batch_size`. Raises if the committed table does not hold the rows Daft wrote.
+    table must not exist yet. `batch_size` is the photos per UDF call; the model inside takes
+    them in the exporter's own `embedder.batch_size`. Raises if the committed table does not
+    hold the rows Daft wrote.
 
         result = run_daft_job(Path("sales.db"), date(2026, 10, 21), Path("daft-warehouse"))
         print(f"{result.rows / result.seconds:.1f} sales/s, {result.embedded} embedded")

@@ -75,6 +75,11 @@ def cropping_embedder() -> LocalEmbedder:
     return LocalEmbedder(LocalEmbedderConfig(fit="crop"))
 
 
+@pytest.fixture(scope="module")
+def padding_embedder() -> LocalEmbedder:
+    return LocalEmbedder(LocalEmbedderConfig(fit="pad"))
+
+
 # The network
 
 
@@ -89,10 +94,10 @@ def test_with_the_imagenet_crop_a_correct_network_names_each_photo_first(
 
 @pytest.mark.parametrize("name", list(LABELLED_PHOTOS))
 def test_with_padding_the_right_class_stays_in_the_top_five(
-    embedder: LocalEmbedder, name: str
+    padding_embedder: LocalEmbedder, name: str
 ) -> None:
     load, classes = LABELLED_PHOTOS[name]
-    [ranked] = embedder.classify([encode(Image.fromarray(load()))], top=5)
+    [ranked] = padding_embedder.classify([encode(Image.fromarray(load()))], top=5)
     assert {index for index, _ in ranked} & classes, ranked
 
 
@@ -189,16 +194,16 @@ def test_batches_smaller_than_the_input_give_the_same_vectors(embedder: LocalEmb
 
 
 def test_the_model_id_names_the_weights_and_the_fit(
-    embedder: LocalEmbedder, cropping_embedder: LocalEmbedder
+    embedder: LocalEmbedder, padding_embedder: LocalEmbedder
 ) -> None:
-    assert embedder.model_id.startswith("efficientnet-lite0-imagenet-57934424:pad")
-    assert cropping_embedder.model_id.startswith("efficientnet-lite0-imagenet-57934424:crop")
+    assert embedder.model_id.startswith("efficientnet-lite0-imagenet-57934424:crop")
+    assert padding_embedder.model_id.startswith("efficientnet-lite0-imagenet-57934424:pad")
 
 
 def test_load_embedder_gives_the_local_model_for_a_local_config() -> None:
-    loaded = load_embedder(LocalEmbedderConfig(fit="crop"))
+    loaded = load_embedder(LocalEmbedderConfig(fit="pad"))
     assert isinstance(loaded, LocalEmbedder)
-    assert loaded.model_id.endswith(":crop-v1")
+    assert loaded.model_id.endswith(":pad-v1")
 
 
 # Decoding

@@ -160,8 +160,9 @@ class LocalEmbedderConfig(_Section):
     (benchmarks/bench_local_model.py)."""
     threads: int = Field(0, ge=0)
     """onnxruntime intra-op threads; 0 means half the cores (the rest decode photos)."""
-    fit: Literal["pad", "crop"] = "pad"
-    """How a photo becomes a square: pad on white keeps the whole item, crop matches ImageNet."""
+    fit: Literal["pad", "crop"] = "crop"
+    """How a photo becomes a square: crop (the centre, as ImageNet) or pad (on white); crop
+    found the same product twice as often (benchmarks/bench_fit.py)."""
 
 
 class TitanEmbedderConfig(_Section):

@@ -10,10 +10,14 @@ An embedding is the 1280-d globally pooled feature vector before the classifier,
 it describes what is in the photo, and near-duplicate photos of one product land close together.
 
 Two ways to make a photo square (`fit`):
-- "pad" (default) pads it on white and shrinks it to 224x224, so the whole item is seen, as on a
-  product page;
-- "crop" scales the short side to 256 and cuts out the centre 224x224, the recipe the network was
-  trained with, which slices the ends off long items.
+- "crop" (default) scales the short side to 256 and cuts out the centre 224x224, the recipe the
+  network was trained with; it slices the ends off long items, but an item keeps its size
+  whatever the photo's shape;
+- "pad" pads it on white and shrinks it to 224x224, so the whole item is seen, smaller the
+  further the photo is from square.
+benchmarks/bench_fit.py measured both: crop finds the same product first about twice as often
+(68% against 35%), and three times as often when the new photo has another shape than the
+stored one; pad is ahead only when both photos are square (77% against 65%).
 """
 
 from __future__ import annotations
