@@ -299,7 +299,10 @@ def _what_changed(records: Sequence[RunRecord]) -> str:
             "Nothing changed in the table: every sale was already there, "
             f"{reused} embeddings were reused and none was computed again."
         )
-    return f"{written} rows written; {embedded} photos embedded, {reused} embeddings reused."
+    return (
+        f"{written} rows written; {embedded} sales embedded, {reused} embeddings reused from"
+        " the table."
+    )
 
 
 def _print_aws_local(report: AwsLocalReport, runs: int) -> None:
