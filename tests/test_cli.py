@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 
@@ -44,8 +45,15 @@ def test_history_lists_runs_and_one_days_errors(workspace: DemoPaths) -> None:
     assert str(FIRST_DAY) in output
     code, output = invoke("history", "--config", str(workspace.config), "--date", str(FIRST_DAY))
     assert code == 0
+    assert re.search(rf"run {FIRST_DAY:%Y%m%d}-[0-9a-f]{{12}}: (PARTIAL|SUCCEEDED)", output)
     assert "source:" in output
     assert "photo:http_404" in output
+
+
+def test_history_of_a_day_without_runs_says_so(workspace: DemoPaths) -> None:
+    code, output = invoke("history", "--config", str(workspace.config), "--date", "2026-01-01")
+    assert code == 0
+    assert "No runs recorded for 2026-01-01." in output
 
 
 def test_stats_summarises_runs_and_failures_by_reason(workspace: DemoPaths) -> None:

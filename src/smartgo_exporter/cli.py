@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
@@ -166,7 +166,12 @@ def history(
     settings = _settings(config)
     store = load_progress_store(settings.progress, retention_days=settings.retention_days)
     records = store.runs_on(day.date()) if day else store.recent(limit)
-    print_runs(records, with_errors=day is not None)
+    if not records:
+        console.print(f"No runs recorded{f' for {day.date()}' if day else ''}.")
+    elif day is None:
+        print_runs(records)
+    else:
+        print_day(records)
 
 
 @app.command()
@@ -340,43 +345,61 @@ def _print_aws_local(report: AwsLocalReport, runs: int) -> None:
     )
 
 
-def print_runs(records: Sequence[RunRecord], *, with_errors: bool = False) -> None:
+def print_runs(records: Sequence[RunRecord]) -> None:
     """The per-run summary table the CLI prints after an export and for `history`."""
-    table = Table(title="Export runs", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    table.add_column("day", no_wrap=True)
+    console.print(_runs_table(records, "day", lambda record: record.business_date.isoformat()))
+    for record in records:
+        if record.message:
+            errors.print(f"[red]{record.business_date}: {record.message}[/]")
+
+
+def print_day(records: Sequence[RunRecord]) -> None:
+    """One day's runs, by start time, then each run's id, message and recorded errors."""
+
+    def started(record: RunRecord) -> str:
+        return record.started_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+
+    title = f"Export runs of {records[0].business_date}" if records else "Export runs"
+    console.print(_runs_table(records, "started (UTC)", started, title=title))
+    for record in records:
+        console.print(
+            f"\nrun {record.run_id}: {record.status}, started {record.started_at.isoformat()}",
+            markup=False,
+        )
+        if record.message:
+            console.print(f"  {record.message}", style="red", markup=False)
+        for error in record.errors:
+            console.print(
+                f"  sale {error.sale_id or '-'} [{error.stage}:{error.reason}] {error.detail}",
+                markup=False,
+            )
+        if record.error_count > len(record.errors):
+            console.print(f"  ... and {record.error_count - len(record.errors)} more")
+
+
+def _runs_table(
+    records: Sequence[RunRecord],
+    heading: str,
+    first_cell: Callable[[RunRecord], str],
+    *,
+    title: str = "Export runs",
+) -> Table:
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column(heading, no_wrap=True)
     table.add_column("status", no_wrap=True)
     for column in COUNT_COLUMNS:
         table.add_column(column, justify="right")
-    if with_errors:
-        table.add_column("run id")
     totals = [0] * len(COUNT_COLUMNS)
     for record in records:
         c = record.counts
         values = [c.sales, c.written, c.embedded, c.reused, c.failed, c.rejected]
         totals = [total + value for total, value in zip(totals, values, strict=True)]
         style = {RunStatus.FAILED: "red", RunStatus.PARTIAL: "yellow"}.get(record.status, "green")
-        cells = [
-            record.business_date.isoformat(),
-            f"[{style}]{record.status}[/]",
-            *map(str, values),
-        ]
-        table.add_row(*cells, *([record.run_id] if with_errors else []))
+        table.add_row(first_cell(record), f"[{style}]{record.status}[/]", *map(str, values))
     if len(records) > 1:
         table.add_section()
         table.add_row("total", "", *map(str, totals))
-    console.print(table)
-    for record in records:
-        if record.message:
-            errors.print(f"[red]{record.business_date}: {record.message}[/]")
-        if with_errors:
-            for error in record.errors:
-                console.print(
-                    f"  {record.business_date} sale {error.sale_id or '-'} "
-                    f"[{error.stage}:{error.reason}] {error.detail}",
-                    markup=False,
-                )
-            if record.error_count > len(record.errors):
-                console.print(f"  ... and {record.error_count - len(record.errors)} more")
+    return table
 
 
 def _settings(path: Path) -> Settings:
