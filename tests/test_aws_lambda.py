@@ -9,7 +9,7 @@ import json
 import shutil
 import socket
 from collections.abc import Iterator
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,8 @@ SCHEDULED_EVENT = {
     "resources": ["arn:aws:events:eu-west-1:123456789012:rule/smartgo-exporter-dev-nightly"],
     "detail": {},
 }
+TOMORROW = date.today() + timedelta(days=1)
+"""Not over yet in the demo config's business time zone, UTC."""
 
 
 class FakeContext:
@@ -267,6 +269,8 @@ def test_a_failed_run_fails_the_invocation_after_its_metrics_are_flushed(
         ({"from": "2026-10-07", "to": "2026-10-05"}, "to"),
         ({"from": "2025-01-01", "to": "2026-10-05"}, "to"),
         ({"dat": "2026-10-05"}, "dat"),
+        ({"date": str(TOMORROW)}, "date"),
+        ({"from": "2026-10-05", "to": str(TOMORROW)}, "to"),
         ({**SCHEDULED_EVENT, "detail-type": "Object Created"}, "detail-type"),
         ({**SCHEDULED_EVENT, "source": "aws.s3"}, "source"),
         ({**SCHEDULED_EVENT, "time": "yesterday"}, "time"),

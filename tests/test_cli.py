@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import socket
+from datetime import date, timedelta
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -75,6 +76,21 @@ def test_sql_runs_duckdb_over_the_table(workspace: DemoPaths) -> None:
     assert code == 0, output
     assert "tenants" in output
     assert "3" in output
+
+
+def test_a_range_that_ends_before_it_starts_is_refused(workspace: DemoPaths) -> None:
+    code, output = invoke(
+        "run", "-c", str(workspace.config), "--from", "2026-10-07", "--to", "2026-10-05"
+    )
+    assert code == 2
+    assert "--to 2026-10-05 is before --from 2026-10-07" in output
+
+
+def test_a_day_not_over_yet_is_refused_naming_it(workspace: DemoPaths) -> None:
+    tomorrow = date.today() + timedelta(days=1)  # the demo config's business day is UTC
+    code, output = invoke("run", "--config", str(workspace.config), "--date", str(tomorrow))
+    assert code == 2
+    assert f"{tomorrow} is not over yet" in output
 
 
 def test_a_bad_config_exits_non_zero_naming_the_key(tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ from smartgo_exporter.demo import (
     serve_photos,
     write_demo_config,
 )
+from smartgo_exporter.errors import DayNotOver
 from smartgo_exporter.pipeline import export
 from smartgo_exporter.progress.sqlite import SqliteProgressStore
 from smartgo_exporter.records import RunStatus
@@ -249,6 +250,16 @@ def test_without_a_date_the_days_since_the_last_success_are_caught_up(
     assert exported == [
         last_success + timedelta(days=n) for n in range(1, (yesterday - last_success).days + 1)
     ]
+
+
+def test_a_day_not_over_yet_is_refused_before_anything_is_read_or_recorded(
+    workspace: DemoPaths,
+) -> None:
+    settings = settings_of(workspace)
+    today = windows.yesterday(settings.export.timezone) + timedelta(days=1)
+    with pytest.raises(DayNotOver, match=f"{today} is not over yet"):
+        export(settings, [FIRST_DAY, today])
+    assert not settings.progress.path.exists()
 
 
 def test_an_unreachable_database_fails_the_run_and_records_it(workspace: DemoPaths) -> None:

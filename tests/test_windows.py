@@ -2,7 +2,10 @@
 
 from datetime import UTC, date, datetime
 
-from smartgo_exporter.windows import business_day, catch_up, yesterday
+import pytest
+
+from smartgo_exporter.errors import DayNotOver
+from smartgo_exporter.windows import business_day, catch_up, ensure_over, yesterday
 
 
 def test_a_business_day_runs_from_local_midnight_to_local_midnight() -> None:
@@ -36,3 +39,12 @@ def test_catch_up_covers_every_missed_day_up_to_the_limit() -> None:
 
 def test_without_a_previous_success_only_the_target_day_runs() -> None:
     assert catch_up(None, date(2026, 11, 23), 7) == [date(2026, 11, 23)]
+
+
+def test_a_day_is_over_once_its_local_midnight_has_passed() -> None:
+    half_past_midnight_utc = datetime(2026, 11, 27, 0, 30, tzinfo=UTC)
+    ensure_over([date(2026, 11, 26)], "UTC", half_past_midnight_utc)
+    with pytest.raises(DayNotOver, match="2026-11-26 is not over yet") as raised:
+        ensure_over([date(2026, 11, 26)], "America/New_York", half_past_midnight_utc)
+    assert raised.value.day == date(2026, 11, 26)
+    assert raised.value.ends_at == datetime(2026, 11, 27, 5, 0, tzinfo=UTC)

@@ -48,11 +48,12 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from smartgo_exporter import pipeline
 from smartgo_exporter.config import Settings, load_config
-from smartgo_exporter.errors import ConfigError, ExporterError
+from smartgo_exporter.errors import ConfigError, DayNotOver, ExporterError
 from smartgo_exporter.logs import configure_logging
 from smartgo_exporter.pipeline import export
 from smartgo_exporter.records import RunRecord, RunStatus
 from smartgo_exporter.windows import days as days_between
+from smartgo_exporter.windows import ensure_over
 
 log = structlog.get_logger(__name__)
 
@@ -158,6 +159,7 @@ def handler(event: object, context: LambdaContext) -> dict[str, Any]:
         runtime = warm_runtime()
         try:
             request = parse_event(event)
+            _ensure_over(request, runtime.settings)
         except BadEvent as error:
             log.error("event_refused", field=error.field, reason=error.reason)
             return {
@@ -252,6 +254,14 @@ def _export(runtime: Runtime, request: ExportRequest, context: LambdaContext) ->
     if failed:
         raise ExportFailed(summary, failed)
     return summary
+
+
+def _ensure_over(request: ExportRequest, settings: Settings) -> None:
+    """BadEvent for a manual request reaching a day that has not ended yet."""
+    try:
+        ensure_over(request.days or (), settings.export.timezone)
+    except DayNotOver as error:
+        raise BadEvent("date" if len(request.days or ()) == 1 else "to", str(error)) from None
 
 
 def _scheduled(event: Mapping[Any, Any]) -> ExportRequest:

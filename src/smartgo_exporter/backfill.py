@@ -18,7 +18,7 @@ from smartgo_exporter.config import Settings
 from smartgo_exporter.errors import ConfigError
 from smartgo_exporter.pipeline import ProgressCallback, export
 from smartgo_exporter.records import RunRecord
-from smartgo_exporter.windows import days
+from smartgo_exporter.windows import days, ensure_over
 
 Runner = Literal["local", "ray"]
 TRIGGER = "backfill"
@@ -40,13 +40,15 @@ def backfill(
     cluster at `ray_address` (`host:port`, `auto`, `ray://...`), or else where `ray.init()`
     goes (see `ray_runner.export_on_ray`). Without Ray installed it raises RunnerUnavailable, whose
     message says what to install. A `ray_address` without the Ray runner is a ConfigError,
-    as is an unknown runner or a range that ends before it starts.
+    as is an unknown runner or a range that ends before it starts; a range reaching a day that
+    has not ended yet raises DayNotOver.
     """
     if runner not in get_args(Runner):
         raise ConfigError("runner", f"unknown runner {runner!r}; use local or ray")
     if end < start:
         raise ConfigError("to", f"the range ends ({end}) before it starts ({start})")
     selected = list(days(start, end))
+    ensure_over(selected, settings.export.timezone)
     if runner == "ray":
         from smartgo_exporter.ray_runner import export_on_ray
 

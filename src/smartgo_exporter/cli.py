@@ -423,6 +423,8 @@ def _days(day: datetime | None, first: datetime | None, last: datetime | None) -
     if first or last:
         if not (first and last):
             raise typer.BadParameter("--from and --to go together")
+        if last < first:
+            raise typer.BadParameter(f"--to {last:%Y-%m-%d} is before --from {first:%Y-%m-%d}")
         return list(days(first.date(), last.date()))
     return None
 

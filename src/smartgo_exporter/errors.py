@@ -6,6 +6,8 @@ the pipeline can record it and the CLI can show it, without parsing a message.
 
 from __future__ import annotations
 
+from datetime import date, datetime
+
 
 class ExporterError(Exception):
     """Base of every error this package raises on purpose."""
@@ -22,6 +24,22 @@ class ConfigError(ExporterError):
 
 class SecretError(ConfigError):
     """A secret reference could not be resolved. The message names the reference, never a value."""
+
+
+class DayNotOver(ExporterError):
+    """A day asked for has not ended yet in the business time zone, so its sales are not all in.
+
+    Exported, it would be recorded SUCCEEDED with part of its sales, and catch-up, which starts
+    after the last successful day, would then skip every day missed before it.
+    """
+
+    def __init__(self, day: date, ends_at: datetime, timezone: str) -> None:
+        super().__init__(
+            f"{day} is not over yet: it ends at {ends_at.isoformat()} ({timezone}); "
+            "export days that have ended"
+        )
+        self.day = day
+        self.ends_at = ends_at
 
 
 class SourceError(ExporterError):

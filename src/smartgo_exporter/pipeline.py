@@ -54,7 +54,7 @@ from smartgo_exporter.records import (
 from smartgo_exporter.reuse import RecentEmbeddings, changed_rows, plan_batch
 from smartgo_exporter.sinks.iceberg import SalesTable
 from smartgo_exporter.sources import SaleBatch, Source, load_source
-from smartgo_exporter.windows import Window, business_day, catch_up, yesterday
+from smartgo_exporter.windows import Window, business_day, catch_up, ensure_over, yesterday
 
 log = structlog.get_logger(__name__)
 
@@ -151,8 +151,10 @@ def export(
     catches them up. The caller decides from the statuses what to exit with.
 
     When `should_stop` answers True, the batches already read are committed, the run is
-    recorded PARTIAL and no further day is started.
+    recorded PARTIAL and no further day is started. A day of `days` that has not ended yet
+    raises DayNotOver before anything is read or recorded.
     """
+    ensure_over(days or (), settings.export.timezone)
     progress = NonFatalProgressStore.connect(
         lambda: load_progress_store(settings.progress, retention_days=settings.retention_days)
     )

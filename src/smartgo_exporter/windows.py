@@ -8,9 +8,11 @@ changes, the window is 23 or 25 hours long, as the store's day really was.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
+
+from smartgo_exporter.errors import DayNotOver
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -33,6 +35,15 @@ def yesterday(timezone: str, now: datetime | None = None) -> date:
     """The last complete business day at `now` in the business time zone."""
     now = now or datetime.now(UTC)
     return now.astimezone(ZoneInfo(timezone)).date() - timedelta(days=1)
+
+
+def ensure_over(days: Iterable[date], timezone: str, now: datetime | None = None) -> None:
+    """Raise DayNotOver for the first of `days` whose business day has not ended at `now`."""
+    now = now or datetime.now(UTC)
+    for day in days:
+        window = business_day(day, timezone)
+        if window.end > now:
+            raise DayNotOver(day, window.end.astimezone(ZoneInfo(timezone)), timezone)
 
 
 def days(first: date, last: date) -> Iterator[date]:
