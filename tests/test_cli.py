@@ -65,6 +65,20 @@ def test_stats_summarises_runs_and_failures_by_reason(workspace: DemoPaths) -> N
     assert "photo:http_404" in output
 
 
+def test_stats_without_runs_says_so(workspace: DemoPaths) -> None:
+    code, output = invoke("stats", "--config", str(workspace.config))
+    assert code == 0
+    assert "No runs recorded." in output
+
+
+def test_sql_before_the_first_export_says_how_the_table_comes_to_exist(
+    workspace: DemoPaths,
+) -> None:
+    code, output = invoke("sql", "--config", str(workspace.config), "SELECT 1")
+    assert code == 2
+    assert "does not exist; the first export" in " ".join(output.split())
+
+
 def test_sql_runs_duckdb_over_the_table(workspace: DemoPaths) -> None:
     invoke("run", "--config", str(workspace.config), "--date", str(FIRST_DAY))
     code, output = invoke(

@@ -184,6 +184,9 @@ def stats(config: ConfigOption = DEFAULT_CONFIG) -> None:
     summary = load_progress_store(
         settings.progress, retention_days=settings.retention_days
     ).summary()
+    if not summary.runs:
+        console.print("No runs recorded.")
+        return
     table = Table(title="Export runs", show_header=False)
     table.add_row("runs", str(summary.runs))
     table.add_row("days", f"{summary.first_day} .. {summary.last_day}")
@@ -552,10 +555,10 @@ def _print_compaction(report: compaction.CompactionReport) -> None:
         markup=False,
     )
     if done:
-        table = Table(box=box.SIMPLE_HEAD)
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
         table.add_column("partition", no_wrap=True)
         for column in ("files", "size", "rows"):
-            table.add_column(column, justify="right")
+            table.add_column(column, justify="right", no_wrap=True)
         for part in done:
             table.add_row(
                 part.partition,

@@ -204,7 +204,10 @@ def _table_errors(
     try:
         yield
     except NoSuchTableError:
-        raise SinkError(f"table {name} does not exist") from None
+        raise SinkError(
+            f"table {name} does not exist; the first export creates it, or run"
+            " smartgo-exporter create-table"
+        ) from None
     except ExporterError:
         raise
     except Exception as error:
