@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -196,13 +197,36 @@ def test_a_day_another_run_holds_is_left_alone_and_the_others_run(
 def test_without_ray_the_command_says_how_to_install_it(tmp_path: Path) -> None:
     paths = DemoPaths(tmp_path)
     write_demo_config(paths)
+    result = backfill_in_a_new_process(paths, "--runner", "ray", before="sys.modules['ray'] = None")
+    assert result.returncode == 2, result.stderr
+    assert "pip install 'smartgo-exporter[ray]'" in result.stderr
+    assert not paths.warehouse.exists()
+
+
+def test_a_ray_address_nothing_answers_at_fails_at_once_naming_it(tmp_path: Path) -> None:
+    paths = DemoPaths(tmp_path)
+    write_demo_config(paths)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"  # closed again when the test runs it
+    result = backfill_in_a_new_process(paths, "--runner", "ray", "--ray-address", address)
+    assert result.returncode == 2, result.stderr
+    assert f"cannot reach the Ray cluster at {address}" in result.stderr
+    assert not paths.warehouse.exists()
+
+
+def backfill_in_a_new_process(
+    paths: DemoPaths, *options: str, before: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """`backfill` of FIRST_DAY, run by the CLI in a process of its own, without this session's
+    Ray; `before` is Python run first."""
     command = (
-        "import sys; sys.modules['ray'] = None\n"
+        f"import sys; {before}\n"
         "from smartgo_exporter.cli import app\n"
         f"app(['backfill', '-c', {str(paths.config)!r}, '--from', '{FIRST_DAY}',"
-        f" '--to', '{FIRST_DAY}', '--runner', 'ray'])"
+        f" '--to', '{FIRST_DAY}', *{list(options)!r}])"
     )
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", command],
         capture_output=True,
         text=True,
@@ -210,6 +234,3 @@ def test_without_ray_the_command_says_how_to_install_it(tmp_path: Path) -> None:
         env={**os.environ, "COLUMNS": "200"},
         check=False,
     )
-    assert result.returncode == 2, result.stderr
-    assert "pip install 'smartgo-exporter[ray]'" in result.stderr
-    assert not paths.warehouse.exists()

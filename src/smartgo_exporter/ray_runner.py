@@ -27,7 +27,9 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import os
 import pickle
+import socket
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
@@ -76,6 +78,7 @@ from smartgo_exporter.sources import SaleBatch, load_source
 from smartgo_exporter.windows import business_day
 
 INSTALL_HINT = "pip install 'smartgo-exporter[ray]'"
+REACH_SECONDS = 10
 
 try:
     import ray
@@ -185,6 +188,7 @@ def _ray_session(address: str | None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
+    _ensure_reachable(address or os.environ.get("RAY_ADDRESS"))
     try:
         if address is None:
             ray.init(include_dashboard=False, logging_level=logging.WARNING)
@@ -197,6 +201,23 @@ def _ray_session(address: str | None) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def _ensure_reachable(address: str | None) -> None:
+    """RunnerUnavailable unless a cluster's `host:port` (or `ray://host:port`) accepts a TCP
+    connection within REACH_SECONDS.
+
+    ray.init keeps retrying an address nothing answers at, for minutes, saying so only in its
+    own log lines; a mistyped address should fail at once. `auto` and other forms are left to
+    ray.init.
+    """
+    host, colon, port = (address or "").removeprefix("ray://").rpartition(":")
+    if not (host and colon and port.isdigit()):
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_SECONDS).close()
+    except OSError as error:
+        raise RunnerUnavailable(f"cannot reach the Ray cluster at {address}: {error}") from None
 
 
 @contextlib.contextmanager
