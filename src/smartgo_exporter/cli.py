@@ -304,8 +304,8 @@ def _what_changed(records: Sequence[RunRecord]) -> str:
     reused = sum(record.counts.reused for record in records)
     if written == 0:
         return (
-            "Nothing changed in the table: every sale was already there, "
-            f"{reused} embeddings were reused and none was computed again."
+            f"Nothing changed in the table: {reused} embeddings were reused from it and none"
+            " was computed again."
         )
     return (
         f"{written} rows written; {embedded} sales embedded, {reused} embeddings reused from"
