@@ -58,11 +58,11 @@ CHILD_SETTINGS = {
 RERUN_SETTINGS = {"export": {"lock_wait_seconds": 10}}
 
 FORK_SERVER = """
-import json, os, signal, sys, threading
+import json, os, signal, sys, threading, time
 from datetime import date
 import structlog
 from pyiceberg.table import Transaction
-from smartgo_exporter import export, load_config
+from smartgo_exporter import export, load_config, pipeline
 from smartgo_exporter.logs import configure_logging
 import smartgo_exporter.embedders.local, smartgo_exporter.embedders.efficientnet_lite
 import smartgo_exporter.sources.sql, smartgo_exporter.progress.sqlite, onnxruntime
@@ -96,6 +96,17 @@ def trial(config, day, event, occurrence, delay, log, settings):
         return commit(self)
 
     Transaction.commit_transaction = commit_transaction
+    if event == "batch_embedding" and delay:
+        # Five photos embed in about 50 ms, so a kill up to 0.15 s after the last batch's
+        # `batch_embedding` could land after the run had recorded its outcome; held this long,
+        # the embedding step is still under way when the kill comes.
+        embed = pipeline.embed_photos
+
+        def embed_photos(*args):
+            time.sleep(delay)
+            return embed(*args)
+
+        pipeline.embed_photos = embed_photos
     export(load_config(config, **settings), [date.fromisoformat(day)])
     print("the export finished before the kill", file=sys.stderr, flush=True)
 
