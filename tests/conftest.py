@@ -17,6 +17,9 @@ and `insert` to add rows. End-to-end tests use it like this:
     def test_a_day_lands_in_the_table(sales_db):
         sales_db.insert(sales_db.row(id="S-1", sold_at=datetime(2026, 10, 25, 12, 0)))
         config = SqlSourceConfig(url=sales_db.url, table="sales", columns=sales_db.columns)
+
+`store` is the small demo store (tests/demo_store.py) with its photo server, once per session;
+`workspace` is a test's own copy of it, with its own warehouse and run history.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
+
+from smartgo_exporter.demo import DemoCatalog, DemoPaths
+from tests.demo_store import copy_of_store, serve_demo_store
 
 POSTGRESQL_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 MARIADB_ADMIN_URL = "mysql+pymysql://root@127.0.0.1:3306/"
@@ -225,6 +231,22 @@ def _admin_engine(url: str, server: str, hint: str) -> sa.Engine:
     return engine
 
 
+def _scratch_database(admin: sa.Engine, *, create: str, drop: str) -> Iterator[str]:
+    """Yield the URL of a new database on `admin`'s server; drop it and dispose `admin` after.
+
+    `create` and `drop` are the server's own statements, with `{name}` for the database's name.
+    """
+    name = _random_name()
+    with admin.connect() as conn:
+        conn.execute(sa.text(create.format(name=name)))
+    try:
+        yield admin.url.set(database=name).render_as_string()
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(drop.format(name=name)))
+        admin.dispose()
+
+
 @pytest.fixture(scope="session")
 def sqlite_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of an empty SQLite file, for this test session."""
@@ -243,15 +265,11 @@ def postgresql_database() -> Iterator[str]:
         "`pg_ctlcluster --skip-systemctl-redirect 15 main start`; the tests connect as "
         "postgres without a password (trust auth on 127.0.0.1)",
     )
-    name = _random_name()
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(POSTGRESQL_ADMIN_URL).set(database=name).render_as_string()
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    yield from _scratch_database(
+        admin,
+        create='CREATE DATABASE "{name}"',
+        drop='DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
+    )
 
 
 @pytest.fixture(scope="session")
@@ -263,15 +281,11 @@ def mariadb_database() -> Iterator[str]:
         "install mariadb-server (apt-get install mariadb-server) and start it with "
         "`service mariadb start`; the tests connect as root with an empty password",
     )
-    name = _random_name()
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
-    try:
-        yield make_url(MARIADB_ADMIN_URL).set(database=name).render_as_string()
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
-        admin.dispose()
+    yield from _scratch_database(
+        admin,
+        create="CREATE DATABASE `{name}` CHARACTER SET utf8mb4",
+        drop="DROP DATABASE IF EXISTS `{name}`",
+    )
 
 
 @pytest.fixture
@@ -326,3 +340,19 @@ def sales_db(
     database = SalesDatabase(backend=backend, url=url, engine=engine)
     database.create_sales_table()
     return database
+
+
+# --- the demo store, for the end-to-end tests ------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DemoPaths, DemoCatalog]]:
+    """A small demo store (3 days, ~120 sales) whose photo server runs for the whole session."""
+    with serve_demo_store(tmp_path_factory.mktemp("store")) as served:
+        yield served
+
+
+@pytest.fixture
+def workspace(store: tuple[DemoPaths, DemoCatalog], tmp_path: Path) -> DemoPaths:
+    """This test's own copy of the store's database, and its own warehouse and run history."""
+    return copy_of_store(store[0], tmp_path)

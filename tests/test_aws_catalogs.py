@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import secrets
 import shutil
-import socket
 import sqlite3
 import urllib.error
 import urllib.request
@@ -31,15 +30,7 @@ from typer.testing import CliRunner
 
 from smartgo_exporter.cli import app
 from smartgo_exporter.config import Settings, TableConfig, load_config
-from smartgo_exporter.demo import (
-    SALE_COLUMNS,
-    DemoCatalog,
-    DemoPaths,
-    build_sales_database,
-    photo_base_url,
-    render_photos,
-    serve_photos,
-)
+from smartgo_exporter.demo import SALE_COLUMNS, DemoCatalog, DemoPaths
 from smartgo_exporter.errors import ConfigError, SinkError
 from smartgo_exporter.pipeline import export
 from smartgo_exporter.records import (
@@ -57,18 +48,13 @@ from smartgo_exporter.sinks.iceberg import (
     create_table,
     open_catalog,
 )
+from tests.demo_store import serve_demo_store
 from tests.servers.moto import MotoServer
 from tests.servers.seaweedfs import Seaweed
 
 DAY = date(2026, 10, 5)
 OCTOBER_2026 = 681
 """Iceberg's month transform: months since 1970-01."""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def namespace() -> str:
@@ -105,14 +91,9 @@ def table_config(aws: Seaweed) -> TableConfig:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DemoPaths, DemoCatalog]]:
     """A small demo store (two days, ~80 sales) whose photo server runs for the module."""
-    paths = DemoPaths(tmp_path_factory.mktemp("store"))
-    port = free_port()
-    catalog = build_sales_database(
-        paths.sales_db, photo_base_url=photo_base_url(port=port), first_day=DAY, days=2, sales=80
-    )
-    render_photos(paths.photos, catalog.products, seed=catalog.seed)
-    with serve_photos(paths.photos, port=port):
-        yield paths, catalog
+    folder = tmp_path_factory.mktemp("store")
+    with serve_demo_store(folder, first_day=DAY, days=2, sales=80) as served:
+        yield served
 
 
 def write_config(folder: Path, sales_db: Path, seaweedfs: Seaweed) -> Path:

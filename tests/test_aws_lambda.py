@@ -6,35 +6,21 @@ backends themselves (Titan, DynamoDB, S3 Tables, SSM) are tested with their own 
 from __future__ import annotations
 
 import json
-import shutil
-import socket
 from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
 import pytest
 import structlog
 
 from smartgo_exporter import aws_lambda
 from smartgo_exporter.aws_lambda import ExportFailed, handler
 from smartgo_exporter.config import Settings, load_config
-from smartgo_exporter.demo import (
-    DemoCatalog,
-    DemoPaths,
-    build_sales_database,
-    photo_base_url,
-    render_photos,
-    serve_photos,
-    write_demo_config,
-)
+from smartgo_exporter.demo import DemoCatalog, DemoPaths
 from smartgo_exporter.progress.sqlite import SqliteProgressStore
-from smartgo_exporter.sinks.iceberg import SalesTable
+from tests.demo_store import FIRST_DAY, copy_of_store, distinct_keys, serve_demo_store, table_rows
 
-FIRST_DAY = date(2026, 10, 5)
-DAYS = 3
 BATCH = 5
 
 SCHEDULED_EVENT = {
@@ -87,27 +73,11 @@ def plenty_of_time(request_id: str = "req-2") -> FakeContext:
     return FakeContext(900, request_id=request_id)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DemoPaths, DemoCatalog]]:
-    """A small demo store (3 days, ~120 sales) whose photo server runs for the whole module."""
-    paths = DemoPaths(tmp_path_factory.mktemp("lambda-store"))
-    port = free_port()
-    catalog = build_sales_database(
-        paths.sales_db,
-        photo_base_url=photo_base_url(port=port),
-        first_day=FIRST_DAY,
-        days=DAYS,
-        sales=120,
-    )
-    render_photos(paths.photos, catalog.products, seed=catalog.seed)
-    with serve_photos(paths.photos, port=port):
-        yield paths, catalog
+    """The small demo store of conftest.py's `store`, with a photo server for this module only."""
+    with serve_demo_store(tmp_path_factory.mktemp("lambda-store")) as served:
+        yield served
 
 
 @pytest.fixture
@@ -116,9 +86,7 @@ def workspace(
 ) -> Iterator[DemoPaths]:
     """This test's copy of the store, configured through SGX_CONFIG as the function would be,
     and a cold container: settings, logging and metrics are loaded afresh by the first call."""
-    paths = DemoPaths(tmp_path)
-    shutil.copy(store[0].sales_db, paths.sales_db)
-    write_demo_config(paths)
+    paths = copy_of_store(store[0], tmp_path)
     monkeypatch.setenv("SGX_CONFIG", str(paths.config))
     aws_lambda.warm_runtime.cache_clear()
     yield paths
@@ -128,16 +96,6 @@ def workspace(
 
 def settings_of(paths: DemoPaths) -> Settings:
     return load_config(paths.config)
-
-
-def table_rows(settings: Settings) -> pa.Table:
-    return SalesTable.open(settings.table, source="smartgo").table.scan().to_arrow()
-
-
-def distinct_keys(rows: pa.Table) -> int:
-    separator = pa.scalar("/", pa.large_string())
-    keys = pc.binary_join_element_wise(rows["tenant_id"], rows["sale_id"], separator)
-    return int(pc.count_distinct(keys).as_py())
 
 
 def valid_sales_on(catalog: DemoCatalog, day: date) -> int:

@@ -28,9 +28,8 @@ from smartgo_exporter.demo import DemoCatalog, DemoPaths, write_demo_config
 from smartgo_exporter.progress.sqlite import SqliteProgressStore
 from smartgo_exporter.records import SALE_FIELDS, RunRecord, RunStatus
 from smartgo_exporter.sinks.iceberg import BUSINESS_DATE_PROPERTY, RUN_ID_PROPERTY, SalesTable
-from tests.test_export import FIRST_DAY, days, settings_of, store, table_rows
-
-__all__ = ["store"]
+from tests.demo_store import FIRST_DAY, table_rows
+from tests.test_export import days, settings_of
 
 LAST_DAY = days()[-1]
 COMPARED_COLUMNS = (

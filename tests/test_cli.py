@@ -11,9 +11,7 @@ from typer.testing import CliRunner
 
 from smartgo_exporter.cli import app
 from smartgo_exporter.demo import DemoPaths
-from tests.test_export import FIRST_DAY, store, workspace
-
-__all__ = ["store", "workspace"]
+from tests.demo_store import FIRST_DAY
 
 runner = CliRunner()
 

@@ -7,73 +7,27 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 import structlog
 
 from smartgo_exporter import windows
 from smartgo_exporter.config import Settings, load_config
-from smartgo_exporter.demo import (
-    DemoCatalog,
-    DemoPaths,
-    PhotoState,
-    build_sales_database,
-    photo_base_url,
-    render_photos,
-    serve_photos,
-    write_demo_config,
-)
+from smartgo_exporter.demo import DemoCatalog, DemoPaths, PhotoState
 from smartgo_exporter.errors import DayNotOver
 from smartgo_exporter.pipeline import export
 from smartgo_exporter.progress.sqlite import SqliteProgressStore
 from smartgo_exporter.records import RunStatus
 from smartgo_exporter.sinks.iceberg import RUN_ID_PROPERTY, SalesTable
-
-FIRST_DAY = date(2026, 10, 5)
-DAYS = 3
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@pytest.fixture(scope="session")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DemoPaths, DemoCatalog]]:
-    """A small demo store (3 days, ~120 sales) whose photo server runs for the whole session."""
-    paths = DemoPaths(tmp_path_factory.mktemp("store"))
-    port = free_port()
-    catalog = build_sales_database(
-        paths.sales_db,
-        photo_base_url=photo_base_url(port=port),
-        first_day=FIRST_DAY,
-        days=DAYS,
-        sales=120,
-    )
-    render_photos(paths.photos, catalog.products, seed=catalog.seed)
-    with serve_photos(paths.photos, port=port):
-        yield paths, catalog
-
-
-@pytest.fixture
-def workspace(store: tuple[DemoPaths, DemoCatalog], tmp_path: Path) -> DemoPaths:
-    """This test's own copy of the store's database, and its own warehouse and run history."""
-    paths = DemoPaths(tmp_path)
-    shutil.copy(store[0].sales_db, paths.sales_db)
-    write_demo_config(paths)
-    return paths
+from tests.demo_store import DAYS, FIRST_DAY, distinct_keys, table_rows
 
 
 def settings_of(paths: DemoPaths, **overrides: object) -> Settings:
@@ -82,16 +36,6 @@ def settings_of(paths: DemoPaths, **overrides: object) -> Settings:
 
 def days() -> list[date]:
     return [FIRST_DAY + timedelta(days=n) for n in range(DAYS)]
-
-
-def table_rows(settings: Settings) -> pa.Table:
-    return SalesTable.open(settings.table, source="smartgo").table.scan().to_arrow()
-
-
-def distinct_keys(rows: pa.Table) -> int:
-    separator = pa.scalar("/", pa.large_string())
-    keys = pc.binary_join_element_wise(rows["tenant_id"], rows["sale_id"], separator)
-    return int(pc.count_distinct(keys).as_py())
 
 
 def valid_sales(catalog: DemoCatalog) -> int:

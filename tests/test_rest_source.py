@@ -14,7 +14,7 @@ import json
 import threading
 import traceback
 from collections.abc import Callable, Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,15 +24,13 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from smartgo_exporter.config import RestSourceConfig
-from smartgo_exporter.errors import InvalidSale, SourceError
+from smartgo_exporter.errors import SourceError
 from smartgo_exporter.records import Sale
 from smartgo_exporter.sources import SaleBatch
 from smartgo_exporter.sources.rest import RestSource
-from smartgo_exporter.windows import Window, business_day
+from tests.sales import WINDOW, ids, read_all
 
 TOKEN = "sgx-test-token-3f9a1c"
-WINDOW = business_day(date(2026, 10, 25), "Europe/London")
-"""A 25-hour day: 2026-10-24T23:00Z to 2026-10-26T00:00Z."""
 CURSOR_PAGE_SIZE = 4
 
 NESTED_COLUMNS = {
@@ -194,24 +192,6 @@ def open_source(pos_api: FakePosApi) -> Iterator[SourceFactory]:
     yield make
     for source in sources:
         source.close()
-
-
-def read_all(
-    source: RestSource,
-    window: Window = WINDOW,
-    batch_size: int = 100,
-    tenants: list[str] | None = None,
-) -> tuple[list[Sale], list[InvalidSale]]:
-    sales: list[Sale] = []
-    rejected: list[InvalidSale] = []
-    for batch in source.read(window, batch_size, tenants or []):
-        sales.extend(batch.sales)
-        rejected.extend(batch.rejected)
-    return sales, rejected
-
-
-def ids(sales: list[Sale]) -> list[str]:
-    return [sale.sale_id for sale in sales]
 
 
 # --- pagination -------------------------------------------------------------------------------

@@ -7,9 +7,7 @@ from __future__ import annotations
 import json
 import os
 import queue
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,15 +20,7 @@ from typing import IO, Any
 import pytest
 
 from smartgo_exporter.config import ScheduleConfig, Settings, load_config
-from smartgo_exporter.demo import (
-    DemoCatalog,
-    DemoPaths,
-    build_sales_database,
-    photo_base_url,
-    render_photos,
-    serve_photos,
-    write_demo_config,
-)
+from smartgo_exporter.demo import DemoCatalog, DemoPaths, write_demo_config
 from smartgo_exporter.errors import ConfigError
 from smartgo_exporter.pipeline import StopCheck
 from smartgo_exporter.progress.sqlite import SqliteProgressStore
@@ -43,6 +33,7 @@ from smartgo_exporter.scheduler import (
     stop_on_signals,
 )
 from smartgo_exporter.windows import yesterday
+from tests.demo_store import copy_of_store, serve_demo_store
 
 DEFAULT_CRON = ScheduleConfig().cron
 
@@ -185,38 +176,21 @@ def test_an_export_that_crashes_does_not_end_the_schedule(settings: Settings) ->
 # --- a real process and a real signal -------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def recent_store(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[DemoPaths, DemoCatalog]]:
     """A demo store whose sales include yesterday's, wherever the clock stands: the schedule
     exports yesterday by the real clock."""
-    paths = DemoPaths(tmp_path_factory.mktemp("recent-store"))
-    port = free_port()
-    catalog = build_sales_database(
-        paths.sales_db,
-        photo_base_url=photo_base_url(port=port),
-        first_day=yesterday("UTC") - timedelta(days=1),
-        days=3,
-        sales=120,
-    )
-    render_photos(paths.photos, catalog.products, seed=catalog.seed)
-    with serve_photos(paths.photos, port=port):
-        yield paths, catalog
+    folder = tmp_path_factory.mktemp("recent-store")
+    first_day = yesterday("UTC") - timedelta(days=1)
+    with serve_demo_store(folder, first_day=first_day, days=3, sales=120) as served:
+        yield served
 
 
 @pytest.fixture
 def recent_workspace(recent_store: tuple[DemoPaths, DemoCatalog], tmp_path: Path) -> DemoPaths:
-    paths = DemoPaths(tmp_path)
-    shutil.copy(recent_store[0].sales_db, paths.sales_db)
-    write_demo_config(paths)
-    return paths
+    return copy_of_store(recent_store[0], tmp_path)
 
 
 class Scheduler:

@@ -7,7 +7,7 @@ import sqlite3
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import closing
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -17,19 +17,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from smartgo_exporter.config import SqlSourceConfig
-from smartgo_exporter.errors import ConfigError, InvalidSale, SourceError
+from smartgo_exporter.errors import ConfigError, SourceError
 from smartgo_exporter.records import Sale
 from smartgo_exporter.sources import SaleBatch
 from smartgo_exporter.sources.sql import SqlSource
-from smartgo_exporter.windows import Window, business_day
+from tests.sales import WINDOW, ids, read_all
 
 if TYPE_CHECKING:
     from conftest import SalesDatabase
 
 LONDON = ZoneInfo("Europe/London")
-DST_END_DAY = date(2026, 10, 25)
-"""Clocks go back in London that night: the business day is 25 hours long."""
-WINDOW = business_day(DST_END_DAY, "Europe/London")
 
 SourceFactory = Callable[..., SqlSource]
 
@@ -52,24 +49,6 @@ def open_source(sales_db: SalesDatabase) -> Iterator[SourceFactory]:
     yield make
     for source in sources:
         source.close()
-
-
-def read_all(
-    source: SqlSource,
-    window: Window = WINDOW,
-    batch_size: int = 100,
-    tenants: list[str] | None = None,
-) -> tuple[list[Sale], list[InvalidSale]]:
-    sales: list[Sale] = []
-    rejected: list[InvalidSale] = []
-    for batch in source.read(window, batch_size, tenants or []):
-        sales.extend(batch.sales)
-        rejected.extend(batch.rejected)
-    return sales, rejected
-
-
-def ids(sales: list[Sale]) -> list[str]:
-    return [sale.sale_id for sale in sales]
 
 
 def london(*parts: int) -> datetime:

@@ -59,7 +59,6 @@ from smartgo_exporter.errors import ExporterError
 from smartgo_exporter.pipeline import export
 from smartgo_exporter.records import Key, RunRecord, RunStatus
 from smartgo_exporter.sinks.iceberg import SalesTable
-from tests.test_export import store, workspace  # noqa: F401  (fixtures, shared with this folder)
 
 ROW_PROPERTY = "fault_matrix_row"
 """The name of the JUnit XML property that carries one row of the matrix, as JSON."""
