@@ -90,6 +90,24 @@ def test_sql_runs_duckdb_over_the_table(workspace: DemoPaths) -> None:
     assert "3" in output
 
 
+def test_sql_finds_the_sales_that_look_most_like_one_sale(workspace: DemoPaths) -> None:
+    invoke("run", "--config", str(workspace.config), "--date", str(FIRST_DAY))
+    code, output = invoke(
+        "sql",
+        "--config",
+        str(workspace.config),
+        "WITH new AS (SELECT sale_id, embedding FROM sales WHERE embedding IS NOT NULL LIMIT 1)"
+        " SELECT s.sale_id = new.sale_id AS itself,"
+        " list_cosine_similarity(s.embedding, new.embedding) AS similarity"
+        " FROM sales s, new WHERE s.embedding IS NOT NULL ORDER BY similarity DESC, itself DESC"
+        " LIMIT 3",
+    )
+    assert code == 0, output
+    rows = [line.split("│")[1:3] for line in output.splitlines() if line.count("│") == 3]
+    # Nothing is more like a sale than the sale itself (other sales of its product tie with it).
+    assert [cell.strip() for cell in rows[0]] == ["True", "1"]
+
+
 def test_a_range_that_ends_before_it_starts_is_refused(workspace: DemoPaths) -> None:
     code, output = invoke(
         "run", "-c", str(workspace.config), "--from", "2026-10-07", "--to", "2026-10-05"

@@ -466,6 +466,9 @@ def _progress_display() -> Iterator[Callable[[BatchDone], None]]:
 def _cell(value: object) -> str:
     if isinstance(value, list) and len(value) > 4:
         return f"[{', '.join(f'{v:.3f}' for v in value[:3])}, ... ({len(value)})]"
+    if isinstance(value, float):
+        # Embeddings are float32: 0.955 arrives as 0.9549999833106995.
+        return f"{value:.6g}"
     return "" if value is None else str(value)
 
 

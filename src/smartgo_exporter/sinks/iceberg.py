@@ -346,19 +346,33 @@ class SalesTable:
                 time.sleep(min(0.2 * 2**attempt, 5.0))
 
     def query(self, statement: str) -> pa.Table:
-        """Run DuckDB SQL over the table, visible as `sales`; the scan streams into DuckDB."""
+        """Run DuckDB SQL over the table, visible as `sales`.
+
+        The scan streams into DuckDB, which reads a stream once; a statement that reads `sales`
+        twice (a self-join, such as the sales most like one sale) gets the table in memory.
+        """
         # Imported here: only `sql` needs DuckDB, and every export and Lambda cold start would
         # otherwise pay for loading it.
         import duckdb
 
-        connection = duckdb.connect()
+        def run(sales: pa.RecordBatchReader | pa.Table) -> pa.Table:
+            connection = duckdb.connect()
+            try:
+                connection.register("sales", sales)
+                result: pa.Table = connection.sql(statement).to_arrow_table()
+                return result
+            finally:
+                connection.close()
+
         try:
-            connection.register("sales", self.table.scan().to_arrow_batch_reader())
-            return connection.sql(statement).to_arrow_table()
+            try:
+                return run(self.table.scan().to_arrow_batch_reader())
+            except duckdb.InvalidInputException as error:
+                if "already been consumed" not in str(error):
+                    raise
+                return run(self.table.scan().to_arrow())
         except duckdb.Error as error:
             raise SinkError(f"query failed: {error}") from None
-        finally:
-            connection.close()
 
     def last_exported_day(self) -> date | None:
         """The latest business day this source committed rows for, from the snapshot summaries.
