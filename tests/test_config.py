@@ -34,6 +34,20 @@ def test_a_minimal_file_gets_the_documented_defaults(tmp_path: Path) -> None:
     assert settings.table.name == "smartgo_sales"
 
 
+def test_aws_regions_default_to_aws_region_which_botocore_does_not_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_REGION", "eu-north-1")
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    settings = load_config(write(tmp_path, MINIMAL + '\n[embedder]\ntype = "titan"\n'))
+    assert settings.embedder.type == "titan"
+    assert settings.embedder.region == "eu-north-1"
+    assert settings.aws.region == "eu-north-1"
+    monkeypatch.setenv("SGX_EMBEDDER__REGION", "us-east-1")  # a configured region wins
+    settings = load_config(write(tmp_path, MINIMAL + '\n[embedder]\ntype = "titan"\n'))
+    assert settings.embedder.region == "us-east-1"
+
+
 def test_relative_paths_are_taken_from_the_config_files_folder(tmp_path: Path) -> None:
     settings = load_config(write(tmp_path, MINIMAL))
     assert settings.progress.path == tmp_path / "progress.db"

@@ -7,6 +7,7 @@ variables use `__` between levels: `SGX_SOURCE__URL`, `SGX_EXPORT__TIMEZONE`.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,6 +20,12 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from smartgo_exporter.errors import ConfigError
 from smartgo_exporter.records import SALE_FIELDS
+
+
+def _aws_region() -> str | None:
+    """AWS_REGION, which Lambda, containers and the other AWS SDKs set but botocore does not
+    read (it reads AWS_DEFAULT_REGION); None leaves the region to boto3's chain."""
+    return os.environ.get("AWS_REGION") or None
 
 
 class _Section(BaseModel):
@@ -170,8 +177,8 @@ class TitanEmbedderConfig(_Section):
     model_id: str = "amazon.titan-embed-image-v1"
     """A Bedrock model id, inference profile or provisioned-throughput ARN."""
     dimension: Literal[256, 384, 1024] = 1024
-    region: str | None = None
-    """None takes the region from boto3's default chain (AWS_REGION, the profile, ...)."""
+    region: str | None = Field(default_factory=_aws_region)
+    """Default: AWS_REGION, else boto3's own chain (AWS_DEFAULT_REGION, the profile)."""
     endpoint_url: str | None = None
     """A VPC interface endpoint, or a local server in tests; None means the public endpoint."""
     concurrency: int = Field(4, ge=1, le=64)
@@ -221,8 +228,8 @@ class DynamoProgressConfig(_Section):
     stage: str = "dev"
     table: str = "smartgo-exporter-{stage}-progress"
     """The table name; `{stage}` is replaced by `stage`, so one config serves dev and prod."""
-    region: str | None = None
-    """None takes the region from boto3's default chain (AWS_REGION, the profile, ...)."""
+    region: str | None = Field(default_factory=_aws_region)
+    """Default: AWS_REGION, else boto3's own chain (AWS_DEFAULT_REGION, the profile)."""
     endpoint_url: str | None = None
     """A local DynamoDB or moto server, for tests and local use; None means the AWS endpoint."""
     create_table: bool = False
@@ -239,8 +246,8 @@ ProgressConfig = Annotated[SqliteProgressConfig | DynamoProgressConfig, Field(di
 class AwsConfig(_Section):
     """Where AWS calls go. Credentials always come from boto3's default chain, never from here."""
 
-    region: str | None = None
-    """None takes the region from boto3's default chain (AWS_REGION, the profile, ...)."""
+    region: str | None = Field(default_factory=_aws_region)
+    """Default: AWS_REGION, else boto3's own chain (AWS_DEFAULT_REGION, the profile)."""
     endpoint_urls: dict[str, str] = Field(default_factory=dict)
     """Service -> endpoint URL, e.g. {ssm = "https://vpce-..."}: VPC endpoints, or tests."""
     stage: str = "dev"
