@@ -21,6 +21,12 @@ def invoke(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+def test_version_names_the_installed_release() -> None:
+    code, output = invoke("--version")
+    assert code == 0
+    assert re.fullmatch(r"smartgo-exporter \d+\.\d+\.\d+\S*\n", output)
+
+
 def test_run_exports_the_given_day_and_prints_its_counts(workspace: DemoPaths) -> None:
     code, output = invoke("run", "--config", str(workspace.config), "--date", str(FIRST_DAY))
     assert code == 0, output

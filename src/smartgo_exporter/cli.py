@@ -9,6 +9,7 @@ import contextlib
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, date, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
     from smartgo_exporter.demo.aws_local import AwsLocalReport
 
 app = typer.Typer(
-    help="Export SmartGo sales, with photo embeddings, into an Apache Iceberg table.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -46,6 +46,26 @@ app = typer.Typer(
 )
 console = Console()
 errors = Console(stderr=True)
+
+
+def _show_version(shown: bool) -> None:
+    if shown:
+        console.print(f"smartgo-exporter {metadata.version('smartgo-exporter')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Export SmartGo sales, with photo embeddings, into an Apache Iceberg table."""
+
+
 T = TypeVar("T")
 
 ConfigOption = Annotated[
