@@ -54,7 +54,7 @@ def best_rate(work: Callable[[], object], items: int, repeat: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=200)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=LocalEmbedderConfig().batch_size)
     parser.add_argument("--threads", type=int, default=0, help="0: the embedder's default")
     parser.add_argument("--fit", choices=["pad", "crop"], default=LocalEmbedderConfig().fit)
     parser.add_argument("--repeat", type=int, default=3)
@@ -95,8 +95,8 @@ def main() -> None:
     model_rate = best_rate(run_model, model_items, args.repeat)
     both_rate = best_rate(lambda: embedder.embed(photos), len(photos), args.repeat)
     print(f"decode + preprocess alone: {decode_rate:7.1f} images/s (one thread)")
-    print(f"model alone (batch {len(batch)}):   {model_rate:7.1f} images/s")
-    print(f"decode + model (embed):    {both_rate:7.1f} images/s")
+    print(f"model alone (one thread, batch {len(batch)}): {model_rate:7.1f} images/s")
+    print(f"decode + model (embed, {embedder.workers} workers): {both_rate:7.1f} images/s")
 
 
 if __name__ == "__main__":

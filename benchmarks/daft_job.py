@@ -62,9 +62,9 @@ WHERE sold_at >= :start AND sold_at < :end
 exporter names its fields; `sold_at` is naive UTC text, so the day's bounds compare as text."""
 DOWNLOAD_CONNECTIONS = 8
 ONNX_THREADS = 1
-"""onnxruntime threads per UDF instance (and its decode pool's). Daft's native runner runs one
-instance per core, as threads of this process; on 2 cores, one thread each beat the default of
-one per core each (2 sessions of 2 threads) in 8 of 9 paired runs, by 10 to 30%."""
+"""The embedder's workers per UDF instance. Daft's native runner runs one instance per core, as
+threads of this process; on 2 cores, one each beat the default of one per core each in 8 of 9
+paired runs, by 10 to 30%."""
 CATALOG_NAME = "bench"
 TABLE_IDENTIFIER = ("daft", "sales")
 EMBEDDING = DataType.list(DataType.float32())

@@ -29,7 +29,7 @@ def run_benchmark(script: str, *arguments: str, timeout: float = 600) -> str:
 def test_the_local_model_benchmark_prints_decode_model_and_both() -> None:
     output = run_benchmark("bench_local_model.py", "--images", "16", "--repeat", "1")
 
-    for figure in ("decode + preprocess alone", "model alone", "decode + model (embed)"):
+    for figure in ("decode + preprocess alone", "model alone", "decode + model (embed, "):
         assert figure in output
 
 
@@ -41,7 +41,7 @@ def test_the_export_benchmark_compares_the_limit_cold_warm_sequential_and_daft(
     for figure in (
         "photos/s delivered",
         "limit (decode overlapped with model)",
-        "limit (decode, then model, in turns)",
+        "limit (one worker, decode then model)",
         "draft-mode decoding: max cosine distance",
         "exporter, cold",
         "exporter, warm re-run",

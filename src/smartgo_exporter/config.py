@@ -161,12 +161,12 @@ class PhotoConfig(_Section):
 
 class LocalEmbedderConfig(_Section):
     type: Literal["local"] = "local"
-    batch_size: int = Field(8, ge=1, le=1024)
-    """Photos per model call. onnxruntime keeps its largest activations for the process's life:
-    at 8 the export peaked about 290 MB lower than at 32, at the same images/s
-    (benchmarks/bench_local_model.py)."""
+    batch_size: int = Field(4, ge=1, le=1024)
+    """Photos per model call. onnxruntime keeps its largest activations for the process's life,
+    one set per worker: with 2 workers, batches of 4 made 154 images/s at a peak of 454 MB,
+    8 made 148 at 539 MB, 1 made 144 at 406 MB (benchmarks/bench_local_model.py)."""
     threads: int = Field(0, ge=0)
-    """onnxruntime intra-op threads; 0 means half the cores (the rest decode photos)."""
+    """Batches embedded side by side, each decoded and run on one core; 0: one per core."""
     fit: Literal["pad", "crop"] = "crop"
     """How a photo becomes a square: crop (the centre, as ImageNet) or pad (on white); crop
     found the same product twice as often (benchmarks/bench_fit.py)."""
