@@ -103,10 +103,10 @@ class LocalEmbedder:
             f"efficientnet-lite0-imagenet-{digest[:8]}:{self._fit}-v{PREPROCESSING_VERSION}"
         )
         # Workers, one per core, each decode a batch and run the model on it with one thread
-        # of its own: batches of 8 gain little from a second onnxruntime thread, and a second
+        # of its own: a small batch gains little from a second onnxruntime thread, and a second
         # batch in flight keeps every core busy. On 2 idle cores this made 143 images/s, against
         # 103 for one model thread beside one decoding thread and 138 for two model threads
-        # (with a third core busy elsewhere: 106, 87 and 93).
+        # (with a third process busy: 106, 87 and 93).
         self._workers = config.threads or os.cpu_count() or 1
         self._session = _open_session(model_bytes)
         self._input_name: str = self._session.get_inputs()[0].name
