@@ -22,7 +22,7 @@ from pyiceberg.catalog import load_catalog
 
 from smartgo_exporter import export
 from smartgo_exporter.config import Settings, load_config
-from smartgo_exporter.demo.store import SALE_COLUMNS, SALES_TABLE
+from smartgo_exporter.demo.store import INSERT_SALE, SALE_COLUMNS, SALES_TABLE, SCHEMA
 from smartgo_exporter.logs import configure_logging
 from smartgo_exporter.records import RunStatus
 
@@ -42,28 +42,6 @@ _ITEMS = (
 _COLOURS = ("black", "navy", "grey", "olive", "red", "cream", "sky blue")
 _CONDITIONS = ("new", "like new", "good", "fair")
 
-# The demo store's `sales` table (see smartgo_exporter.demo.store), with its index on sold_at.
-_SCHEMA = f"""
-CREATE TABLE {SALES_TABLE} (
-    id INTEGER PRIMARY KEY,
-    store_id TEXT NOT NULL,
-    till TEXT NOT NULL,
-    sku TEXT NOT NULL,
-    sold_at TEXT NOT NULL,
-    price TEXT,
-    list_price TEXT,
-    currency TEXT NOT NULL,
-    title TEXT,
-    brand TEXT,
-    category TEXT,
-    item_condition TEXT,
-    photo_url TEXT,
-    payment_method TEXT NOT NULL,
-    updated_at TEXT NOT NULL
-);
-CREATE INDEX sales_by_sold_at ON {SALES_TABLE} (sold_at);
-"""
-
 
 def write_sales_database(
     path: Path, sales: int, *, day: date = BUSINESS_DAY, seed: int = 0
@@ -73,14 +51,9 @@ def write_sales_database(
         raise FileExistsError(path)
     connection = sqlite3.connect(path)
     try:
-        connection.executescript(_SCHEMA)
-        columns = "id, store_id, till, sku, sold_at, price, list_price, currency, title, brand,"
-        columns += " category, item_condition, photo_url, payment_method, updated_at"
+        connection.executescript(SCHEMA)  # the demo store's tables; only `sales` is filled
         with connection:
-            connection.executemany(
-                f"INSERT INTO {SALES_TABLE} ({columns}) VALUES ({', '.join('?' * 15)})",  # noqa: S608
-                _rows(sales, day, random.Random(seed)),
-            )
+            connection.executemany(INSERT_SALE, _rows(sales, day, random.Random(seed)))
     finally:
         connection.close()
 

@@ -693,7 +693,7 @@ def _with_invalid_rows(rng: random.Random, sales: list[DemoSale]) -> list[DemoSa
     return sales
 
 
-_SCHEMA = """
+SCHEMA = """
 CREATE TABLE stores (
     store_id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -725,8 +725,10 @@ CREATE TABLE demo_meta (
     value TEXT NOT NULL
 );
 """
+"""The demo POS database's tables: stores, sales (with the POS's own column names) and demo_meta;
+benchmarks build their stores from it too."""
 
-_INSERT_SALE = """
+INSERT_SALE = """
 INSERT INTO sales (
     id, store_id, till, sku, sold_at, price, list_price, currency, title, brand, category,
     item_condition, photo_url, payment_method, updated_at
@@ -771,13 +773,13 @@ def build_sales_database(
     connection = sqlite3.connect(building)
     try:
         with connection:
-            connection.executescript(_SCHEMA)
+            connection.executescript(SCHEMA)
             connection.executemany(
                 "INSERT INTO stores VALUES (?, ?, ?, ?, ?)",
                 [(s.store_id, s.name, s.city, s.currency, s.timezone) for s in catalog.stores],
             )
             connection.executemany(
-                _INSERT_SALE, [_sale_row(sale, photo_base_url) for sale in catalog.sales]
+                INSERT_SALE, [_sale_row(sale, photo_base_url) for sale in catalog.sales]
             )
             meta = {
                 "first_day": first_day.isoformat(),
