@@ -7,6 +7,7 @@ import socket
 from datetime import date, timedelta
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from smartgo_exporter.cli import app
@@ -19,6 +20,14 @@ runner = CliRunner()
 def invoke(*args: str) -> tuple[int, str]:
     result = runner.invoke(app, list(args))
     return result.exit_code, result.output
+
+
+@pytest.fixture
+def exported(workspace: DemoPaths) -> DemoPaths:
+    """The workspace after `run --date FIRST_DAY`: a table and a run history to look at."""
+    code, output = invoke("run", "--config", str(workspace.config), "--date", str(FIRST_DAY))
+    assert code == 0, output
+    return workspace
 
 
 def test_version_names_the_installed_release() -> None:
@@ -43,12 +52,11 @@ def test_run_over_a_range_exports_each_day(workspace: DemoPaths) -> None:
         assert day in output
 
 
-def test_history_lists_runs_and_one_days_errors(workspace: DemoPaths) -> None:
-    invoke("run", "--config", str(workspace.config), "--date", str(FIRST_DAY))
-    code, output = invoke("history", "--config", str(workspace.config))
+def test_history_lists_runs_and_one_days_errors(exported: DemoPaths) -> None:
+    code, output = invoke("history", "--config", str(exported.config))
     assert code == 0
     assert str(FIRST_DAY) in output
-    code, output = invoke("history", "--config", str(workspace.config), "--date", str(FIRST_DAY))
+    code, output = invoke("history", "--config", str(exported.config), "--date", str(FIRST_DAY))
     assert code == 0
     assert re.search(rf"run {FIRST_DAY:%Y%m%d}-[0-9a-f]{{12}}: (PARTIAL|SUCCEEDED)", output)
     assert "source:" in output
@@ -61,9 +69,8 @@ def test_history_of_a_day_without_runs_says_so(workspace: DemoPaths) -> None:
     assert "No runs recorded for 2026-01-01." in output
 
 
-def test_stats_summarises_runs_and_failures_by_reason(workspace: DemoPaths) -> None:
-    invoke("run", "--config", str(workspace.config), "--date", str(FIRST_DAY))
-    code, output = invoke("stats", "--config", str(workspace.config))
+def test_stats_summarises_runs_and_failures_by_reason(exported: DemoPaths) -> None:
+    code, output = invoke("stats", "--config", str(exported.config))
     assert code == 0
     assert "success rate" in output
     assert "photo:http_404" in output
@@ -83,12 +90,11 @@ def test_sql_before_the_first_export_says_how_the_table_comes_to_exist(
     assert "does not exist; the first export" in " ".join(output.split())
 
 
-def test_sql_runs_duckdb_over_the_table(workspace: DemoPaths) -> None:
-    invoke("run", "--config", str(workspace.config), "--date", str(FIRST_DAY))
+def test_sql_runs_duckdb_over_the_table(exported: DemoPaths) -> None:
     code, output = invoke(
         "sql",
         "--config",
-        str(workspace.config),
+        str(exported.config),
         "SELECT count(DISTINCT tenant_id) AS tenants FROM sales",
     )
     assert code == 0, output
@@ -96,12 +102,11 @@ def test_sql_runs_duckdb_over_the_table(workspace: DemoPaths) -> None:
     assert "3" in output
 
 
-def test_sql_finds_the_sales_that_look_most_like_one_sale(workspace: DemoPaths) -> None:
-    invoke("run", "--config", str(workspace.config), "--date", str(FIRST_DAY))
+def test_sql_finds_the_sales_that_look_most_like_one_sale(exported: DemoPaths) -> None:
     code, output = invoke(
         "sql",
         "--config",
-        str(workspace.config),
+        str(exported.config),
         "WITH new AS (SELECT sale_id, embedding FROM sales WHERE embedding IS NOT NULL LIMIT 1)"
         " SELECT s.sale_id = new.sale_id AS itself,"
         " list_cosine_similarity(s.embedding, new.embedding) AS similarity"
