@@ -19,7 +19,7 @@ from smartgo_exporter.aws_lambda import ExportFailed, handler
 from smartgo_exporter.config import Settings, load_config
 from smartgo_exporter.demo import DemoCatalog, DemoPaths
 from smartgo_exporter.progress.sqlite import SqliteProgressStore
-from tests.demo_store import FIRST_DAY, copy_of_store, distinct_keys, serve_demo_store, table_rows
+from tests.demo_store import FIRST_DAY, copy_of_store, distinct_keys, table_rows
 
 BATCH = 5
 
@@ -71,13 +71,6 @@ def out_of_time_after_one_batch(request_id: str = "req-1") -> FakeContext:
 
 def plenty_of_time(request_id: str = "req-2") -> FakeContext:
     return FakeContext(900, request_id=request_id)
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DemoPaths, DemoCatalog]]:
-    """The small demo store of conftest.py's `store`, with a photo server for this module only."""
-    with serve_demo_store(tmp_path_factory.mktemp("lambda-store")) as served:
-        yield served
 
 
 @pytest.fixture
