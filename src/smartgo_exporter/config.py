@@ -215,6 +215,22 @@ class TableConfig(_Section):
     commit_attempts: int = Field(4, ge=1, le=20)
 
 
+class IndexConfig(_Section):
+    """The similar-sales index (`smartgo_exporter.index`): where it lives and when it updates."""
+
+    location: str = ""
+    """A folder (file://...) or S3 prefix (s3://bucket/prefix); empty: `index` beside a file://
+    warehouse. Read and written with the table's catalog properties (S3 endpoint, region)."""
+    update_after_run: bool = True
+    """Bring every tenant's index up to date at the end of `run` and `backfill`."""
+    dtype: Literal["f32", "f16", "i8"] = "f16"
+    """How vectors are held in the index; cosine similarities are computed in that precision."""
+    connectivity: int = Field(16, ge=4, le=128)
+    """HNSW graph degree: higher finds more true neighbours at more memory and build time."""
+    expansion_search: int = Field(128, ge=8, le=4096)
+    """Candidates an HNSW search visits: higher finds more true neighbours, more slowly."""
+
+
 class SqliteProgressConfig(_Section):
     type: Literal["sqlite"] = "sqlite"
     path: Path = Path("progress.db")
@@ -305,6 +321,7 @@ class Settings(BaseSettings):
     photos: PhotoConfig = Field(default_factory=PhotoConfig)
     embedder: EmbedderConfig = Field(default_factory=LocalEmbedderConfig)
     table: TableConfig = Field(default_factory=TableConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
     progress: ProgressConfig = Field(default_factory=SqliteProgressConfig)
     aws: AwsConfig = Field(default_factory=AwsConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
@@ -400,3 +417,6 @@ def _anchor_paths(settings: Settings, base: Path) -> None:
     warehouse = catalog.get("warehouse", "")
     if warehouse.startswith("file://") and not warehouse.startswith("file:///"):
         catalog["warehouse"] = f"file://{base / warehouse.removeprefix('file://')}"
+    location = settings.index.location
+    if location.startswith("file://") and not location.startswith("file:///"):
+        settings.index.location = f"file://{base / location.removeprefix('file://')}"

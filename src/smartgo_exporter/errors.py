@@ -97,3 +97,51 @@ class SinkError(ExporterError):
 class RunnerUnavailable(ExporterError):
     """The runner asked for cannot be used here: its optional extra is not installed (the
     message says what to pip install) or its cluster cannot be reached."""
+
+
+class LookupFailed(ExporterError):
+    """A similar-sales or price lookup cannot be answered as asked (bad photo, unknown tenant,
+    an index of another model); the message says which input is at fault and why."""
+
+
+class PhotoUnreadable(LookupFailed):
+    """The photo to look up cannot be read or decoded; `location` is its path or URL."""
+
+    def __init__(self, location: str, reason: str) -> None:
+        super().__init__(f"photo {location}: {reason}")
+        self.location = location
+        self.reason = reason
+
+
+class UnknownTenant(LookupFailed):
+    """The tenant asked for has no embedded sales of the model in use in the table."""
+
+    def __init__(self, tenant: str, known: list[str]) -> None:
+        shown = ", ".join(known[:10]) + (", ..." if len(known) > 10 else "")
+        super().__init__(
+            f"tenant {tenant!r} has no embedded sales in the table"
+            + (f"; tenants with sales: {shown}" if known else "")
+        )
+        self.tenant = tenant
+
+
+class NoSalesInCurrency(LookupFailed):
+    """No sale of the tenant (or of any tenant) was made in the currency asked for."""
+
+    def __init__(self, currency: str, tenant: str | None) -> None:
+        where = f"tenant {tenant!r}" if tenant is not None else "any tenant"
+        super().__init__(f"currency {currency!r}: no sales of {where} were made in it")
+        self.currency = currency
+
+
+class IndexMismatch(LookupFailed):
+    """A stored index cannot serve this lookup: built with another model, or unreadable.
+
+    Vectors of two models are not comparable, so a search never mixes them: `index` rebuilds
+    the index for the model configured, after the days are exported again with it (`backfill`).
+    """
+
+    def __init__(self, location: str, reason: str) -> None:
+        super().__init__(f"index {location}: {reason}")
+        self.location = location
+        self.reason = reason
