@@ -11,20 +11,26 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, date, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.filesize import pick_unit_and_suffix
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from smartgo_exporter import cli_lookup
 from smartgo_exporter.backfill import Runner, backfill
-from smartgo_exporter.config import Settings, load_config
+from smartgo_exporter.cli_edge import (
+    DEFAULT_CONFIG,
+    ConfigOption,
+    console,
+    errors,
+    guarded,
+    load_settings,
+)
+from smartgo_exporter.config import load_config
 from smartgo_exporter.demo.store import DEFAULT_SALES
-from smartgo_exporter.errors import ExporterError
 from smartgo_exporter.logs import configure_logging
 from smartgo_exporter.pipeline import BatchDone, export
 from smartgo_exporter.progress import load_progress_store
@@ -44,8 +50,6 @@ app = typer.Typer(
     # source line break, which wraps ragged.
     rich_markup_mode="markdown",
 )
-console = Console()
-errors = Console(stderr=True)
 
 
 def _show_version(shown: bool) -> None:
@@ -66,20 +70,13 @@ def main(
     """Export SmartGo sales, with photo embeddings, into an Apache Iceberg table."""
 
 
-T = TypeVar("T")
-
-ConfigOption = Annotated[
-    Path,
-    typer.Option(
-        "--config",
-        "-c",
-        envvar="SGX_CONFIG",
-        help="TOML settings file; SGX_* environment variables override it.",
-    ),
-]
-DEFAULT_CONFIG = Path("smartgo-exporter.toml")
 COUNT_COLUMNS = ("sales", "written", "embedded", "reused", "failed", "rejected")
 LogLevel = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")]
+
+
+app.command("index")(cli_lookup.index)
+app.command("similar")(cli_lookup.similar)
+app.command("price")(cli_lookup.price)
 
 
 @app.command()
@@ -109,10 +106,10 @@ def run(
     from smartgo_exporter.scheduler import stop_on_signals
 
     configure_logging(log_level)
-    settings = _settings(config)
+    settings = load_settings(config)
     selected = _days(day, first, last)
     with _progress_display() as on_batch, stop_on_signals(threading.Event()) as stop:
-        records = _guarded(
+        records = guarded(
             lambda: export(settings, selected, on_batch=on_batch, should_stop=stop.is_set)
         )
     print_runs(records)
@@ -153,9 +150,9 @@ def backfill_command(
     Example: `smartgo-exporter backfill --from 2026-01-01 --to 2026-03-31 --runner ray`
     """
     configure_logging(log_level)
-    settings = _settings(config)
+    settings = load_settings(config)
     with _progress_display() as on_batch:
-        records = _guarded(
+        records = guarded(
             lambda: backfill(
                 settings,
                 first.date(),
@@ -183,7 +180,7 @@ def history(
 
     Example: `smartgo-exporter history --date 2026-11-26`
     """
-    settings = _settings(config)
+    settings = load_settings(config)
     store = load_progress_store(settings.progress, retention_days=settings.retention_days)
     records = store.runs_on(day.date()) if day else store.recent(limit)
     if not records:
@@ -200,7 +197,7 @@ def stats(config: ConfigOption = DEFAULT_CONFIG) -> None:
 
     Example: `smartgo-exporter stats`
     """
-    settings = _settings(config)
+    settings = load_settings(config)
     summary = load_progress_store(
         settings.progress, retention_days=settings.retention_days
     ).summary()
@@ -234,8 +231,8 @@ def sql(
 
     Example: `smartgo-exporter sql "SELECT tenant_id, count(*) FROM sales GROUP BY 1"`
     """
-    settings = _settings(config)
-    result = _guarded(
+    settings = load_settings(config)
+    result = guarded(
         lambda: SalesTable.open(
             settings.table, source=settings.export.source_name, create=False
         ).query(statement)
@@ -289,7 +286,7 @@ def demo(
 
     configure_logging(log_level)
     with _progress_display() as on_batch:
-        outcome = _guarded(
+        outcome = guarded(
             lambda: run_demo(
                 folder,
                 fresh=fresh,
@@ -425,19 +422,6 @@ def _runs_table(
     return table
 
 
-def _settings(path: Path) -> Settings:
-    return _guarded(lambda: load_config(path))
-
-
-def _guarded(call: Callable[[], T]) -> T:
-    try:
-        return call()
-    except ExporterError as error:
-        # Escaped: a message may hold brackets, e.g. pip install 'smartgo-exporter[aws]'.
-        errors.print(f"[red]error:[/] {escape(str(error))}")
-        raise typer.Exit(2) from None
-
-
 def _days(day: datetime | None, first: datetime | None, last: datetime | None) -> list[date] | None:
     if day and (first or last):
         raise typer.BadParameter("use --date or --from/--to, not both")
@@ -514,7 +498,7 @@ def schedule(
 
     configure_logging(log_level)
     overrides = {"schedule": {"cron": cron}} if cron is not None else {}
-    settings = _guarded(lambda: load_config(config, **overrides))
+    settings = guarded(lambda: load_config(config, **overrides))
     with stop_on_signals(threading.Event()) as stop:
         run_schedule(settings, stop_event=stop)
 
@@ -555,8 +539,8 @@ def compact(
     Example: `smartgo-exporter compact --config smartgo-exporter.toml --month 2026-10 --keep-days 7`
     """
     configure_logging(log_level)
-    settings = _settings(config)
-    report = _guarded(
+    settings = load_settings(config)
+    report = guarded(
         lambda: compaction.compact(
             settings.table,
             tenant=tenant,
@@ -636,8 +620,8 @@ def create_table_command(config: ConfigOption = DEFAULT_CONFIG) -> None:
 
     Example: `smartgo-exporter create-table --config smartgo-exporter.toml`
     """
-    settings = _settings(config)
-    table = _guarded(lambda: create_table(settings.table))
+    settings = load_settings(config)
+    table = guarded(lambda: create_table(settings.table))
     schema = table.schema()
     # Unwrapped and without markup, so the location can be copied as it is.
     console.print(
