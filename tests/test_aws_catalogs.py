@@ -29,9 +29,10 @@ from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
 from smartgo_exporter.cli import app
-from smartgo_exporter.config import Settings, TableConfig, load_config
+from smartgo_exporter.config import IndexConfig, Settings, TableConfig, load_config
 from smartgo_exporter.demo import SALE_COLUMNS, DemoCatalog, DemoPaths
 from smartgo_exporter.errors import ConfigError, SinkError
+from smartgo_exporter.lookup import Lookup, update_indexes
 from smartgo_exporter.pipeline import export
 from smartgo_exporter.records import (
     ICEBERG_SCHEMA,
@@ -196,6 +197,26 @@ def test_a_rerun_through_s3_tables_keeps_one_row_per_sale(
     rows = SalesTable.open(changed.table, source="smartgo", create=False).table.scan().to_arrow()
     assert sorted(rows["sale_id"].to_pylist()) == sorted(sale_ids)
     assert set(rows["sale_price"].to_pylist()) == {Decimal("1.23")}
+
+
+def test_the_index_is_kept_in_s3_and_answers_from_an_s3_tables_table(
+    exported: Settings, store: tuple[DemoPaths, DemoCatalog], aws: Seaweed
+) -> None:
+    bucket = f"smartgo-index-{secrets.token_hex(4)}"
+    aws.s3_client().create_bucket(Bucket=bucket)
+    settings = exported.model_copy(update={"index": IndexConfig(location=f"s3://{bucket}/index")})
+    rows = SalesTable.open(settings.table, source="smartgo", create=False).table.scan().to_arrow()
+    embedded = rows.filter(pc.is_valid(rows["embedding"]))
+
+    reports = update_indexes(settings)
+
+    assert sum(report.sales for report in reports) == embedded.num_rows
+    keys = [o["Key"] for o in aws.s3_client().list_objects_v2(Bucket=bucket)["Contents"]]
+    assert sum(key.endswith("/manifest.json") for key in keys) == len(reports)
+    sale = embedded.slice(0, 1).to_pylist()[0]
+    photo = (store[0].photos / sale["image_url"].rsplit("/", 1)[1]).read_bytes()
+    matches = Lookup(settings).similar(photo, tenant=sale["tenant_id"], k=5)
+    assert sale["sale_id"] in [match.sale_id for match in matches]
 
 
 # --- credentials, creation, evolution, conflicts ---------------------------------------------
