@@ -25,6 +25,8 @@ import ray
 from smartgo_exporter.backfill import backfill
 from smartgo_exporter.config import Settings
 from smartgo_exporter.demo import DemoCatalog, DemoPaths, write_demo_config
+from smartgo_exporter.index import SalesIndex
+from smartgo_exporter.lookup import update_indexes
 from smartgo_exporter.progress.sqlite import SqliteProgressStore
 from smartgo_exporter.records import SALE_FIELDS, RunRecord, RunStatus
 from smartgo_exporter.sinks.iceberg import BUSINESS_DATE_PROPERTY, RUN_ID_PROPERTY, SalesTable
@@ -110,6 +112,30 @@ def test_ray_writes_the_table_the_local_runner_writes(
         assert (ours is None) == (theirs is None)
         if ours is not None:
             np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5)
+
+
+def test_ray_and_the_local_runner_leave_the_same_similar_sales_index(
+    by_local: Backfilled, by_ray: Backfilled
+) -> None:
+    def indexed(backfilled: Backfilled) -> list[tuple[str, str]]:
+        reports = update_indexes(backfilled.settings)
+        assert reports
+        assert all(report.added == report.removed == 0 for report in reports)  # synced already
+        return sorted(
+            (report.tenant, sale)
+            for report in reports
+            for sale in SalesIndex.load(
+                backfilled.settings.index,
+                backfilled.settings.table,
+                report.tenant,
+                report.model,
+                1280,
+            )
+            .sales["sale_id"]
+            .to_pylist()
+        )
+
+    assert indexed(by_ray) == indexed(by_local)
 
 
 def test_ray_records_each_day_as_the_local_runner_does(

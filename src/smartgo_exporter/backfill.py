@@ -14,11 +14,18 @@ from __future__ import annotations
 from datetime import date
 from typing import Literal, get_args
 
+import structlog
+
 from smartgo_exporter.config import Settings
-from smartgo_exporter.errors import ConfigError
+from smartgo_exporter.embedders import load_embedder
+from smartgo_exporter.errors import ConfigError, ExporterError
+from smartgo_exporter.index import sync_after_export
 from smartgo_exporter.pipeline import ProgressCallback, export
 from smartgo_exporter.records import RunRecord
+from smartgo_exporter.sinks.iceberg import load_table
 from smartgo_exporter.windows import days, ensure_over
+
+log = structlog.get_logger(__name__)
 
 Runner = Literal["local", "ray"]
 TRIGGER = "backfill"
@@ -52,9 +59,22 @@ def backfill(
     if runner == "ray":
         from smartgo_exporter.ray_runner import export_on_ray
 
-        return export_on_ray(
+        records = export_on_ray(
             settings, selected, address=ray_address, trigger=TRIGGER, on_batch=on_batch
         )
+        _sync_indexes(settings)
+        return records
     if ray_address is not None:
         raise ConfigError("ray_address", "only the ray runner runs on a cluster")
     return export(settings, selected, trigger=TRIGGER, on_batch=on_batch)
+
+
+def _sync_indexes(settings: Settings) -> None:
+    """The Ray driver's part of what the local runner's export() does at its end."""
+    try:
+        embedder = load_embedder(settings.embedder)
+        table = load_table(settings.table)
+    except ExporterError as error:  # no table or model to index with: nothing to keep up
+        log.warning("index_update_failed", error=str(error))
+        return
+    sync_after_export(settings.index, settings.table, table, embedder.model_id, embedder.dim)

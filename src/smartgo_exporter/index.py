@@ -484,6 +484,22 @@ def sync_indexes(
     return reports
 
 
+def sync_after_export(
+    config: IndexConfig, table_config: TableConfig, table: Table, model: str, dim: int
+) -> None:
+    """What an export does at its end: sync every tenant's index, if indexes are kept.
+
+    An index is derived from the table, so failing to update one never fails the export: the
+    next run, `smartgo-exporter index` or the next lookup brings it up to date.
+    """
+    if not (config.update_after_run and index_configured(config, table_config)):
+        return
+    try:
+        sync_indexes(config, table_config, table, model, dim)
+    except Exception as error:  # any failure of a derived copy: logged, the export stands
+        log.warning("index_update_failed", error=f"{type(error).__name__}: {error}")
+
+
 def index_configured(config: IndexConfig, table_config: TableConfig) -> bool:
     """Whether an index location is known: configured, or derivable from a file:// warehouse."""
     return bool(config.location) or table_config.catalog.get("warehouse", "").startswith("file://")

@@ -39,7 +39,7 @@ from smartgo_exporter.config import Settings
 from smartgo_exporter.embedders import Embedder, load_embedder
 from smartgo_exporter.errors import ExporterError
 from smartgo_exporter.images import Photo, PhotoFetcher
-from smartgo_exporter.index import index_configured, sync_indexes
+from smartgo_exporter.index import sync_after_export
 from smartgo_exporter.progress import NonFatalProgressStore, load_progress_store
 from smartgo_exporter.records import (
     EmbeddingStatus,
@@ -171,7 +171,13 @@ def export(
                 records.append(asyncio.run(_export_day(stages, progress, day, trigger)))
                 if records[-1].status is RunStatus.FAILED:
                     break
-            _update_indexes(stages)
+            sync_after_export(
+                settings.index,
+                settings.table,
+                stages.table.table,
+                stages.embedder.model_id,
+                stages.embedder.dim,
+            )
         return records
     except ExporterError as error:
         # A stage that could not even be opened (the model, the table) fails the first day.
@@ -182,27 +188,6 @@ def export(
         return [record]
     finally:
         progress.close()
-
-
-def _update_indexes(stages: _Stages) -> None:
-    """Bring the similar-sales indexes to the table's new snapshot, when they are kept.
-
-    An index is derived from the table, so failing to update one never fails the export: the
-    next run, `smartgo-exporter index` or the next lookup brings it up to date.
-    """
-    settings = stages.settings
-    if not (settings.index.update_after_run and index_configured(settings.index, settings.table)):
-        return
-    try:
-        sync_indexes(
-            settings.index,
-            settings.table,
-            stages.table.table,
-            stages.embedder.model_id,
-            stages.embedder.dim,
-        )
-    except Exception as error:  # any failure of a derived copy: logged, the export stands
-        log.warning("index_update_failed", error=f"{type(error).__name__}: {error}")
 
 
 @dataclasses.dataclass
