@@ -129,7 +129,7 @@ def test_ray_and_the_local_runner_leave_the_same_similar_sales_index(
                 backfilled.settings.table,
                 report.tenant,
                 report.model,
-                1280,
+                report.dim,
             )
             .sales["sale_id"]
             .to_pylist()

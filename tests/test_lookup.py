@@ -113,14 +113,12 @@ def test_a_search_of_every_tenant_merges_them_by_similarity(
 
 
 def test_the_index_after_an_export_holds_exactly_the_tables_embedded_sales(
-    exported: tuple[Settings, DemoCatalog],
+    exported: tuple[Settings, DemoCatalog], lookup: Lookup
 ) -> None:
     settings = exported[0]
     rows = table_rows(settings).filter(pc.is_valid(table_rows(settings)["embedding"]))
     for tenant in {p.store_id for p in exported[1].products}:
-        index = SalesIndex.load(
-            settings.index, settings.table, tenant, rows["embedding_model"][0].as_py(), 1280
-        )
+        index = SalesIndex.load(settings.index, settings.table, tenant, lookup.model, lookup.dim)
         wanted = rows.filter(pc.equal(rows["tenant_id"], tenant))["sale_id"].to_pylist()
         assert sorted(index.sales["sale_id"].to_pylist()) == sorted(wanted)
         assert len(index) == len(wanted)
@@ -141,7 +139,7 @@ def test_a_deleted_sale_is_never_returned(
     assert sale not in {m.sale_id for m in lookup.similar(photo, tenant=tenant, k=50)}
     [report] = update_indexes(settings, tenants=[tenant])
     assert report.removed >= 1
-    stored = SalesIndex.load(settings.index, settings.table, tenant, lookup.model, 1280)
+    stored = SalesIndex.load(settings.index, settings.table, tenant, lookup.model, lookup.dim)
     assert sale not in stored.sales["sale_id"].to_pylist()
 
 
@@ -155,7 +153,7 @@ def test_an_index_update_reads_only_the_files_written_since(
     after = {r.tenant: r for r in update_indexes(settings)}
     assert all(report.files_read == 0 for report in after.values())
     reloaded = [
-        SalesIndex.load(settings.index, settings.table, tenant, report.model, 1280)
+        SalesIndex.load(settings.index, settings.table, tenant, report.model, report.dim)
         for tenant, report in before.items()
     ]
     assert sum(len(index) for index in reloaded) > sum(r.sales for r in before.values())
@@ -207,7 +205,7 @@ def test_a_stored_index_of_another_model_is_refused(
     document = json.loads(manifest.read_text())
     forged.write_text(json.dumps({**document, "model": "another-model"}))
     with pytest.raises(IndexMismatch, match="built for model 'another-model'"):
-        SalesIndex.load(settings.index, settings.table, tenant, "forged", 1280)
+        SalesIndex.load(settings.index, settings.table, tenant, "forged", lookup.dim)
 
 
 def test_a_price_is_suggested_from_the_most_alike_sales_in_one_currency(
@@ -279,15 +277,14 @@ def test_the_cli_refuses_bad_input_in_one_line_with_exit_code_2(
 
 
 def test_run_brings_the_index_up_to_date_at_its_end(
-    exported: tuple[Settings, DemoCatalog],
+    exported: tuple[Settings, DemoCatalog], lookup: Lookup
 ) -> None:
     settings = exported[0]
     table = load_table(settings.table)
     snapshot = table.current_snapshot()
     assert snapshot is not None
     tenant = _photographed(exported[1])[0].store_id
-    model = table_rows(settings)["embedding_model"].drop_null()[0].as_py()
-    stored = SalesIndex.load(settings.index, settings.table, tenant, model, 1280)
+    stored = SalesIndex.load(settings.index, settings.table, tenant, lookup.model, lookup.dim)
     assert stored.snapshot_id == snapshot.snapshot_id
 
 

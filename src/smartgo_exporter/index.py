@@ -85,6 +85,7 @@ class SyncReport:
 
     tenant: str
     model: str
+    dim: int
     sales: int
     added: int
     removed: int
@@ -321,6 +322,7 @@ class SalesIndex:
         return SyncReport(
             tenant=self.tenant,
             model=self.model,
+            dim=self.dim,
             sales=len(self),
             added=added,
             removed=removed,

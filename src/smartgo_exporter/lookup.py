@@ -103,7 +103,12 @@ class Lookup:
 
     @property
     def model(self) -> str:
+        """The model photos are embedded by, and so the one of the sales they are compared with."""
         return self._embedder.model_id
+
+    @property
+    def dim(self) -> int:
+        return self._embedder.dim
 
     def embed(self, photo: bytes, *, title: str | None = None, location: str = "photo") -> Any:
         """The photo's vector; PhotoUnreadable naming `location` when it cannot be embedded."""
