@@ -104,6 +104,8 @@ class _Sketch:
         )
         self._rim: _RGB = (0, 0, 0)
         self._front: list[Callable[[], None]] = []
+        self.first_body: Sequence[_Point] = ()
+        """The first body part drawn, in unit coordinates: where a label can go."""
 
     def _xy(self, points: Sequence[_Point], *, on_mask: bool = False) -> list[tuple[float, float]]:
         k = self._side * (_SUPERSAMPLE if on_mask else 1) / 100
@@ -132,6 +134,7 @@ class _Sketch:
         self._outer_draw.line([*xy, xy[0], xy[1]], 255, self._w(1.6, on_mask=True), "curve")
         self._inner_draw.polygon(xy, fill=255)
         self._rim = outline
+        self.first_body = self.first_body or points
 
     def body_ellipse(self, box: _Box, outline: _RGB) -> None:
         self.body(_ellipse_points(box), outline)
@@ -197,8 +200,13 @@ class _Sketch:
         self._photo.paste(rim, at, self._outer.reduce(_SUPERSAMPLE))
         fabric = fabric if fabric.mode == mode else fabric.convert(mode)
         self._photo.paste(fabric, at, self._inner.reduce(_SUPERSAMPLE))
+        self.flush()
+
+    def flush(self) -> None:
+        """Draw the parts in front that are still waiting."""
         for draw in self._front:
             draw()
+        self._front.clear()
 
 
 _SHADE: _RGBA = (0, 0, 0, 34)
@@ -577,10 +585,86 @@ def draw_photo(product: DemoProduct, *, seed: int) -> Image.Image:
         floor = top + side * (0.5 + _MARGIN / 2)
         shadow = (left + side * 0.14, floor - side * 0.05, left + side * 0.86, floor + side * 0.02)
         photo = _backdrop(width, height, backdrop, shadow)
+    _draw_item(photo, product, look, (left, top, side), angle, step)
+    return photo
+
+
+def draw_item(
+    photo: Image.Image,
+    product: DemoProduct,
+    *,
+    seed: int,
+    box: tuple[int, int, int],
+    angle: float,
+) -> None:
+    """Draw the product's item onto `photo` (RGB or RGBA), in the square `box` (left, top, side),
+    tilted by `angle` degrees.
+
+    What the item looks like (its exact colour, hardware, cut, pattern scale and where its brand
+    label sits) comes from the seed and the sku only, and where it sits from the arguments:
+    every call draws the same item, posed anew, over whatever backdrop `photo` already holds.
+    That is a second shot of one item, which a re-encoded copy of its photo is not. The demo's
+    own photos are drawn by `draw_photo`, whose looks come from its photo's random stream and
+    so differ from these, and carry no label.
+    """
+    rng = random.Random(f"smartgo-item:{seed}:{product.sku}")
+    look = _look_for(product, rng)
+    sketch = _draw_item(photo, product, look, box, angle, box[2] * rng.uniform(0.035, 0.06))
+    _label(sketch, product.brand, rng)
+
+
+_LABEL_COLOURS: tuple[_RGB, ...] = (
+    (200, 30, 40),
+    (245, 245, 240),
+    (20, 20, 24),
+    (212, 176, 92),
+    (30, 90, 170),
+    (40, 140, 70),
+    (240, 140, 30),
+    (150, 60, 160),
+)
+
+
+def _label(sketch: _Sketch, brand: str, rng: random.Random) -> None:
+    """The brand's label, sewn on where this one item has it.
+
+    Its colours and shape are the brand's (chosen by its name), its place and size the item's:
+    the one thing that tells apart two items of one kind, colour and brand in a photo, as a
+    print, a tag or wear does on real second-hand items.
+    """
+    mark = random.Random(f"smartgo-label:{brand}")
+    fill, edge = mark.sample(_LABEL_COLOURS, 2)
+    corners = mark.choice((3, 4, 4, 6, 24))
+    xs = [x for x, _ in sketch.first_body]
+    ys = [y for _, y in sketch.first_body]
+    cx = (min(xs) + max(xs)) / 2 + rng.uniform(-0.22, 0.22) * (max(xs) - min(xs))
+    cy = (min(ys) + max(ys)) / 2 + rng.uniform(-0.22, 0.22) * (max(ys) - min(ys))
+    radius = rng.uniform(4.5, 8.0)
+    turn = mark.uniform(0, 2 * math.pi)
+    points = [
+        (
+            cx + radius * math.cos(turn + 2 * math.pi * n / corners),
+            cy + radius * math.sin(turn + 2 * math.pi * n / corners),
+        )
+        for n in range(corners)
+    ]
+    sketch.polygon(points, fill, edge)
+    sketch.flush()
+
+
+def _draw_item(
+    photo: Image.Image,
+    product: DemoProduct,
+    look: _Look,
+    box: tuple[int, int, int],
+    angle: float,
+    step: float,
+) -> _Sketch:
+    left, top, side = box
     sketch = _Sketch(photo, left, top, side, angle)
     _DRAWINGS[product.style](sketch, look)
     sketch.finish(_fabric(side, look, product.pattern, angle, step))
-    return photo
+    return sketch
 
 
 def _encode(photo: Image.Image, path: Path) -> None:

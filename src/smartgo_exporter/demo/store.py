@@ -547,10 +547,21 @@ def _weighted(rng: random.Random, options: Sequence[tuple[Any, int]]) -> Any:
     return rng.choices([o[0] for o in options], [o[1] for o in options])[0]
 
 
-def _plan_product(rng: random.Random, store: DemoStore, sku: str) -> DemoProduct:
-    style_name = rng.choices(list(STYLES), [s.weight for s in STYLES.values()])[0]
+def _plan_product(
+    rng: random.Random,
+    store: DemoStore,
+    sku: str,
+    *,
+    style_name: str | None = None,
+    colour: str | None = None,
+) -> DemoProduct:
+    """A product of `style_name` and `colour` when given (an evaluation set plans look-alike
+    families that way), else of a kind and colour drawn by how common they are."""
+    if style_name is None:
+        style_name = rng.choices(list(STYLES), [s.weight for s in STYLES.values()])[0]
     style = STYLES[style_name]
-    colour = rng.choice(style.colours)
+    if colour is None:
+        colour = rng.choice(style.colours)
     pattern: str = _weighted(rng, style.patterns)
     brand, models, low, high = rng.choice(style.brands)
     condition, _, factor = rng.choices(_CONDITIONS, [c[1] for c in _CONDITIONS])[0]
