@@ -104,3 +104,27 @@ def test_the_fit_benchmark_prints_retrieval_and_classification_for_pad_and_crop(
     for version in ("original", "wide 2:1", "tall 1:2"):
         top1, top5 = rows[version]
         assert all(value.endswith("/5") for value in (*top1.split(), *top5.split()))
+
+
+def test_the_pricing_benchmark_prints_recall_price_errors_and_index_figures() -> None:
+    output = run_benchmark(
+        "bench_pricing.py", "--products", "40", "--shots", "2", "--sizes", "2000", "--queries", "20"
+    )
+
+    for figure in ("recall@1", "recall@5", "recall@10", "category median", "global median"):
+        assert figure in output
+    assert "as shipped" in output
+    assert "coverage" in output
+    assert "index update after a day's export" in output
+    assert "index of 2,000 vectors" in output
+    assert "p95" in output
+
+
+def test_the_embedding_benchmark_prints_recall_for_each_candidate() -> None:
+    output = run_benchmark("bench_embedding.py", "--products", "12", "--shots", "2")
+
+    rows = [line for line in output.splitlines() if line.rstrip().endswith(tuple("0123456789"))]
+    names = [line.split("  ")[0] for line in rows if "%" in line]
+    assert "LocalEmbedder (shipped, v2)" in names
+    assert "crop (today)" in names
+    assert all(line.count("%") == 3 for line in rows if "%" in line)  # recall @1, @5, @10

@@ -22,7 +22,7 @@ import onnx
 import onnxruntime
 import pytest
 import skimage.data
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from smartgo_exporter.config import LocalEmbedderConfig
 from smartgo_exporter.embedders import Vector, load_embedder
@@ -125,13 +125,15 @@ def test_the_graph_matches_a_pytorch_reference_on_a_fixed_input() -> None:
     session = onnxruntime.InferenceSession(
         model.SerializeToString(), providers=["CPUExecutionProvider"]
     )
-    features, logits = session.run(None, {INPUT_NAME: pixels.transpose(2, 0, 1)[None]})
+    features, logits, gem = session.run(None, {INPUT_NAME: pixels.transpose(2, 0, 1)[None]})
     reference = {282: 9.2498, 285: 9.1855, 281: 8.1679, 287: 6.6276, 283: 3.4078}
     assert list(np.argsort(-logits[0])[:5]) == list(reference)
     for index, logit in reference.items():
         assert logits[0][index] == pytest.approx(logit, abs=2e-3)
     assert features.shape == (1, 1280)
     assert float(features.sum()) == pytest.approx(163.0809, abs=2e-2)
+    assert gem.shape == (1, 1280)
+    assert (gem >= features - 1e-4).all()  # a power mean is never below the plain mean
 
 
 def test_tensorflow_same_padding_puts_the_odd_pixel_after() -> None:
@@ -144,13 +146,13 @@ def test_tensorflow_same_padding_puts_the_odd_pixel_after() -> None:
 # The vectors
 
 
-def test_vectors_are_float32_of_length_1280_and_unit_norm(embedder: LocalEmbedder) -> None:
+def test_vectors_are_float32_of_length_1392_and_unit_norm(embedder: LocalEmbedder) -> None:
     vectors = embedder.embed([encode(photo("chelsea")), encode(photo("astronaut"))])
-    assert embedder.dim == 1280
+    assert embedder.dim == 1392  # 1280 GeM-pooled features, a 112-bin colour histogram
     for vector in vectors:
         assert isinstance(vector, np.ndarray)
         assert vector.dtype == np.float32
-        assert vector.shape == (1280,)
+        assert vector.shape == (1392,)
         assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
 
 
@@ -179,6 +181,51 @@ def test_a_cropped_resized_reencoded_copy_is_far_closer_than_an_unrelated_photo(
     assert min(copy_similarities) - max(unrelated) > 0.3
 
 
+def _item_on(
+    backdrop: tuple[int, int, int],
+    size: tuple[int, int],
+    box: tuple[int, int, int, int],
+    body: tuple[int, int, int] = (190, 34, 42),
+) -> bytes:
+    """A two-colour item (a body, a gold label) on a plain backdrop, as a JPEG."""
+    image = Image.new("RGB", size, backdrop)
+    draw = ImageDraw.Draw(image)
+    x0, y0, x1, y1 = box
+    draw.ellipse(box, fill=body, outline=(60, 20, 26), width=3)
+    draw.rectangle(
+        (x0 + (x1 - x0) // 3, y0 + (y1 - y0) // 3, x0 + (x1 - x0) // 2, y0 + (y1 - y0) // 2),
+        fill=(212, 176, 92),
+    )
+    return encode(image, "JPEG", quality=88)
+
+
+def test_an_item_is_cut_out_of_its_backdrop_so_a_new_shot_elsewhere_embeds_alike(
+    embedder: LocalEmbedder,
+) -> None:
+    stored = _item_on((240, 240, 236), (480, 480), (80, 120, 400, 360))
+    moved = _item_on((40, 110, 60), (640, 480), (380, 300, 540, 420))
+    other = _item_on((40, 110, 60), (640, 480), (380, 300, 540, 420), body=(30, 42, 84))
+    stored_pixels, moved_pixels = (
+        local_module.decode_for_model(data, "crop") for data in (stored, moved)
+    )
+    assert isinstance(stored_pixels, np.ndarray)
+    assert isinstance(moved_pixels, np.ndarray)
+    assert stored_pixels.shape == (224, 224, 4)
+    item = (stored_pixels[..., 3] > 0) & (moved_pixels[..., 3] > 0)
+    assert item.mean() > 0.4  # the item fills the square, wherever it was in the photo
+    difference = np.abs(stored_pixels[..., :3].astype(int) - moved_pixels[..., :3])[item].mean()
+    assert difference < 12, difference
+    original, new_shot, other_item = embedder.embed([stored, moved, other])
+    # The item, not where it sits or what is behind it, makes the vector.
+    assert cosine(original, new_shot) > 0.85
+    assert cosine(original, new_shot) > cosine(new_shot, other_item) + 0.1
+
+
+def test_a_photo_without_a_plain_backdrop_is_not_cut(embedder: LocalEmbedder) -> None:
+    assert local_module.isolate_item(photo("chelsea")) is None
+    assert local_module.isolate_item(photo("astronaut")) is None
+
+
 def test_the_same_photo_gives_the_same_vector_in_any_batch(embedder: LocalEmbedder) -> None:
     cat = encode(photo("chelsea"))
     alone = embedder.embed([cat])[0]
@@ -203,7 +250,7 @@ def test_the_model_id_names_the_weights_and_the_fit(
 def test_load_embedder_gives_the_local_model_for_a_local_config() -> None:
     loaded = load_embedder(LocalEmbedderConfig(fit="pad"))
     assert isinstance(loaded, LocalEmbedder)
-    assert loaded.model_id.endswith(":pad-v1")
+    assert loaded.model_id.endswith(":pad-v2-isolated-gem-hsv112")
 
 
 # Decoding

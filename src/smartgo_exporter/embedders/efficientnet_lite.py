@@ -14,7 +14,7 @@ The input size is fixed (224), so every pad is computed here once, and the graph
 arithmetic left for onnxruntime to do. Only the batch dimension is dynamic.
 
     model = build_model(read_state_dict(pth_bytes))
-    features, logits = session.run(None, {INPUT_NAME: batch})  # (N, 1280), (N, 1000)
+    features, logits, gem = session.run(None, {INPUT_NAME: batch})  # 1280, 1000, 1280 each
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ from smartgo_exporter.errors import ExporterError
 INPUT_NAME = "images"
 FEATURES_NAME = "features"
 LOGITS_NAME = "logits"
+GEM_FEATURES_NAME = "gem_features"
+GEM_POWER = 3.0
+"""Generalised-mean pooling's exponent: between average (1) and max pooling (infinity)."""
 IMAGE_SIZE = 224
 FEATURE_DIM = 1280
 CLASSES = 1000
@@ -180,10 +183,14 @@ def _blocks(state: Mapping[str, NDArray[Any]]) -> list[_Block]:
 
 
 def build_model(state: Mapping[str, NDArray[Any]]) -> onnx.ModelProto:
-    """The inference graph: images (N, 3, 224, 224) -> features (N, 1280), logits (N, 1000).
+    """The inference graph: images (N, 3, 224, 224) -> features (N, 1280), logits (N, 1000),
+    gem_features (N, 1280).
 
-    `features` are the globally average-pooled head activations, before the classifier; they are
-    not normalised. Raises ArchitectureMismatch when a weight is missing or misshapen.
+    `features` are the globally average-pooled head activations, the classifier's input;
+    `gem_features` are the same activations GeM-pooled (the cube root of the mean cube), which
+    weighs the strongest responses more: a small part (a label, a buckle) that fires a channel
+    in a few places moves it more than in an average. Neither is normalised. Raises
+    ArchitectureMismatch when a weight is missing or misshapen.
     """
     graph = _GraphWriter(state)
     x, size = graph.conv_bn(INPUT_NAME, IMAGE_SIZE, "_conv_stem", "_bn0", stride=2)
@@ -206,6 +213,14 @@ def build_model(state: Mapping[str, NDArray[Any]]) -> onnx.ModelProto:
     x, size = graph.conv_bn(x, size, "_conv_head", "_bn1")
 
     graph.nodes.append(helper.make_node("GlobalAveragePool", [x], ["pooled"], name="pool"))
+    power = graph.constant("gem.power", np.array(GEM_POWER, dtype=np.float32))
+    root = graph.constant("gem.root", np.array(1 / GEM_POWER, dtype=np.float32))
+    graph.nodes += [
+        helper.make_node("Pow", [x, power], ["gem.cubed"], name="gem.cube"),
+        helper.make_node("GlobalAveragePool", ["gem.cubed"], ["gem.mean"], name="gem.pool"),
+        helper.make_node("Pow", ["gem.mean", root], ["gem.pooled"], name="gem.root"),
+        helper.make_node("Flatten", ["gem.pooled"], [GEM_FEATURES_NAME], name="gem", axis=1),
+    ]
     graph.nodes.append(
         helper.make_node("Flatten", ["pooled"], [FEATURES_NAME], name="flatten", axis=1)
     )
@@ -232,6 +247,9 @@ def build_model(state: Mapping[str, NDArray[Any]]) -> onnx.ModelProto:
         outputs=[
             helper.make_tensor_value_info(FEATURES_NAME, TensorProto.FLOAT, ["batch", FEATURE_DIM]),
             helper.make_tensor_value_info(LOGITS_NAME, TensorProto.FLOAT, ["batch", CLASSES]),
+            helper.make_tensor_value_info(
+                GEM_FEATURES_NAME, TensorProto.FLOAT, ["batch", FEATURE_DIM]
+            ),
         ],
         initializer=graph.initializers,
     )
