@@ -164,22 +164,28 @@ class SalesIndex:
         if k <= 0 or len(self) == 0:
             return []
         excluded = set(exclude_products)
-        wanted = min(len(self), k + 4 * len(excluded) if excluded else k)
-        matches = self._vectors.search(np.asarray(vector, np.float32), wanted)
+        wanted = min(len(self), k + 4 * len(excluded))
+        while True:
+            matches = self._vectors.search(np.asarray(vector, np.float32), wanted)
+            neighbours = self._neighbours(matches.keys, matches.distances, excluded)
+            if len(neighbours) >= k or wanted >= len(self):
+                return neighbours[:k]
+            # An excluded product sold many times crowds the nearest out: look further.
+            wanted = min(len(self), wanted * 4)
+
+    def _neighbours(
+        self, labels: NDArray[np.uint64], distances: NDArray[np.float32], excluded: set[str]
+    ) -> list[Neighbour]:
         positions = self._label_positions()
-        rows = self._sales
-        neighbours = []
-        for label, distance in zip(matches.keys, matches.distances, strict=True):
+        found = []
+        for label, distance in zip(labels, distances, strict=True):
             position = positions.get(int(label))
             if position is None:
                 continue
-            sale = {name: rows.column(name)[position].as_py() for name in SALE_COLUMNS}
-            if sale["product_id"] in excluded:
-                continue
-            neighbours.append(Neighbour(sale, 1.0 - float(distance)))
-            if len(neighbours) == k:
-                break
-        return neighbours
+            sale = {name: self._sales.column(name)[position].as_py() for name in SALE_COLUMNS}
+            if sale["product_id"] not in excluded:
+                found.append(Neighbour(sale, 1.0 - float(distance)))
+        return found
 
     def sync(self, table: Table, *, refresh: bool = True) -> SyncReport:
         """Bring the index to the table's current snapshot, reading only files it has not seen.

@@ -1,0 +1,143 @@
+"""The similar-sales index on a real Iceberg table (SQLite catalog), with vectors made up:
+what it holds after each kind of change to the table, and what a search returns."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from numpy.typing import NDArray
+from pyiceberg.expressions import EqualTo
+
+from smartgo_exporter.config import IndexConfig, TableConfig
+from smartgo_exporter.index import SalesIndex, sync_indexes
+from smartgo_exporter.records import Embedding, Sale, SaleRow, rows_to_arrow
+from smartgo_exporter.sinks.iceberg import SalesTable
+
+DIM = 16
+MODEL = "test-model"
+
+
+def vectors(count: int, seed: int) -> NDArray[np.float32]:
+    values = np.random.default_rng(seed).normal(size=(count, DIM)).astype(np.float32)
+    return values / np.linalg.norm(values, axis=1, keepdims=True)
+
+
+def rows(
+    ids: range, vectors: NDArray[np.float32], *, product: str | None = None, tenant: str = "t1"
+) -> pa.Table:
+    sales = [
+        SaleRow(
+            Sale(
+                sale_id=str(number),
+                tenant_id=tenant,
+                product_id=product or f"p{number}",
+                sold_at=datetime(2026, 10, 1 + number % 28, 12, tzinfo=UTC),
+                sale_price=Decimal("10.00"),
+                currency="EUR",
+            ),
+            "ok",
+            Embedding(vector, MODEL, "0" * 64, 1, 1),
+        )
+        for number, vector in zip(ids, vectors, strict=True)
+    ]
+    return rows_to_arrow(sales, source="smartgo", run_id="r", exported_at=datetime.now(UTC))
+
+
+@pytest.fixture
+def table(tmp_path: Path) -> tuple[SalesTable, TableConfig, IndexConfig]:
+    config = TableConfig(
+        catalog={
+            "type": "sql",
+            "uri": f"sqlite:///{tmp_path / 'catalog.db'}",
+            "warehouse": f"file://{tmp_path / 'warehouse'}",
+        }
+    )
+    return SalesTable.open(config, source="smartgo"), config, IndexConfig(dtype="f32")
+
+
+def synced(table: SalesTable, config: IndexConfig, tenant: str = "t1") -> SalesIndex:
+    index = SalesIndex.empty(config, tenant, MODEL, DIM)
+    index.sync(table.table)
+    return index
+
+
+def test_a_product_sold_many_times_and_left_out_does_not_crowd_out_the_others(
+    table: tuple[SalesTable, TableConfig, IndexConfig],
+) -> None:
+    sales, _, config = table
+    query = vectors(1, 0)[0]
+    near = np.repeat(query[None, :], 40, axis=0) + 0.01 * vectors(40, 1)
+    sales.upsert(rows(range(40), near, product="twin"), run_id="r1")
+    sales.upsert(rows(range(100, 160), vectors(60, 2)), run_id="r2")
+
+    found = synced(sales, config).search(query, 5, exclude_products=["twin"])
+
+    assert len(found) == 5
+    assert all(neighbour.sale["product_id"] != "twin" for neighbour in found)
+
+
+def test_an_upsert_replaces_the_rows_of_the_files_it_rewrote(
+    table: tuple[SalesTable, TableConfig, IndexConfig],
+) -> None:
+    sales, _, config = table
+    sales.upsert(rows(range(20), vectors(20, 3)), run_id="r1")
+    index = synced(sales, config)
+    changed = vectors(5, 4)
+    sales.upsert(rows(range(5), changed), run_id="r2")
+
+    report = index.sync(sales.table)
+
+    assert report.removed >= 5
+    assert len(index) == 20
+    assert sorted(index.sales["sale_id"].to_pylist(), key=int) == [str(n) for n in range(20)]
+    [best] = index.search(changed[0], 1)
+    assert best.sale["sale_id"] == "0"
+    assert best.similarity == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_stored_index_loads_as_it_was_saved_and_catches_up_from_there(
+    table: tuple[SalesTable, TableConfig, IndexConfig],
+) -> None:
+    sales, table_config, config = table
+    sales.upsert(rows(range(10), vectors(10, 5)), run_id="r1")
+    [first] = sync_indexes(config, table_config, sales.table, MODEL, DIM)
+    sales.upsert(rows(range(10, 15), vectors(5, 6)), run_id="r2")
+
+    stored = SalesIndex.load(config, table_config, "t1", MODEL, DIM)
+    assert (len(stored), stored.snapshot_id) == (10, first.snapshot_id)
+    report = stored.sync(sales.table)
+    assert (report.added, report.removed, len(stored)) == (5, 0, 15)
+
+
+def test_a_tenant_deleted_from_the_table_empties_its_index(
+    table: tuple[SalesTable, TableConfig, IndexConfig],
+) -> None:
+    sales, _, config = table
+    sales.upsert(rows(range(10), vectors(10, 7)), run_id="r1")
+    sales.upsert(rows(range(10, 20), vectors(10, 8), tenant="t2"), run_id="r2")
+    index = synced(sales, config)
+
+    sales.table.delete(EqualTo("tenant_id", "t1"))
+    index.sync(sales.table)
+
+    assert len(index) == 0
+    assert index.search(vectors(1, 9)[0], 5) == []
+    assert len(synced(sales, config, "t2")) == 10
+
+
+def test_an_index_stored_with_another_precision_is_rebuilt_not_misread(
+    table: tuple[SalesTable, TableConfig, IndexConfig],
+) -> None:
+    sales, table_config, config = table
+    sales.upsert(rows(range(10), vectors(10, 10)), run_id="r1")
+    sync_indexes(config, table_config, sales.table, MODEL, DIM)
+
+    halved = IndexConfig(dtype="f16")
+    assert len(SalesIndex.load(halved, table_config, "t1", MODEL, DIM)) == 0
+    [report] = sync_indexes(halved, table_config, sales.table, MODEL, DIM)
+    assert report.added == 10
