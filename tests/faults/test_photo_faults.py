@@ -596,7 +596,7 @@ def test_an_odd_but_valid_photo_format_embeds_ok(
 ) -> None:
     row = faulty.row(fault)
     assert row["embedding_status"] == "ok", faulty.errors(fault)
-    assert len(row["embedding"]) == row["embedding_dim"] == 1280
+    assert len(row["embedding"]) == row["embedding_dim"] == local_embedder.EMBEDDING_DIM
     assert abs(float(np.linalg.norm(row["embedding"])) - 1.0) < 1e-4
     assert row["image_sha256"]
     faulty.report(fault_report, fault)
