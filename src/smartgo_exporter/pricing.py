@@ -39,10 +39,10 @@ class PricingRules:
     item's brand. `min_comparables` is the fewest sales a suggestion rests on.
     """
 
-    neighbours: int = 30
+    neighbours: int = 50
     min_similarity: float = 0.5
     similarity_window: float = 0.25
-    temperature: float = 0.05
+    temperature: float = 0.1
     same_brand_weight: float = 2.0
     adjust_condition: bool = True
     adjust_brand: bool = True
