@@ -51,7 +51,7 @@ from usearch.index import Index
 from pricing_data import EvalProduct, build_products, render_photos, reshoot
 from smartgo_exporter.config import IndexConfig, LocalEmbedderConfig, Settings
 from smartgo_exporter.demo.photos import render_photos as render_photos_of_demo
-from smartgo_exporter.demo.store import DemoSale, plan_demo
+from smartgo_exporter.demo.store import DEFAULT_SALES, DemoSale, plan_demo
 from smartgo_exporter.embedders.local import LocalEmbedder
 from smartgo_exporter.lookup import Lookup
 from smartgo_exporter.pricing import DEFAULT_RULES, PricingRules
@@ -89,9 +89,10 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1000, help="Latency queries per size.")
     parser.add_argument("--dtype", default=IndexConfig().dtype, choices=("f32", "f16", "i8"))
     parser.add_argument("--demo", action="store_true", help="The demo store's sales instead.")
+    parser.add_argument("--demo-sales", type=int, default=DEFAULT_SALES, help="With --demo.")
     args = parser.parse_args()
     if args.demo:
-        _demo(args.dtype)
+        _demo(args.dtype, args.demo_sales)
         return
 
     started = time.perf_counter()
@@ -127,8 +128,8 @@ def main() -> None:
         _index_at(size, stored, args.queries, IndexConfig(dtype=args.dtype))
 
 
-def _demo(dtype: str) -> None:
-    catalog = plan_demo(first_day=date(2026, 10, 1))
+def _demo(dtype: str, sales_wanted: int) -> None:
+    catalog = plan_demo(first_day=date(2026, 10, 1), sales=sales_wanted)
     embedder = LocalEmbedder(LocalEmbedderConfig())
     with tempfile.TemporaryDirectory() as folder:
         files = {

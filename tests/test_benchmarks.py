@@ -120,6 +120,14 @@ def test_the_pricing_benchmark_prints_recall_price_errors_and_index_figures() ->
     assert "p95" in output
 
 
+def test_the_pricing_benchmark_on_the_demo_store_prints_recall_and_price_errors() -> None:
+    output = run_benchmark("bench_pricing.py", "--demo", "--demo-sales", "120")
+
+    assert "recall@10" in output
+    assert "category median of its store" in output
+    assert "as shipped" in output
+
+
 def test_the_embedding_benchmark_prints_recall_for_each_candidate() -> None:
     output = run_benchmark("bench_embedding.py", "--products", "12", "--shots", "2")
 
