@@ -24,6 +24,7 @@ from smartgo_exporter.backfill import Runner, backfill
 from smartgo_exporter.cli_edge import (
     DEFAULT_CONFIG,
     ConfigOption,
+    LogLevel,
     console,
     errors,
     guarded,
@@ -71,7 +72,6 @@ def main(
 
 
 COUNT_COLUMNS = ("sales", "written", "embedded", "reused", "failed", "rejected")
-LogLevel = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")]
 
 
 app.command("index")(cli_lookup.index)

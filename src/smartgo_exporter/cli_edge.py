@@ -29,6 +29,7 @@ ConfigOption = Annotated[
     ),
 ]
 DEFAULT_CONFIG = Path("smartgo-exporter.toml")
+LogLevel = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")]
 
 
 def load_settings(path: Path) -> Settings:

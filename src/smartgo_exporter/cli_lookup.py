@@ -11,7 +11,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from smartgo_exporter.cli_edge import DEFAULT_CONFIG, ConfigOption, console, guarded, load_settings
+from smartgo_exporter.cli_edge import (
+    DEFAULT_CONFIG,
+    ConfigOption,
+    LogLevel,
+    console,
+    guarded,
+    load_settings,
+)
+from smartgo_exporter.logs import configure_logging
 from smartgo_exporter.lookup import Lookup, read_photo, update_indexes
 
 PhotoArgument = Annotated[str, typer.Argument(help="A photo file, or an http(s) URL of one.")]
@@ -31,6 +39,7 @@ def index(
     rebuild: Annotated[
         bool, typer.Option(help="Start from empty instead of from the stored index.")
     ] = False,
+    log_level: LogLevel = "WARNING",
 ) -> None:
     """Bring each tenant's similar-sales index up to date with the table.
 
@@ -40,6 +49,7 @@ def index(
 
     Example: `smartgo-exporter index --tenant ams-jordaan`
     """
+    configure_logging(log_level)
     settings = load_settings(config)
     reports = guarded(lambda: update_indexes(settings, tenants=tenant or None, rebuild=rebuild))
     table = Table("tenant", "sales", "added", "removed", "files read", "seconds", title="Indexes")
@@ -64,11 +74,13 @@ def similar(
     sheet: Annotated[
         Path | None, typer.Option(help="Also write a contact sheet, .html or .png.")
     ] = None,
+    log_level: LogLevel = "WARNING",
 ) -> None:
     """The sold items most like the photo: sale, title, brand, condition, price, similarity.
 
     Example: `smartgo-exporter similar new-boots.jpg --tenant ams-jordaan -k 5 --sheet boots.html`
     """
+    configure_logging(log_level)
     settings = load_settings(config)
     data = guarded(lambda: read_photo(photo, settings.photos))
     matches = guarded(
@@ -108,6 +120,7 @@ def price(
         str | None, typer.Option(help="Price in this currency (default: the matches' own).")
     ] = None,
     tenant: TenantOption = None,
+    log_level: LogLevel = "WARNING",
 ) -> None:
     """Suggest a price for the item in the photo from the sales most like it.
 
@@ -117,6 +130,7 @@ def price(
 
     Example: `smartgo-exporter price new-boots.jpg --brand "Dr. Martens" --condition good`
     """
+    configure_logging(log_level)
     settings = load_settings(config)
     data = guarded(lambda: read_photo(photo, settings.photos))
     suggestion = guarded(

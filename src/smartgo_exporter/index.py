@@ -210,7 +210,7 @@ class SalesIndex:
         self._files = current
         self.snapshot_id = snapshot_id
         report = self._report(added, removed, len(fresh), snapshot_id, started)
-        log.info("index_synced", **dataclasses.asdict(report))
+        log.debug("index_synced", **dataclasses.asdict(report))
         return report
 
     def save(self, config: IndexConfig, table_config: TableConfig) -> None:

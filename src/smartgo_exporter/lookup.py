@@ -232,7 +232,7 @@ class Lookup:
             models = table_models(self._table, tenant)
             if models:
                 raise IndexMismatch(
-                    tenant or "every tenant",
+                    f"of tenant {tenant!r}" if tenant is not None else "of every tenant",
                     f"the table's sales are embedded by {', '.join(models)}, not by the "
                     f"configured {self.model}; export the days again (`backfill`) to embed "
                     "them with it, or configure the model they were embedded with",
