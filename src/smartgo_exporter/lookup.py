@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 from numpy.typing import NDArray
 
 from smartgo_exporter.config import PhotoConfig, Settings
-from smartgo_exporter.embedders import Embedder, load_embedder
+from smartgo_exporter.embedders import Embedder, Vector, load_embedder
 from smartgo_exporter.errors import (
     EmbeddingError,
     IndexMismatch,
@@ -110,7 +110,7 @@ class Lookup:
     def dim(self) -> int:
         return self._embedder.dim
 
-    def embed(self, photo: bytes, *, title: str | None = None, location: str = "photo") -> Any:
+    def embed(self, photo: bytes, *, title: str | None = None, location: str = "photo") -> Vector:
         """The photo's vector; PhotoUnreadable naming `location` when it cannot be embedded."""
         [vector] = self._embedder.embed([photo], captions=[title])
         if isinstance(vector, EmbeddingError):
