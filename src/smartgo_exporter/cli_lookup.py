@@ -86,11 +86,14 @@ def similar(
     matches = guarded(
         lambda: Lookup(settings).similar(data, title=title, tenant=tenant, k=k, location=photo)
     )
-    table = Table("sale", "tenant", "title", "brand", "condition", "price", "sold", "similarity")
+    # The title wraps; the figures a person compares (price, date, similarity) never do.
+    table = Table("sale", *([] if tenant else ["tenant"]), "title", "brand", "condition")
+    for name in ("price", "sold", "similarity"):
+        table.add_column(name, no_wrap=True, justify="right")
     for match in matches:
         table.add_row(
             match.sale_id,
-            match.tenant_id,
+            *([] if tenant else [match.tenant_id]),
             match.title or "",
             match.brand or "",
             match.condition or "",
