@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from smartgo_exporter.cli_edge import (
     DEFAULT_CONFIG,
@@ -86,8 +86,9 @@ def similar(
     matches = guarded(
         lambda: Lookup(settings).similar(data, title=title, tenant=tenant, k=k, location=photo)
     )
-    # The title wraps; the figures a person compares (price, date, similarity) never do.
-    table = Table("sale", *([] if tenant else ["tenant"]), "title", "brand", "condition")
+    # The title wraps; the sale id and the figures a person compares never do.
+    table = Table(*([] if tenant else ["tenant"]), "title", "brand", "condition")
+    table.columns.insert(0, Column("sale", no_wrap=True))
     for name in ("price", "sold", "similarity"):
         table.add_column(name, no_wrap=True, justify="right")
     for match in matches:
