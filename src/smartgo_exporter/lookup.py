@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from numpy.typing import NDArray
 
 from smartgo_exporter.config import PhotoConfig, Settings
@@ -176,11 +175,9 @@ class Lookup:
         `exclude_products` leaves those products' own sales out of the comparables.
         """
         indexes = self.indexes(tenant)
-        if currency is not None and not any(
-            pc.any(pc.equal(index.sales.column("currency"), currency)).as_py() for index in indexes
-        ):
-            raise NoSalesInCurrency(currency, tenant)
         levels = self._price_levels(tenant, indexes)
+        if currency is not None and currency not in levels.currencies:
+            raise NoSalesInCurrency(currency, tenant)
         nearest = _nearest(indexes, vector, rules.neighbours, exclude_products)
         return suggest(
             [(n.sale, n.similarity) for _, n in nearest],
@@ -192,7 +189,8 @@ class Lookup:
         )
 
     def _price_levels(self, tenant: str | None, indexes: Sequence[SalesIndex]) -> PriceLevels:
-        """The brand and condition price levels of the indexed sales, kept per snapshot."""
+        """The price levels (and currencies) of the indexed sales, kept per snapshot: a lookup
+        then costs no pass over the sales."""
         snapshot = indexes[0].snapshot_id if indexes else None
         cached = self._levels.get(tenant or "")
         if cached is None or cached[0] != snapshot:

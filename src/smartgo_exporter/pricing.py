@@ -60,6 +60,8 @@ class PriceLevels:
     brands: Mapping[str, float]
     known_brands: frozenset[str] = frozenset()
     """Every brand sold, levels or not: what a title can be matched against."""
+    currencies: frozenset[str] = frozenset()
+    """Every currency sold in: a suggestion in another has nothing to rest on."""
 
     @classmethod
     def from_sales(cls, sales: pa.Table) -> PriceLevels:
@@ -79,7 +81,12 @@ class PriceLevels:
         )
         brand_names = sales.column("brand").to_pylist()
         brands = _levels(relative - condition_part, brand_names)
-        return cls(conditions, brands, frozenset(b for b in brand_names if b))
+        return cls(
+            conditions,
+            brands,
+            frozenset(b for b in brand_names if b),
+            frozenset(sales.column("currency").to_pylist()),
+        )
 
     def brand_in(self, title: str | None) -> str | None:
         """The longest known brand the title names (a title usually starts with its brand)."""
