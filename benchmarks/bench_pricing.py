@@ -190,47 +190,32 @@ def _demo(dtype: str, sales_wanted: int) -> None:
             f"  {'category median of its store':34} {category:7.1%} {1:12.2f} "
             f"{sum(b is not None for b in baseline) / len(baseline):9.1%}"
         )
-        for name, rules in VARIANTS.items():
-            ours = []
-            for product, vector in zip(products, queries, strict=True):
-                suggestion = lookup.suggest_for_vector(
-                    vector,
-                    title=product.title,
-                    condition=product.condition,
-                    currency=product.currency,
-                    tenant=product.store_id,
-                    exclude_products=[product.sku],
-                    rules=rules,
-                )
-                ours.append(float(suggestion.price) if suggestion.price is not None else None)
-            error = _mdape(actual, ours)
-            coverage = sum(g is not None for g in ours) / len(ours)
-            print(f"  {name:34} {error:7.1%} {error / category:12.2f} {coverage:9.1%}")
+        asked = [
+            _Question(vector, p.title, p.condition, p.currency, p.store_id, p.sku)
+            for p, vector in zip(products, queries, strict=True)
+        ]
+        _price_variants(lookup, asked, actual, category)
 
 
 def _demo_rows(
     sales: Sequence[DemoSale], vectors: dict[str, NDArray[np.float32]], model: str
 ) -> pa.Table:
     rows = [
-        SaleRow(
-            Sale(
-                sale_id=str(s.sale_id),
-                tenant_id=s.product.store_id,
-                product_id=s.product.sku,
-                sold_at=s.sold_at.replace(tzinfo=UTC),
-                sale_price=s.price or Decimal(0),
-                currency=s.currency,
-                title=s.product.title,
-                brand=s.product.brand,
-                category=s.product.category,
-                condition=s.product.condition,
-            ),
-            "ok",
-            Embedding(vectors[s.product.sku], model, "0" * 64, 512, 512),
+        Sale(
+            sale_id=str(s.sale_id),
+            tenant_id=s.product.store_id,
+            product_id=s.product.sku,
+            sold_at=s.sold_at.replace(tzinfo=UTC),
+            sale_price=s.price or Decimal(0),
+            currency=s.currency,
+            title=s.product.title,
+            brand=s.product.brand,
+            category=s.product.category,
+            condition=s.product.condition,
         )
         for s in sales
     ]
-    return rows_to_arrow(rows, source=SOURCE, run_id="demo", exported_at=datetime.now(UTC))
+    return _embedded_rows(rows, [vectors[s.product.sku] for s in sales], model)
 
 
 def _vectors(outcomes: Sequence[object]) -> NDArray[np.float32]:
@@ -262,25 +247,32 @@ def _rows(
     model: str,
     prefix: str = "",
 ) -> pa.Table:
-    rows = [
-        SaleRow(
-            Sale(
-                sale_id=f"{prefix}{p.product_id}",
-                tenant_id=TENANT,
-                product_id=f"{prefix}{p.product_id}",
-                sold_at=p.sold_at,
-                sale_price=p.price,
-                currency=p.currency,
-                title=p.title,
-                brand=p.brand,
-                category=p.category,
-                condition=p.condition,
-                image_url=f"https://photos.example/{p.product_id}.jpg",
-            ),
-            "ok",
-            Embedding(vector, model, "0" * 64, 512, 512),
+    sales = [
+        Sale(
+            sale_id=f"{prefix}{p.product_id}",
+            tenant_id=TENANT,
+            product_id=f"{prefix}{p.product_id}",
+            sold_at=p.sold_at,
+            sale_price=p.price,
+            currency=p.currency,
+            title=p.title,
+            brand=p.brand,
+            category=p.category,
+            condition=p.condition,
+            image_url=f"https://photos.example/{p.product_id}.jpg",
         )
-        for p, vector in zip(products, vectors, strict=True)
+        for p in products
+    ]
+    return _embedded_rows(sales, list(vectors), model)
+
+
+def _embedded_rows(
+    sales: Sequence[Sale], vectors: Sequence[NDArray[np.float32]], model: str
+) -> pa.Table:
+    """The sales as the exporter writes them, each with its photo's vector."""
+    rows = [
+        SaleRow(sale, "ok", Embedding(vector, model, "0" * 64, 512, 512))
+        for sale, vector in zip(sales, vectors, strict=True)
     ]
     return rows_to_arrow(rows, source=SOURCE, run_id="bench", exported_at=datetime.now(UTC))
 
@@ -322,23 +314,46 @@ def _pricing(
     for name, guesses in baselines.items():
         error = _mdape(truth, guesses)
         print(f"  {name:34} {error:7.1%} {error / category:12.2f} {1:9.1%}")
+    asked = [
+        _Question(taken[0], p.title, p.condition, p.currency, TENANT, p.product_id)
+        for p, taken in zip(products, shots, strict=True)
+    ]
+    _price_variants(lookup, asked, truth, category)
+    print("  (goals: MdAPE at most 0.75 x the category median's, coverage >= 90%)")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Question:
+    """A product to price: its query vector, what is known of it, and whose sales to skip."""
+
+    vector: NDArray[np.float32]
+    title: str
+    condition: str
+    currency: str
+    tenant: str
+    product_id: str
+
+
+def _price_variants(
+    lookup: Lookup, asked: Sequence[_Question], truth: NDArray[np.float64], category: float
+) -> None:
+    """A line per pricing variant: MdAPE, its ratio to the category median's, and coverage."""
     for name, rules in VARIANTS.items():
         guesses: list[float | None] = []
-        for product, product_shots in zip(products, shots, strict=True):
+        for question in asked:
             suggestion = lookup.suggest_for_vector(
-                product_shots[0],
-                title=product.title,
-                condition=product.condition,
-                currency=product.currency,
-                tenant=TENANT,
-                exclude_products=[product.product_id],
+                question.vector,
+                title=question.title,
+                condition=question.condition,
+                currency=question.currency,
+                tenant=question.tenant,
+                exclude_products=[question.product_id],
                 rules=rules,
             )
             guesses.append(float(suggestion.price) if suggestion.price is not None else None)
         error = _mdape(truth, guesses)
         coverage = sum(g is not None for g in guesses) / len(guesses)
         print(f"  {name:34} {error:7.1%} {error / category:12.2f} {coverage:9.1%}")
-    print("  (goals: MdAPE at most 0.75 x the category median's, coverage >= 90%)")
 
 
 def _median_of(products: Sequence[EvalProduct], i: int, *, by_category: bool) -> float | None:
