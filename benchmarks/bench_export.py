@@ -45,7 +45,7 @@ from smartgo_exporter.config import LocalEmbedderConfig
 from smartgo_exporter.demo.store import SALES_TABLE
 from smartgo_exporter.embedders.local import LocalEmbedder, decode_for_model
 from smartgo_exporter.logs import configure_logging
-from smartgo_exporter.records import RunStatus
+from smartgo_exporter.run_records import RunStatus
 
 
 def measure_limit(embedder: LocalEmbedder, photos: list[bytes]) -> dict[str, float]:

@@ -55,7 +55,8 @@ from smartgo_exporter.demo.store import DEFAULT_SALES, DemoSale, plan_demo
 from smartgo_exporter.embedders.local import LocalEmbedder
 from smartgo_exporter.lookup import Lookup
 from smartgo_exporter.pricing import DEFAULT_RULES, PricingRules
-from smartgo_exporter.records import Embedding, Sale, SaleRow, rows_to_arrow
+from smartgo_exporter.sales import Sale
+from smartgo_exporter.schema import Embedding, SaleRow, rows_to_arrow
 from smartgo_exporter.sinks.iceberg import SalesTable
 
 TENANT = "eval-store"

@@ -25,7 +25,7 @@ from bench_local_model import synthetic_photos
 from sales_data import write_sales_database
 from smartgo_exporter.config import PhotoConfig
 from smartgo_exporter.demo.store import SALES_TABLE
-from smartgo_exporter.images import PhotoFetcher
+from smartgo_exporter.photo_fetcher import PhotoFetcher
 
 
 def write_photos(folder: Path, count: int) -> list[Path]:

@@ -24,7 +24,7 @@ from smartgo_exporter import export
 from smartgo_exporter.config import Settings, load_config
 from smartgo_exporter.demo.store import INSERT_SALE, SALE_COLUMNS, SALES_TABLE, SCHEMA
 from smartgo_exporter.logs import configure_logging
-from smartgo_exporter.records import RunStatus
+from smartgo_exporter.run_records import RunStatus
 
 BUSINESS_DAY = date(2026, 10, 21)
 TENANTS = (("ldn-camden", "GBP", 0.40), ("ber-mitte", "EUR", 0.33), ("ams-jordaan", "EUR", 0.27))

@@ -265,7 +265,7 @@ import importlib.util, sys
 sys.path.insert(0, {str(target)!r})
 import smartgo_exporter.aws_lambda, smartgo_exporter.embedders.titan
 import smartgo_exporter.progress.dynamodb, smartgo_exporter.sinks.iceberg
-import smartgo_exporter.sources.sql, smartgo_exporter.sources.rest, smartgo_exporter.images
+import smartgo_exporter.sources.sql, smartgo_exporter.sources.rest, smartgo_exporter.photo_fetcher
 import psycopg, pymysql, pyiceberg.catalog.rest, pyarrow.parquet
 for absent in {sorted(NEVER)!r}:
     assert importlib.util.find_spec(absent.replace("-", "_")) is None, absent

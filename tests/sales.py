@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import date
 
 from smartgo_exporter.errors import InvalidSale
-from smartgo_exporter.records import Sale
+from smartgo_exporter.sales import Sale
 from smartgo_exporter.sources import Source
 from smartgo_exporter.windows import Window, business_day
 

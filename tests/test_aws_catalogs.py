@@ -34,12 +34,12 @@ from smartgo_exporter.demo import SALE_COLUMNS, DemoCatalog, DemoPaths
 from smartgo_exporter.errors import ConfigError, SinkError
 from smartgo_exporter.lookup import Lookup, update_indexes
 from smartgo_exporter.pipeline import export
-from smartgo_exporter.records import (
+from smartgo_exporter.run_records import RunStatus
+from smartgo_exporter.sales import Sale
+from smartgo_exporter.schema import (
     ICEBERG_SCHEMA,
     Embedding,
     EmbeddingStatus,
-    RunStatus,
-    Sale,
     SaleRow,
     rows_to_arrow,
 )

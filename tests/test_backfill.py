@@ -28,7 +28,8 @@ from smartgo_exporter.demo import DemoCatalog, DemoPaths, write_demo_config
 from smartgo_exporter.index import SalesIndex
 from smartgo_exporter.lookup import update_indexes
 from smartgo_exporter.progress.sqlite import SqliteProgressStore
-from smartgo_exporter.records import SALE_FIELDS, RunRecord, RunStatus
+from smartgo_exporter.run_records import RunRecord, RunStatus
+from smartgo_exporter.sales import SALE_FIELDS
 from smartgo_exporter.sinks.iceberg import BUSINESS_DATE_PROPERTY, RUN_ID_PROPERTY, SalesTable
 from tests.demo_store import FIRST_DAY, table_rows
 from tests.test_export import days, settings_of

@@ -34,7 +34,7 @@ from smartgo_exporter.demo import (
     write_demo_config,
 )
 from smartgo_exporter.errors import InvalidSale
-from smartgo_exporter.records import parse_sale
+from smartgo_exporter.sales import parse_sale
 
 FIRST_DAY = date(2026, 9, 1)
 BASE_URL = "http://127.0.0.1:8765"

@@ -25,7 +25,7 @@ from smartgo_exporter.demo import DemoCatalog, DemoPaths, PhotoState
 from smartgo_exporter.errors import DayNotOver
 from smartgo_exporter.pipeline import export
 from smartgo_exporter.progress.sqlite import SqliteProgressStore
-from smartgo_exporter.records import RunStatus
+from smartgo_exporter.run_records import RunStatus
 from smartgo_exporter.sinks.iceberg import RUN_ID_PROPERTY, SalesTable
 from tests.demo_store import DAYS, FIRST_DAY, distinct_keys, table_rows
 

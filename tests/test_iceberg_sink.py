@@ -12,11 +12,11 @@ import pytest
 from pyiceberg.schema import Schema
 
 from smartgo_exporter.config import TableConfig
-from smartgo_exporter.records import (
+from smartgo_exporter.sales import Sale
+from smartgo_exporter.schema import (
     ICEBERG_SCHEMA,
     Embedding,
     EmbeddingStatus,
-    Sale,
     SaleRow,
     rows_to_arrow,
 )

@@ -15,7 +15,8 @@ from pyiceberg.expressions import EqualTo
 
 from smartgo_exporter.config import IndexConfig, TableConfig
 from smartgo_exporter.index import SalesIndex, sync_indexes
-from smartgo_exporter.records import Embedding, Sale, SaleRow, rows_to_arrow
+from smartgo_exporter.sales import Sale
+from smartgo_exporter.schema import Embedding, SaleRow, rows_to_arrow
 from smartgo_exporter.sinks.iceberg import SalesTable
 
 DIM = 16

@@ -14,7 +14,7 @@ import pytest
 from smartgo_exporter.config import DynamoProgressConfig, load_config
 from smartgo_exporter.progress import load_progress_store
 from smartgo_exporter.progress.dynamodb import DynamoProgressStore
-from smartgo_exporter.records import RunStatus
+from smartgo_exporter.run_records import RunStatus
 from tests.servers.moto import MotoServer
 from tests.test_progress_stores import record
 

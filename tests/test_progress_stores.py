@@ -12,7 +12,7 @@ import pytest
 from smartgo_exporter.progress import NonFatalProgressStore, ProgressStore, RunSummary
 from smartgo_exporter.progress.dynamodb import DynamoProgressStore
 from smartgo_exporter.progress.sqlite import SqliteProgressStore
-from smartgo_exporter.records import RunCounts, RunError, RunRecord, RunStatus
+from smartgo_exporter.run_records import RunCounts, RunError, RunRecord, RunStatus
 from smartgo_exporter.windows import business_day
 from tests.servers.moto import MotoServer
 

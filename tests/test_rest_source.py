@@ -25,7 +25,7 @@ import pytest
 
 from smartgo_exporter.config import RestSourceConfig
 from smartgo_exporter.errors import SourceError
-from smartgo_exporter.records import Sale
+from smartgo_exporter.sales import Sale
 from smartgo_exporter.sources import SaleBatch
 from smartgo_exporter.sources.rest import RestSource
 from tests.sales import WINDOW, ids, read_all

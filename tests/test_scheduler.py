@@ -24,7 +24,7 @@ from smartgo_exporter.demo import DemoCatalog, DemoPaths, write_demo_config
 from smartgo_exporter.errors import ConfigError
 from smartgo_exporter.pipeline import StopCheck
 from smartgo_exporter.progress.sqlite import SqliteProgressStore
-from smartgo_exporter.records import RunRecord, RunStatus
+from smartgo_exporter.run_records import RunRecord, RunStatus
 from smartgo_exporter.scheduler import (
     LONGEST_WAIT_SECONDS,
     fire_times,

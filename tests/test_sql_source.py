@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 
 from smartgo_exporter.config import SqlSourceConfig
 from smartgo_exporter.errors import ConfigError, SourceError
-from smartgo_exporter.records import Sale
+from smartgo_exporter.sales import Sale
 from smartgo_exporter.sources import SaleBatch
 from smartgo_exporter.sources.sql import SqlSource
 from tests.sales import WINDOW, ids, read_all

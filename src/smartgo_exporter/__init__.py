@@ -12,7 +12,7 @@ The library is the product; the `smartgo-exporter` command is a thin layer over 
 from smartgo_exporter.config import Settings, load_config
 from smartgo_exporter.errors import ExporterError
 from smartgo_exporter.pipeline import export, plan_days
-from smartgo_exporter.records import RunRecord, RunStatus
+from smartgo_exporter.run_records import RunRecord, RunStatus
 
 __all__ = [
     "ExporterError",

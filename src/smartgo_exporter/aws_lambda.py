@@ -51,7 +51,7 @@ from smartgo_exporter.config import Settings, load_config
 from smartgo_exporter.errors import ConfigError, DayNotOver, ExporterError
 from smartgo_exporter.logs import configure_logging
 from smartgo_exporter.pipeline import export
-from smartgo_exporter.records import RunRecord, RunStatus
+from smartgo_exporter.run_records import RunRecord, RunStatus
 from smartgo_exporter.windows import days as days_between
 from smartgo_exporter.windows import ensure_over
 

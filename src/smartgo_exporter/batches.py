@@ -17,16 +17,10 @@ import structlog
 
 from smartgo_exporter.embedders import Embedder
 from smartgo_exporter.errors import EmbeddingError, PhotoError
-from smartgo_exporter.images import Photo
-from smartgo_exporter.records import (
-    Embedding,
-    EmbeddingStatus,
-    Key,
-    RunCounts,
-    RunError,
-    Sale,
-    SaleRow,
-)
+from smartgo_exporter.photo_fetcher import Photo
+from smartgo_exporter.run_records import RunCounts, RunError
+from smartgo_exporter.sales import Key, Sale, public_url
+from smartgo_exporter.schema import Embedding, EmbeddingStatus, SaleRow
 from smartgo_exporter.sources import SaleBatch
 
 log = structlog.get_logger(__name__)
@@ -68,15 +62,15 @@ def sort_photos(
     to_fetch: Sequence[Sale], photos: Mapping[str, Photo | PhotoError], counts: RunCounts
 ) -> tuple[list[tuple[Sale, Photo]], list[SaleRow], list[RunError]]:
     """Pair each sale with its fetched photo; a sale whose photo failed becomes a row with
-    `failed:<reason>` and an error naming its URL (credentials and query string removed)."""
+    `failed:<reason>` and an error naming its URL as the table keeps it (`public_url`)."""
     fetched: list[tuple[Sale, Photo]] = []
     failed: list[SaleRow] = []
     errors: list[RunError] = []
     for sale in to_fetch:
-        photo = photos[str(sale.photo_url)]
+        photo = photos[str(sale.fetch_url)]
         if isinstance(photo, PhotoError):
             failed.append(SaleRow(sale, EmbeddingStatus.failed(photo.reason)))
-            errors.append(RunError(sale.sale_id, "photo", photo.reason, redact(photo)))
+            errors.append(RunError(sale.sale_id, "photo", photo.reason, _described(photo)))
             counts.failed += 1
         else:
             fetched.append((sale, photo))
@@ -95,7 +89,7 @@ def embed_photos(
 
     def key(sale: Sale, photo: Photo) -> tuple[str, str | None]:
         # A model that embeds titles too sees one photo with two titles as two inputs.
-        return (photo.sha256, sale.title if embedder.uses_captions else None)
+        return (photo.sha256, sale.title if embedder.include_title else None)
 
     distinct: dict[tuple[str, str | None], Photo] = {}
     for sale, photo in fetched:
@@ -144,12 +138,8 @@ def last_per_key(batches: Sequence[pa.Table]) -> pa.Table:
     return rows.take(sorted(latest.values()))
 
 
-def redact(error: PhotoError) -> str:
-    """The error without the URL's credentials: its userinfo (user:password@) and its query
-    string, where signed URLs keep theirs."""
-    url = error.url.split("?", 1)[0].split("#", 1)[0]
-    scheme, separator, rest = url.partition("://")
-    if separator:
-        authority, slash, path = rest.partition("/")
-        url = f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
-    return f"{url}: {error.reason}" + (f" ({error.detail})" if error.detail else "")
+def _described(error: PhotoError) -> str:
+    """The error for the run record, its URL in the form the table keeps (`public_url`)."""
+    return f"{public_url(error.url)}: {error.reason}" + (
+        f" ({error.detail})" if error.detail else ""
+    )

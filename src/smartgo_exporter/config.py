@@ -19,7 +19,7 @@ from pydantic import model_validator as model_check
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from smartgo_exporter.errors import ConfigError
-from smartgo_exporter.records import SALE_FIELDS
+from smartgo_exporter.sales import SALE_FIELDS
 
 
 def _aws_region() -> str | None:

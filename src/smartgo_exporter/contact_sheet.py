@@ -19,8 +19,8 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from smartgo_exporter.config import PhotoConfig
 from smartgo_exporter.errors import ConfigError, PhotoError
-from smartgo_exporter.images import PhotoFetcher
 from smartgo_exporter.lookup import Match
+from smartgo_exporter.photo_fetcher import PhotoFetcher
 
 TILE = 220
 _CAPTION = 64

@@ -41,7 +41,7 @@ from pyiceberg.table import FileScanTask, Table
 
 from smartgo_exporter.config import IndexConfig, TableConfig
 from smartgo_exporter.errors import ConfigError, IndexMismatch
-from smartgo_exporter.records import ARROW_SCHEMA
+from smartgo_exporter.schema import ARROW_SCHEMA
 from smartgo_exporter.sinks.iceberg import catalog_properties
 
 log = structlog.get_logger(__name__)

@@ -311,7 +311,7 @@ def read_photo(location: str, photos: PhotoConfig) -> bytes:
     """The bytes of a photo given as a path or an http(s) URL, fetched like an export's photos
     (the same address guard, size limit and timeouts); PhotoUnreadable when it cannot be."""
     if location.startswith(("http://", "https://")):
-        from smartgo_exporter.images import PhotoFetcher
+        from smartgo_exporter.photo_fetcher import PhotoFetcher
 
         async def fetch() -> bytes:
             async with PhotoFetcher(photos) as fetcher:

@@ -38,21 +38,13 @@ from smartgo_exporter.batches import (
 from smartgo_exporter.config import Settings
 from smartgo_exporter.embedders import Embedder, load_embedder
 from smartgo_exporter.errors import ExporterError
-from smartgo_exporter.images import Photo, PhotoFetcher
 from smartgo_exporter.index import sync_after_export
+from smartgo_exporter.photo_fetcher import Photo, PhotoFetcher
 from smartgo_exporter.progress import NonFatalProgressStore, load_progress_store
-from smartgo_exporter.records import (
-    EmbeddingStatus,
-    RunCounts,
-    RunError,
-    RunRecord,
-    RunStatus,
-    Sale,
-    SaleRow,
-    StoredRows,
-    rows_to_arrow,
-)
 from smartgo_exporter.reuse import RecentEmbeddings, changed_rows, plan_batch
+from smartgo_exporter.run_records import RunCounts, RunError, RunRecord, RunStatus
+from smartgo_exporter.sales import Sale
+from smartgo_exporter.schema import EmbeddingStatus, SaleRow, StoredRows, rows_to_arrow
 from smartgo_exporter.sinks.iceberg import SalesTable
 from smartgo_exporter.sources import SaleBatch, Source, load_source
 from smartgo_exporter.windows import Window, business_day, catch_up, ensure_over, yesterday
@@ -229,7 +221,7 @@ class _Stages:
                 source_thread=source_thread,
                 table_thread=table_thread,
                 model_thread=model_thread,
-                recent=RecentEmbeddings(uses_titles=embedder.uses_captions),
+                recent=RecentEmbeddings(include_title=embedder.include_title),
             )
         finally:
             source.close()
@@ -430,7 +422,9 @@ async def _prepare(
         sold_within=sold_within(sales),
     )
     embedder = stages.embedder
-    plan = plan_batch(sales, stored, embedder.model_id, counts, uses_titles=embedder.uses_captions)
+    plan = plan_batch(
+        sales, stored, embedder.model_id, counts, include_title=embedder.include_title
+    )
     to_fetch: list[Sale] = []
     for sale in plan.to_fetch:
         if (embedding := stages.recent.get(sale)) is None:
@@ -439,7 +433,7 @@ async def _prepare(
             # Embedded once already in this run, like a photo shared within a batch.
             plan.settled.append(SaleRow(sale, EmbeddingStatus.OK, embedding))
             counts.embedded += 1
-    urls = sorted({sale.photo_url for sale in to_fetch if sale.photo_url})
+    urls = sorted({sale.fetch_url for sale in to_fetch if sale.fetch_url})
     log.debug("photos_fetching", photos=len(urls))
     photos = dict(zip(urls, await fetcher.fetch_all(urls), strict=True))
     fetched, failed, errors = sort_photos(to_fetch, photos, counts)

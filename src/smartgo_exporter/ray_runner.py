@@ -49,8 +49,8 @@ from smartgo_exporter.batches import (
 from smartgo_exporter.config import EmbedderConfig, LocalEmbedderConfig, PhotoConfig, Settings
 from smartgo_exporter.embedders import load_embedder
 from smartgo_exporter.errors import ExporterError, PhotoError, RunnerUnavailable
-from smartgo_exporter.images import Photo, PhotoFetcher
 from smartgo_exporter.logs import configure_logging
+from smartgo_exporter.photo_fetcher import Photo, PhotoFetcher
 from smartgo_exporter.pipeline import (
     BatchDone,
     DayLease,
@@ -62,17 +62,10 @@ from smartgo_exporter.pipeline import (
     new_run_record,
 )
 from smartgo_exporter.progress import NonFatalProgressStore, load_progress_store
-from smartgo_exporter.records import (
-    RunCounts,
-    RunError,
-    RunRecord,
-    RunStatus,
-    Sale,
-    SaleRow,
-    StoredRows,
-    rows_to_arrow,
-)
 from smartgo_exporter.reuse import changed_rows, plan_batch
+from smartgo_exporter.run_records import RunCounts, RunError, RunRecord, RunStatus
+from smartgo_exporter.sales import Sale
+from smartgo_exporter.schema import SaleRow, StoredRows, rows_to_arrow
 from smartgo_exporter.sinks.iceberg import SalesTable
 from smartgo_exporter.sources import SaleBatch, load_source
 from smartgo_exporter.windows import business_day
@@ -178,7 +171,7 @@ def export_on_ray(
                 progress.save(record)
                 return [record]
             backfill = _Backfill(settings, progress, table, trigger, on_batch, len(days))
-            return asyncio.run(backfill.run(days, embedder.model_id, embedder.uses_captions))
+            return asyncio.run(backfill.run(days, embedder.model_id, embedder.include_title))
     finally:
         progress.close()
 
@@ -273,11 +266,13 @@ class _Backfill:
         # after another on one thread, as the catalog's database connections expect.
         self.table_thread = ThreadPoolExecutor(1, thread_name_prefix="table")
 
-    async def run(self, days: Sequence[date], model_id: str, uses_titles: bool) -> list[RunRecord]:
+    async def run(
+        self, days: Sequence[date], model_id: str, include_title: bool
+    ) -> list[RunRecord]:
         try:
             started = await asyncio.gather(*(self._start(day) for day in days))
             if self.running:
-                dataset = self._dataset(model_id, uses_titles)
+                dataset = self._dataset(model_id, include_title)
                 try:
                     await self._commit_output(dataset)
                 except Exception as error:
@@ -313,7 +308,7 @@ class _Backfill:
         self.running[day] = _Day(record, lease, day_log, keep_alive)
         return record
 
-    def _dataset(self, model_id: str, uses_titles: bool) -> ray.data.Dataset:
+    def _dataset(self, model_id: str, include_title: bool) -> ray.data.Dataset:
         """Days -> batches with their photos (tasks) -> embedded rows (the model's actor pool)."""
         log_level = _log_level()
         orders = [
@@ -333,7 +328,7 @@ class _Backfill:
                     _read_day,
                     settings=self.settings,
                     model_id=model_id,
-                    uses_titles=uses_titles,
+                    include_title=include_title,
                     log_level=log_level,
                 ),
                 num_cpus=READ_CPUS,
@@ -438,7 +433,7 @@ class _Backfill:
 
 
 def _read_day(
-    row: dict[str, Any], *, settings: Settings, model_id: str, uses_titles: bool, log_level: int
+    row: dict[str, Any], *, settings: Settings, model_id: str, include_title: bool, log_level: int
 ) -> Iterator[dict[str, bytes]]:
     """A Ray task: read one day's sales in batches and fetch each batch's missing photos.
 
@@ -463,7 +458,7 @@ def _read_day(
             cleanup.callback(getattr(batches, "close", lambda: None))
             for batch in batches:
                 yield _pack(
-                    _fetch_batch(settings, table, order, sequence, batch, model_id, uses_titles)
+                    _fetch_batch(settings, table, order, sequence, batch, model_id, include_title)
                 )
                 sequence += 1
         except Exception as error:
@@ -479,13 +474,13 @@ def _fetch_batch(
     sequence: int,
     batch: SaleBatch,
     model_id: str,
-    uses_titles: bool,
+    include_title: bool,
 ) -> _Fetched:
     """A batch planned against the table: rows complete already, and the photos still needed."""
     sales, counts, errors = select_sales(batch, settings.export.tenant_ids)
     stored = table.stored([sale.key for sale in sales], sold_within=sold_within(sales))
-    plan = plan_batch(sales, stored, model_id, counts, uses_titles=uses_titles)
-    urls = sorted({sale.photo_url for sale in plan.to_fetch if sale.photo_url})
+    plan = plan_batch(sales, stored, model_id, counts, include_title=include_title)
+    urls = sorted({sale.fetch_url for sale in plan.to_fetch if sale.fetch_url})
     photos = dict(zip(urls, asyncio.run(_fetch_photos(settings.photos, urls)), strict=True))
     fetched, failed, photo_errors = sort_photos(plan.to_fetch, photos, counts)
     return _Fetched(

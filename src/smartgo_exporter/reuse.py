@@ -13,15 +13,9 @@ import dataclasses
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
-from smartgo_exporter.records import (
-    SALE_FIELDS,
-    Embedding,
-    EmbeddingStatus,
-    RunCounts,
-    Sale,
-    SaleRow,
-    StoredRows,
-)
+from smartgo_exporter.run_records import RunCounts
+from smartgo_exporter.sales import SALE_FIELDS, Sale
+from smartgo_exporter.schema import Embedding, EmbeddingStatus, SaleRow, StoredRows
 
 
 @dataclasses.dataclass(slots=True)
@@ -39,12 +33,12 @@ def plan_batch(
     model_id: str,
     counts: RunCounts,
     *,
-    uses_titles: bool = False,
+    include_title: bool = False,
 ) -> BatchPlan:
     """Split sales into those complete already and those whose photo must be fetched, counting
     the reused embeddings and the sales without a photo into `counts`.
 
-    With `uses_titles` (a model that embeds the title with the photo), a changed title also
+    With `include_title` (a model that embeds the title with the photo), a changed title also
     needs a new embedding.
     """
     plan = BatchPlan()
@@ -53,7 +47,7 @@ def plan_batch(
             plan.settled.append(SaleRow(sale, EmbeddingStatus.NO_IMAGE))
             counts.no_image += 1
             continue
-        embedding = _stored_embedding(sale, stored, model_id, uses_titles)
+        embedding = _stored_embedding(sale, stored, model_id, include_title)
         if embedding is None:
             plan.to_fetch.append(sale)
         else:
@@ -63,7 +57,7 @@ def plan_batch(
 
 
 def _stored_embedding(
-    sale: Sale, stored: StoredRows, model_id: str, uses_titles: bool
+    sale: Sale, stored: StoredRows, model_id: str, include_title: bool
 ) -> Embedding | None:
     if sale.key not in stored:
         return None
@@ -72,7 +66,7 @@ def _stored_embedding(
         row["embedding_status"] != EmbeddingStatus.OK
         or row["embedding_model"] != model_id
         or row["image_url"] != sale.image_url
-        or (uses_titles and row["title"] != sale.title)
+        or (include_title and row["title"] != sale.title)
     ):
         return None
     vector = stored.vector(sale.key)
@@ -120,8 +114,8 @@ class RecentEmbeddings:
     least recently used are forgotten first, so memory stays flat however long the run.
     """
 
-    def __init__(self, *, uses_titles: bool, capacity: int = 10_000) -> None:
-        self._uses_titles = uses_titles
+    def __init__(self, *, include_title: bool, capacity: int = 10_000) -> None:
+        self._include_title = include_title
         self._capacity = capacity
         self._known: OrderedDict[tuple[str, str | None], Embedding] = OrderedDict()
 
@@ -142,6 +136,6 @@ class RecentEmbeddings:
             self._known.popitem(last=False)
 
     def _key(self, sale: Sale) -> tuple[str, str | None] | None:
-        if not sale.photo_url:
+        if not sale.fetch_url:
             return None
-        return (sale.photo_url, sale.title if self._uses_titles else None)
+        return (sale.fetch_url, sale.title if self._include_title else None)

@@ -29,7 +29,7 @@ from croniter import croniter
 
 from smartgo_exporter.config import Settings
 from smartgo_exporter.pipeline import StopCheck, export
-from smartgo_exporter.records import RunRecord
+from smartgo_exporter.run_records import RunRecord
 
 log = structlog.get_logger(__name__)
 

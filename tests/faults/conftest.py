@@ -57,7 +57,8 @@ import pytest
 from smartgo_exporter.config import Settings
 from smartgo_exporter.errors import ExporterError
 from smartgo_exporter.pipeline import export
-from smartgo_exporter.records import Key, RunRecord, RunStatus
+from smartgo_exporter.run_records import RunRecord, RunStatus
+from smartgo_exporter.sales import Key
 from smartgo_exporter.sinks.iceberg import SalesTable
 
 ROW_PROPERTY = "fault_matrix_row"

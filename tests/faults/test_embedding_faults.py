@@ -23,7 +23,7 @@ from smartgo_exporter.config import Settings
 from smartgo_exporter.demo import DemoPaths
 from smartgo_exporter.embedders.titan import ThrottleBackoff
 from smartgo_exporter.pipeline import export
-from smartgo_exporter.records import RunStatus
+from smartgo_exporter.run_records import RunStatus
 from tests.faults.conftest import FaultReport, day_of, demo_source_sales, key_counts, read_table
 from tests.servers.bedrock import REGION, FakeBedrock
 from tests.test_export import FIRST_DAY, days, settings_of

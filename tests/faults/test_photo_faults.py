@@ -46,7 +46,8 @@ from smartgo_exporter.config import Settings, load_config
 from smartgo_exporter.demo import DemoCatalog, DemoPaths, write_demo_config
 from smartgo_exporter.embedders import local as local_embedder
 from smartgo_exporter.pipeline import export
-from smartgo_exporter.records import Key, RunError, RunRecord, RunStatus
+from smartgo_exporter.run_records import RunError, RunRecord, RunStatus
+from smartgo_exporter.sales import Key
 from tests.faults.conftest import (
     FaultReport,
     Outcome,

@@ -33,7 +33,7 @@ import pytest
 from smartgo_exporter.config import Settings, SqliteProgressConfig
 from smartgo_exporter.demo import DemoPaths
 from smartgo_exporter.progress.sqlite import SqliteProgressStore
-from smartgo_exporter.records import RunRecord, RunStatus
+from smartgo_exporter.run_records import RunRecord, RunStatus
 from tests.faults.conftest import (
     FaultReport,
     converged,

@@ -28,7 +28,7 @@ from smartgo_exporter.config import load_config
 from smartgo_exporter.pipeline import BatchDone, export
 from smartgo_exporter.progress import ProgressStore, load_progress_store
 from smartgo_exporter.progress.sqlite import SqliteProgressStore
-from smartgo_exporter.records import RunStatus
+from smartgo_exporter.run_records import RunStatus
 from smartgo_exporter.sinks.iceberg import SalesTable
 from tests.conftest import SALES_COLUMNS
 from tests.faults.conftest import FaultReport, key_counts, read_table

@@ -23,13 +23,7 @@ from hypothesis import strategies as st
 
 from smartgo_exporter.config import Settings, load_config
 from smartgo_exporter.errors import ConfigError, InvalidSale
-from smartgo_exporter.records import (
-    MONEY_PRECISION,
-    MONEY_SCALE,
-    SALE_FIELDS,
-    Sale,
-    parse_sale,
-)
+from smartgo_exporter.sales import MONEY_PRECISION, MONEY_SCALE, SALE_FIELDS, Sale, parse_sale
 
 BOUNDED = settings(
     max_examples=150,

@@ -44,7 +44,7 @@ from smartgo_exporter.demo import DemoCatalog, DemoPaths
 from smartgo_exporter.errors import ConfigError
 from smartgo_exporter.logs import configure_logging
 from smartgo_exporter.pipeline import export
-from smartgo_exporter.records import RunRecord, RunStatus
+from smartgo_exporter.run_records import RunRecord, RunStatus
 from smartgo_exporter.sources import SaleBatch, Source, load_source
 from smartgo_exporter.windows import Window
 from tests.faults.conftest import key_counts, read_table

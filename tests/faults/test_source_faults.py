@@ -29,7 +29,8 @@ from sqlalchemy.engine import make_url
 
 from smartgo_exporter.config import Settings, load_config
 from smartgo_exporter.pipeline import BatchDone, export
-from smartgo_exporter.records import Key, RunRecord, RunStatus
+from smartgo_exporter.run_records import RunRecord, RunStatus
+from smartgo_exporter.sales import Key
 from smartgo_exporter.sinks.iceberg import SalesTable
 from tests.conftest import SALES_COLUMNS, pos_row
 from tests.faults.conftest import FaultReport, key_counts, read_table

@@ -28,7 +28,7 @@ from sqlalchemy.engine import make_url
 
 from smartgo_exporter.demo import DemoPaths
 from smartgo_exporter.pipeline import BatchDone, export
-from smartgo_exporter.records import RunStatus
+from smartgo_exporter.run_records import RunStatus
 from smartgo_exporter.sinks.iceberg import RUN_ID_PROPERTY, SalesTable
 from tests.faults.conftest import (
     FaultReport,
@@ -47,7 +47,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from smartgo_exporter import load_config
 from smartgo_exporter.errors import SinkError
-from smartgo_exporter.records import EmbeddingStatus, Sale, SaleRow, rows_to_arrow
+from smartgo_exporter.sales import Sale
+from smartgo_exporter.schema import EmbeddingStatus, SaleRow, rows_to_arrow
 from smartgo_exporter.sinks.iceberg import SalesTable
 
 config, tenant, stop, ledger = sys.argv[1:5]

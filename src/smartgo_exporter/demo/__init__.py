@@ -51,7 +51,7 @@ from smartgo_exporter.demo.store import (
     read_demo_meta,
 )
 from smartgo_exporter.pipeline import BatchDone, export
-from smartgo_exporter.records import RunRecord
+from smartgo_exporter.run_records import RunRecord
 
 if TYPE_CHECKING:
     from smartgo_exporter.demo.aws_local import AwsLocalReport

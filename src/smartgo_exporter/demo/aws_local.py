@@ -51,7 +51,7 @@ from smartgo_exporter.demo.layout import AwsEndpoints, DemoPaths, write_aws_loca
 from smartgo_exporter.demo.server import DemoError
 from smartgo_exporter.pipeline import BatchDone, export
 from smartgo_exporter.progress import load_progress_store
-from smartgo_exporter.records import RunRecord
+from smartgo_exporter.run_records import RunRecord
 from smartgo_exporter.sinks.iceberg import SalesTable
 
 INSTALL_HINT = "pip install 'smartgo-exporter[aws-local]'"

@@ -34,7 +34,7 @@ class Embedder(Protocol):
     `captions`, when given, are the products' titles, position for position with `images`
     (None where a product has none). A multimodal model may embed them with the photo, and then
     says so in `model_id`, since such vectors are not comparable with image-only ones, and sets
-    `uses_captions` (so a changed title means a new embedding); an image-only model ignores them.
+    `include_title` (so a changed title means a new embedding); an image-only model ignores them.
 
         embedder = load_embedder(settings.embedder)
         vectors = embedder.embed([open("bag.jpg", "rb").read()], captions=["Leather tote"])
@@ -47,7 +47,7 @@ class Embedder(Protocol):
     def dim(self) -> int: ...
 
     @property
-    def uses_captions(self) -> bool: ...
+    def include_title(self) -> bool: ...
 
     def embed(
         self, images: Sequence[bytes], *, captions: Sequence[str | None] | None = None

@@ -177,7 +177,7 @@ class LocalEmbedder:
         return EMBEDDING_DIM
 
     @property
-    def uses_captions(self) -> bool:
+    def include_title(self) -> bool:
         return False
 
     def embed(

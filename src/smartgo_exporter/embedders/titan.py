@@ -169,7 +169,7 @@ class TitanEmbedder:
         return self._dimension
 
     @property
-    def uses_captions(self) -> bool:
+    def include_title(self) -> bool:
         return self._include_title
 
     def embed(

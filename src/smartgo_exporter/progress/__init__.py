@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
-from smartgo_exporter.records import RunCounts, RunRecord, RunStatus
+from smartgo_exporter.run_records import RunCounts, RunRecord, RunStatus
 
 if TYPE_CHECKING:
     from smartgo_exporter.config import ProgressConfig

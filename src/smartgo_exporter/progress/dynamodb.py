@@ -60,7 +60,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.config import Config
 
 from smartgo_exporter.progress import RunSummary, check_lease_ttl, summarise
-from smartgo_exporter.records import RunCounts, RunRecord, RunStatus
+from smartgo_exporter.run_records import RunCounts, RunRecord, RunStatus
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from smartgo_exporter.progress import RunSummary, check_lease_ttl, summarise
-from smartgo_exporter.records import RunRecord
+from smartgo_exporter.run_records import RunRecord
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

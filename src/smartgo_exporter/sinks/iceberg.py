@@ -64,7 +64,8 @@ from pyiceberg.transforms import IdentityTransform, MonthTransform
 
 from smartgo_exporter.config import TableConfig
 from smartgo_exporter.errors import ConfigError, ExporterError, SinkError
-from smartgo_exporter.records import ARROW_SCHEMA, ICEBERG_SCHEMA, Key, StoredRows
+from smartgo_exporter.sales import Key
+from smartgo_exporter.schema import ARROW_SCHEMA, ICEBERG_SCHEMA, StoredRows
 
 log = structlog.get_logger(__name__)
 

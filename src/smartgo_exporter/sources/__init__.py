@@ -13,7 +13,7 @@ from datetime import tzinfo
 from typing import TYPE_CHECKING, Any, Protocol
 
 from smartgo_exporter.errors import InvalidSale
-from smartgo_exporter.records import Sale, parse_sale
+from smartgo_exporter.sales import Sale, parse_sale
 from smartgo_exporter.windows import Window
 
 if TYPE_CHECKING:

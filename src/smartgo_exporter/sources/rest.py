@@ -35,7 +35,7 @@ import httpx
 
 from smartgo_exporter.config import RestSourceConfig
 from smartgo_exporter.errors import ConfigError, InvalidSale, SourceError
-from smartgo_exporter.records import SALE_FIELDS
+from smartgo_exporter.sales import SALE_FIELDS
 from smartgo_exporter.sources import SaleBatch, parse_batches
 from smartgo_exporter.windows import Window
 

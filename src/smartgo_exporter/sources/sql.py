@@ -48,7 +48,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from smartgo_exporter.config import SqlSourceConfig
 from smartgo_exporter.errors import ConfigError, SourceError
-from smartgo_exporter.records import REQUIRED_SALE_FIELDS, SALE_FIELDS
+from smartgo_exporter.sales import REQUIRED_SALE_FIELDS, SALE_FIELDS
 from smartgo_exporter.sources import SaleBatch, parse_batches
 from smartgo_exporter.windows import Window
 

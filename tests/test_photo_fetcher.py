@@ -31,7 +31,7 @@ from PIL import Image
 
 from smartgo_exporter.config import PhotoConfig
 from smartgo_exporter.errors import PhotoError
-from smartgo_exporter.images import Photo, PhotoFetcher
+from smartgo_exporter.photo_fetcher import Photo, PhotoFetcher
 
 LARGE_BYTES = 5_000
 ALLOWED = "127.0.0.1/32"

@@ -1,23 +1,14 @@
 """Source rows become sales only when every required field is present and sound."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import numpy as np
 import pytest
 
 from smartgo_exporter.errors import InvalidSale
-from smartgo_exporter.records import (
-    ARROW_SCHEMA,
-    ICEBERG_SCHEMA,
-    Embedding,
-    Sale,
-    SaleRow,
-    parse_sale,
-    rows_to_arrow,
-)
+from smartgo_exporter.sales import Sale, parse_sale
 
 NOW = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
 
@@ -94,25 +85,3 @@ def test_a_row_without_sale_id_is_named_by_its_position() -> None:
 
 def test_currency_case_and_spaces_are_normalised() -> None:
     assert parse(row(currency=" gbp ")).currency == "GBP"
-
-
-def test_the_arrow_schema_is_derived_from_the_iceberg_schema() -> None:
-    assert ARROW_SCHEMA.names == [field.name for field in ICEBERG_SCHEMA.fields]
-
-
-def test_rows_become_an_arrow_batch_with_float32_embeddings_and_nulls() -> None:
-    sale = parse(row())
-    vector = np.full(4, 0.5, dtype=np.float32)
-    batch = rows_to_arrow(
-        [
-            SaleRow(sale, "ok", Embedding(vector, "model-a", "ab" * 32, 640, 480)),
-            SaleRow(sale, "no_image"),
-        ],
-        source="smartgo",
-        run_id="run-1",
-        exported_at=NOW + timedelta(hours=1),
-    )
-    assert batch.schema == ARROW_SCHEMA
-    assert batch.column("embedding").to_pylist() == [[0.5] * 4, None]
-    assert batch.column("embedding_dim").to_pylist() == [4, None]
-    assert batch.column("sale_price").to_pylist() == [Decimal("24.50")] * 2

@@ -1,0 +1,260 @@
+"""A sale as the source reports it, validated: the one place source rows are checked.
+
+The SQL and REST sources both turn their rows into `Sale` here, so they reject bad rows the
+same way, with the same field named. `public_url` is the one redactor of photo URLs: what the
+table, the run record and the logs keep of a URL the source gave.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from decimal import Decimal
+from typing import Any
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
+
+from smartgo_exporter.errors import InvalidSale
+
+MONEY_PRECISION, MONEY_SCALE = 12, 2
+_MONEY_LIMIT = Decimal(10) ** (MONEY_PRECISION - MONEY_SCALE)
+_CENT = Decimal("0.01")
+_AMOUNT_TEXT = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+"""An amount written as text: ASCII digits only, so neither '1_000' nor full-width digits pass."""
+
+_SIGNING_PARAMETERS = frozenset(
+    """awsaccesskeyid signature sig expires policy key-pair-id googleaccessid token access_token
+    auth api_key apikey password secret client_secret""".split()
+)
+"""Query parameters of a signed or credentialed URL (S3 SigV2, CloudFront, GCS, Azure SAS, API
+keys), lower-cased; every `x-amz-*` and `x-goog-*` parameter counts too (SigV4 presigning)."""
+
+# Active ISO 4217 codes. A typo such as "EUR " or "eur" is normalised; "EUU" is rejected, because a
+# price in an unknown currency cannot be compared with anything.
+ISO_4217 = frozenset(
+    """AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BRL BSD BTN BWP
+    BYN BZD CAD CDF CHF CLP CNY COP CRC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB EUR FJD FKP GBP
+    GEL GHS GIP GMD GNF GTQ GYD HKD HNL HTG HUF IDR ILS INR IQD IRR ISK JMD JOD JPY KES KGS KHR
+    KMF KPW KRW KWD KYD KZT LAK LBP LKR LRD LSL LYD MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK
+    MXN MYR MZN NAD NGN NIO NOK NPR NZD OMR PAB PEN PGK PHP PKR PLN PYG QAR RON RSD RUB RWF SAR
+    SBD SCR SDG SEK SGD SHP SLE SOS SRD SSP STN SVC SYP SZL THB TJS TMT TND TOP TRY TTD TWD TZS
+    UAH UGX USD UYU UZS VES VND VUV WST XAF XCD XCG XOF XPF YER ZAR ZMW ZWG""".split()
+)
+
+SALE_FIELDS = (
+    "sale_id",
+    "tenant_id",
+    "product_id",
+    "sold_at",
+    "sale_price",
+    "list_price",
+    "currency",
+    "title",
+    "brand",
+    "category",
+    "condition",
+    "image_url",
+    "source_updated_at",
+)
+"""The fields a source maps its columns onto; REQUIRED_SALE_FIELDS must be present."""
+
+REQUIRED_SALE_FIELDS = ("sale_id", "tenant_id", "product_id", "sold_at", "sale_price", "currency")
+
+
+Key = tuple[str, str]
+"""(tenant_id, sale_id): a sale's identity within one source."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Sale:
+    """One sale as the source reported it, validated: money is Decimal, times are aware UTC."""
+
+    sale_id: str
+    tenant_id: str
+    product_id: str
+    sold_at: datetime
+    sale_price: Decimal
+    currency: str
+    list_price: Decimal | None = None
+    title: str | None = None
+    brand: str | None = None
+    category: str | None = None
+    condition: str | None = None
+    image_url: str | None = None
+    """The photo's URL as the table keeps it: without userinfo or signing parameters."""
+    source_updated_at: datetime | None = None
+    fetch_url: str | None = dataclasses.field(default=None, repr=False, compare=False)
+    """The photo's URL exactly as the source gave it, credentials and signature included: only
+    ever downloaded from, never stored, logged or put in an error. A sale made with
+    `image_url` alone is fetched from there."""
+
+    def __post_init__(self) -> None:
+        if self.fetch_url is None and self.image_url is not None:
+            object.__setattr__(self, "fetch_url", self.image_url)
+
+    @property
+    def key(self) -> Key:
+        """(tenant_id, sale_id): unique within one source."""
+        return (self.tenant_id, self.sale_id)
+
+
+def parse_sale(
+    raw: Mapping[str, Any], *, position: int, naive_tz: tzinfo, now: datetime | None = None
+) -> Sale:
+    """Turn one source row (already mapped onto SALE_FIELDS) into a Sale, or raise InvalidSale.
+
+    `position` identifies the row in errors when it has no usable sale id. Naive timestamps are
+    read in `naive_tz`, the zone the source database keeps its wall-clock times in. Nothing is
+    coerced silently: a price with more than two decimals, or a float that is not exactly a
+    cent amount, is an error rather than a rounding.
+    """
+    row = str(position)
+    sale_id = _text(raw.get("sale_id"))
+    if sale_id is None:
+        raise InvalidSale(row, "sale_id", "missing")
+    row = sale_id
+
+    def required_text(name: str) -> str:
+        value = _text(raw.get(name))
+        if value is None:
+            raise InvalidSale(row, name, "missing")
+        return value
+
+    tenant_id = required_text("tenant_id")
+    product_id = required_text("product_id")
+    sold_at = _timestamp(raw.get("sold_at"), row, "sold_at", naive_tz)
+    if sold_at is None:
+        raise InvalidSale(row, "sold_at", "missing")
+    now = now or datetime.now(tz=sold_at.tzinfo)
+    if sold_at > now + timedelta(minutes=5):
+        raise InvalidSale(row, "sold_at", f"in the future ({sold_at.isoformat()})")
+    sale_price = _money(raw.get("sale_price"), row, "sale_price")
+    if sale_price is None:
+        raise InvalidSale(row, "sale_price", "missing")
+    currency = required_text("currency")
+    # Only ASCII is upper-cased: "ısk".upper() is "ISK", a code nobody wrote.
+    currency = currency.upper() if currency.isascii() else currency
+    if currency not in ISO_4217:
+        raise InvalidSale(row, "currency", f"not an ISO 4217 code: {currency[:8]!r}")
+    image_url = _text(raw.get("image_url"))
+    return Sale(
+        sale_id=sale_id,
+        tenant_id=tenant_id,
+        product_id=product_id,
+        sold_at=sold_at,
+        sale_price=sale_price,
+        currency=currency,
+        list_price=_money(raw.get("list_price"), row, "list_price"),
+        title=_text(raw.get("title")),
+        brand=_text(raw.get("brand")),
+        category=_text(raw.get("category")),
+        condition=_text(raw.get("condition")),
+        image_url=public_url(image_url) if image_url else None,
+        source_updated_at=_timestamp(
+            raw.get("source_updated_at"), row, "source_updated_at", naive_tz
+        ),
+        fetch_url=image_url,
+    )
+
+
+def public_url(url: str) -> str:
+    """`url` without userinfo and without the query parameters that sign or authorise it.
+
+    A photo URL comes from the source and may carry credentials (`https://user:pw@host/...`) or a
+    signature (`?X-Amz-Signature=...`): the table, the run record and the logs get this form.
+    It also stays the same when the source signs the same photo anew each night, so the
+    embedding is reused. A URL with neither comes back exactly as it was given.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        # Not parseable as a URL: keep the part before any userinfo or query, to be safe.
+        return re.sub(r"//[^/?#]*@", "//", url).split("?", 1)[0]
+    netloc = parts.netloc.rpartition("@")[2]
+    query = "&".join(
+        part
+        for part in parts.query.split("&")
+        if not _is_signing_parameter(unquote_plus(part.split("=", 1)[0]))
+    )
+    if netloc == parts.netloc and query == parts.query:
+        return url
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _is_signing_parameter(name: str) -> bool:
+    name = name.strip().lower()
+    return name in _SIGNING_PARAMETERS or name.startswith(("x-amz-", "x-goog-"))
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value).strip()
+    return text or None
+
+
+def _money(value: Any, row: str, field: str) -> Decimal | None:
+    """An amount as the exact Decimal the source holds, or InvalidSale; never a rounding.
+
+    Decimal and int are taken as they are; a float by its shortest round-trip form (19.99 stays
+    19.99, not 19.989999...); text only when it is plainly written digits.
+    """
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    amount: Decimal
+    if isinstance(value, Decimal):
+        amount = value
+    elif isinstance(value, bool):
+        raise InvalidSale(row, field, f"not an amount: {value!r}")
+    elif isinstance(value, int):
+        amount = Decimal(value)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidSale(row, field, f"not a finite amount: {value!r}")
+        amount = Decimal(repr(value))
+    elif isinstance(value, str) and _AMOUNT_TEXT.fullmatch(value.strip()):
+        amount = Decimal(value.strip())
+    else:
+        raise InvalidSale(row, field, f"not an amount: {str(value)[:40]!r}")
+    if not amount.is_finite():
+        raise InvalidSale(row, field, f"not a finite amount: {amount}")
+    if amount < 0:
+        raise InvalidSale(row, field, f"negative: {_shown(amount)}")
+    # The range first: quantizing a huge amount would overflow the decimal context.
+    if amount >= _MONEY_LIMIT:
+        raise InvalidSale(row, field, f"too large for decimal(12,2): {_shown(amount)}")
+    if amount != amount.quantize(_CENT):
+        raise InvalidSale(row, field, f"more than two decimal places: {_shown(amount)}")
+    return amount.quantize(_CENT)
+
+
+def _shown(amount: Decimal) -> str:
+    text = str(amount)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
+def _timestamp(value: Any, row: str, field: str, naive_tz: tzinfo) -> datetime | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidSale(row, field, f"not a timestamp: {value[:40]!r}") from None
+    elif isinstance(value, date) and not isinstance(value, datetime):
+        raise InvalidSale(row, field, f"a date without a time: {value.isoformat()}")
+    if not isinstance(value, datetime):
+        raise InvalidSale(row, field, f"not a timestamp: {value!r}")
+    moment: datetime = value if value.tzinfo else value.replace(tzinfo=naive_tz)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise InvalidSale(row, field, f"out of range: {value.isoformat()}") from None
