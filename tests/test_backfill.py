@@ -159,6 +159,22 @@ def test_ray_records_each_day_as_the_local_runner_does(
         stored.close()
 
 
+RUN_OWN_FIELDS = {"run_id", "started_at", "finished_at", "expires_at"}
+"""What makes a run itself rather than its outcome: its id and its times."""
+
+
+def test_both_runners_record_every_field_of_each_day_alike(
+    by_local: Backfilled, by_ray: Backfilled
+) -> None:
+    local, on_ray = by_day(by_local.records), by_day(by_ray.records)
+    assert sum(record.counts.rejected for record in local.values()) > 0
+    assert sum(record.counts.failed for record in local.values()) > 0
+    compared = [f.name for f in dataclasses.fields(RunRecord) if f.name not in RUN_OWN_FIELDS]
+    for day, record in on_ray.items():
+        for name in compared:
+            assert getattr(record, name) == getattr(local[day], name), (day, name)
+
+
 def test_each_ray_snapshot_names_its_run_and_business_day(by_ray: Backfilled) -> None:
     table = SalesTable.open(by_ray.settings.table, source="smartgo").table
     day_of_run = {record.run_id: record.business_date.isoformat() for record in by_ray.records}

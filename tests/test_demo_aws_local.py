@@ -28,8 +28,8 @@ import pytest
 from smartgo_exporter.config import load_config
 from smartgo_exporter.demo import DemoError, DemoOutcome, run_demo
 from smartgo_exporter.demo.aws_local import AwsLocalReport
-from smartgo_exporter.pipeline import BatchDone
 from smartgo_exporter.run_records import RunStatus
+from smartgo_exporter.runs import BatchDone
 from smartgo_exporter.sinks.iceberg import SalesTable
 
 SALES = 150

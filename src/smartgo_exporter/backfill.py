@@ -20,8 +20,9 @@ from smartgo_exporter.config import Settings
 from smartgo_exporter.embedders import load_embedder
 from smartgo_exporter.errors import ConfigError, ExporterError
 from smartgo_exporter.index import sync_after_export
-from smartgo_exporter.pipeline import ProgressCallback, export
+from smartgo_exporter.pipeline import export
 from smartgo_exporter.run_records import RunRecord
+from smartgo_exporter.runs import ProgressCallback
 from smartgo_exporter.sinks.iceberg import load_table
 from smartgo_exporter.windows import days, ensure_over
 

@@ -1,29 +1,171 @@
 """What happens to one batch of sales, whichever runner drives it.
 
-The local pipeline (`pipeline.py`) and the Ray backfill runner move batches differently (an
+The local runner (`pipeline.py`) and the Ray backfill runner move batches differently (an
 event loop and three threads on one machine; tasks and an actor pool on a cluster), but a batch
 must come out the same either way: the same sales kept, the same photo failures recorded with
-the same reasons, each distinct photo embedded once, and the same rows committed. These are
-those steps; each takes what it needs and returns what it found, and the runner records it.
+the same reasons, each distinct photo embedded once, and the same rows committed. So both call
+the same three steps, and only decide where each runs:
+
+    steps = BatchSteps(settings.export, embedder.model_id, embedder.include_title)
+    prepared = await steps.prepare(batch, stored, fetcher)   # read side: table, photos
+    finished = steps.finish(prepared, embedder, run_id)      # model side: embed, diff
+    gathering.add(finished); gathering.commit(table, record) # committer: one snapshot
+
+Each step returns the errors it found instead of recording them, since it may run off the
+thread (or in another process than) the one that owns the run record; the committer records
+them in batch order, so a run's errors read the same from either runner.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from datetime import datetime
+import dataclasses
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
 
 import pyarrow as pa
 import structlog
 
+from smartgo_exporter.config import ExportConfig
 from smartgo_exporter.embedders import Embedder
 from smartgo_exporter.errors import EmbeddingError, PhotoError
-from smartgo_exporter.photo_fetcher import Photo
-from smartgo_exporter.run_records import RunCounts, RunError
+from smartgo_exporter.photo_fetcher import Photo, PhotoFetcher
+from smartgo_exporter.reuse import RecentEmbeddings, changed_rows, plan_batch
+from smartgo_exporter.run_records import RunCounts, RunError, RunRecord
 from smartgo_exporter.sales import Key, Sale, public_url
-from smartgo_exporter.schema import Embedding, EmbeddingStatus, SaleRow
+from smartgo_exporter.schema import Embedding, EmbeddingStatus, SaleRow, StoredRows, rows_to_arrow
+from smartgo_exporter.sinks.iceberg import SalesTable
 from smartgo_exporter.sources import SaleBatch
 
 log = structlog.get_logger(__name__)
+
+StoredLookup = Callable[[list[Key], tuple[datetime, datetime] | None], Awaitable[StoredRows]]
+"""`SalesTable.stored(keys, sold_within=...)`, run wherever the runner keeps the table."""
+
+
+@dataclasses.dataclass
+class PreparedBatch:
+    """A batch ready for the model: rows complete already, and sales with their photos."""
+
+    settled: list[SaleRow]
+    fetched: list[tuple[Sale, Photo]]
+    stored: StoredRows
+    counts: RunCounts
+    errors: list[RunError]
+
+
+@dataclasses.dataclass
+class FinishedBatch:
+    """A batch ready to commit: the rows that differ from the table's (None when none do)."""
+
+    rows: pa.Table | None
+    counts: RunCounts
+    errors: list[RunError]
+
+
+@dataclasses.dataclass
+class BatchSteps:
+    """The steps of a batch, with what they need to know of the export and the model."""
+
+    export: ExportConfig
+    model_id: str
+    include_title: bool
+    recent: RecentEmbeddings = dataclasses.field(init=False)
+    """Embeddings made earlier where these steps run. Where the two sides run in different
+    processes (Ray), the read side knows none, so a photo seen earlier is fetched again, and
+    the model side still embeds it only once."""
+
+    def __post_init__(self) -> None:
+        self.recent = RecentEmbeddings(include_title=self.include_title)
+
+    async def prepare(
+        self, batch: SaleBatch, stored: StoredLookup, fetcher: PhotoFetcher
+    ) -> PreparedBatch:
+        """Keep the batch's valid sales, look up what the table holds for them, and fetch the
+        photos that neither the table nor this run has embedded already."""
+        sales, counts, errors = select_sales(batch, self.export.tenant_ids)
+        rows = await stored([sale.key for sale in sales], sold_within(sales))
+        plan = plan_batch(sales, rows, self.model_id, counts, include_title=self.include_title)
+        to_fetch: list[Sale] = []
+        for sale in plan.to_fetch:
+            if (embedding := self.recent.get(sale)) is None:
+                to_fetch.append(sale)
+            else:
+                # Embedded once already in this run, like a photo shared within a batch.
+                plan.settled.append(SaleRow(sale, EmbeddingStatus.OK, embedding))
+                counts.embedded += 1
+        urls = sorted({sale.fetch_url for sale in to_fetch if sale.fetch_url})
+        log.debug("photos_fetching", photos=len(urls))
+        photos = dict(zip(urls, await fetcher.fetch_all(urls), strict=True))
+        fetched, failed, photo_errors = sort_photos(to_fetch, photos, counts)
+        return PreparedBatch(plan.settled + failed, fetched, rows, counts, errors + photo_errors)
+
+    def finish(self, prepared: PreparedBatch, embedder: Embedder, run_id: str) -> FinishedBatch:
+        """Embed the fetched photos and keep the rows that differ from the table's.
+
+        Raises what the model raises when it fails the whole batch (ModelUnavailable): the run
+        then fails, as it would on any runner.
+        """
+        log.debug("batch_embedding", photos=len(prepared.fetched))
+        counts = prepared.counts
+        reused: list[SaleRow] = []
+        to_embed: list[tuple[Sale, Photo]] = []
+        for sale, photo in prepared.fetched:
+            known = self.recent.get(sale)
+            if known is not None and known.image_sha256 == photo.sha256:
+                reused.append(SaleRow(sale, EmbeddingStatus.OK, known))
+                counts.embedded += 1
+            else:
+                to_embed.append((sale, photo))
+        embedded, errors = embed_photos(embedder, to_embed, counts)
+        self.recent.remember(embedded)
+        to_write = changed_rows(prepared.settled + reused + embedded, prepared.stored, counts)
+        log.debug("batch_embedded", **dataclasses.asdict(counts))
+        rows = (
+            rows_to_arrow(
+                to_write, source=self.export.source_name, run_id=run_id, exported_at=_now()
+            )
+            if to_write
+            else None
+        )
+        return FinishedBatch(rows, counts, prepared.errors + errors)
+
+
+@dataclasses.dataclass
+class Gathering:
+    """Finished batches gathered for one commit: a commit per `commit_rows` rows keeps the
+    files large and the snapshots few, while batches stay small enough to hold their photos."""
+
+    tables: list[pa.Table] = dataclasses.field(default_factory=list)
+    counts: RunCounts = dataclasses.field(default_factory=RunCounts)
+    rows: int = 0
+
+    def add(self, finished: FinishedBatch, record: RunRecord) -> None:
+        """Gather a batch, recording its errors in the run's record."""
+        for error in finished.errors:
+            record.record_error(error)
+        if finished.rows is not None:
+            self.tables.append(finished.rows)
+            self.rows += finished.rows.num_rows
+        self.counts.add(finished.counts)
+
+    def commit(self, table: SalesTable, record: RunRecord) -> RunCounts:
+        """Upsert what was gathered in one snapshot, add its counts to the record, and start
+        gathering anew; returns the counts committed. Blocking: the runner picks the thread."""
+        if self.tables:
+            table.upsert(
+                last_per_key(self.tables), run_id=record.run_id, business_date=record.business_date
+            )
+        committed = self.counts
+        record.counts.add(committed)
+        # Named here, not left to the caller's context: the Ray driver commits many days at once.
+        day = record.business_date.isoformat()
+        log.info("batch_committed", run_id=record.run_id, day=day, **dataclasses.asdict(committed))
+        self.tables, self.counts, self.rows = [], RunCounts(), 0
+        return committed
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 def select_sales(

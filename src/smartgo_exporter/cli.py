@@ -33,9 +33,10 @@ from smartgo_exporter.cli_edge import (
 from smartgo_exporter.config import load_config
 from smartgo_exporter.demo.store import DEFAULT_SALES
 from smartgo_exporter.logs import configure_logging
-from smartgo_exporter.pipeline import BatchDone, export
+from smartgo_exporter.pipeline import export
 from smartgo_exporter.progress import load_progress_store
 from smartgo_exporter.run_records import RunRecord, RunStatus
+from smartgo_exporter.runs import BatchDone
 from smartgo_exporter.sinks import compaction
 from smartgo_exporter.sinks.iceberg import SalesTable, create_table
 from smartgo_exporter.windows import days

@@ -6,13 +6,13 @@ what the table already holds and fetches the photos still needed; an actor pool 
 cluster's CPUs embeds them, each actor loading the model once, and keeps the rows that changed;
 the driver is the one committer: it takes each day's batches in the order they were read,
 upserts them every `commit_rows` rows and at the end of the day, and writes the day's run record.
-What a batch goes through is `batches.py` and `reuse.py`, as in the local runner, so the table
-comes out as `pipeline.export` would write it.
+What a batch goes through is `batches.BatchSteps`, the local runner's own steps, so the table
+comes out as `pipeline.export` would write it; this module only decides where each step runs.
 
-Per day, the run is the local runner's: its lease is held while it runs (here every day is
-leased up front, since all run at once), a RUNNING record is saved at its start and its outcome
-at its end, with the same counts and errors. One thing differs: a failed day does not stop the
-others, which are running already; each gets its own record.
+Per day, the run is the local runner's `runs.DayRun`: its lease is held while it runs (here
+every day is leased up front, since all run at once), a RUNNING record is saved at its start and
+its outcome at its end, with the same counts and errors. One thing differs: a failed day does
+not stop the others, which are running already; each gets its own record.
 
 Between stages, an item is one pickled dataclass in a binary column: Ray Data then has nothing
 to infer, and a batch arrives as the same Python objects the local runner hands on.
@@ -32,42 +32,31 @@ import pickle
 import socket
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import structlog
 
-from smartgo_exporter.batches import (
-    embed_photos,
-    last_per_key,
-    select_sales,
-    sold_within,
-    sort_photos,
-)
-from smartgo_exporter.config import EmbedderConfig, LocalEmbedderConfig, PhotoConfig, Settings
+from smartgo_exporter.batches import BatchSteps, FinishedBatch, Gathering, PreparedBatch
+from smartgo_exporter.config import EmbedderConfig, ExportConfig, LocalEmbedderConfig, Settings
 from smartgo_exporter.embedders import load_embedder
-from smartgo_exporter.errors import ExporterError, PhotoError, RunnerUnavailable
+from smartgo_exporter.errors import ExporterError, RunnerUnavailable
 from smartgo_exporter.logs import configure_logging
-from smartgo_exporter.photo_fetcher import Photo, PhotoFetcher
-from smartgo_exporter.pipeline import (
-    BatchDone,
-    DayLease,
-    ProgressCallback,
-    close_interrupted_runs,
-    failed_run_record,
-    lease_name,
-    lock_out,
-    new_run_record,
-)
+from smartgo_exporter.photo_fetcher import PhotoFetcher
 from smartgo_exporter.progress import NonFatalProgressStore, load_progress_store
-from smartgo_exporter.reuse import changed_rows, plan_batch
-from smartgo_exporter.run_records import RunCounts, RunError, RunRecord, RunStatus
-from smartgo_exporter.sales import Sale
-from smartgo_exporter.schema import SaleRow, StoredRows, rows_to_arrow
+from smartgo_exporter.run_records import RunError, RunRecord
+from smartgo_exporter.runs import (
+    BatchDone,
+    DayRun,
+    ProgressCallback,
+    failed_run_record,
+    run_failure,
+)
+from smartgo_exporter.sales import Key
+from smartgo_exporter.schema import StoredRows
 from smartgo_exporter.sinks.iceberg import SalesTable
-from smartgo_exporter.sources import SaleBatch, load_source
+from smartgo_exporter.sources import load_source
 from smartgo_exporter.windows import business_day
 
 INSTALL_HINT = "pip install 'smartgo-exporter[ray]'"
@@ -105,22 +94,16 @@ class _Fetched:
     run_id: str
     sequence: int
     """The batch's place in its day's stream, from 0: the committer takes batches in order."""
-    settled: list[SaleRow]
-    fetched: list[tuple[Sale, Photo]]
-    stored: StoredRows
-    counts: RunCounts
-    errors: list[RunError]
+    prepared: PreparedBatch
 
 
 @dataclasses.dataclass
 class _Embedded:
-    """A batch ready to commit: the rows that differ from the table's (None when none do)."""
+    """A batch through the model: finished, or the failure that fails its day."""
 
     day: date
     sequence: int
-    rows: pa.Table | None
-    counts: RunCounts
-    errors: list[RunError]
+    finished: FinishedBatch | None
     failure: RunError | None = None
     """Why the model failed the whole batch; the day then fails, as in the local runner."""
 
@@ -229,17 +212,11 @@ def _without_ray_progress_bars() -> Iterator[None]:
 class _Day:
     """The committer's view of one day in flight."""
 
-    record: RunRecord
-    lease: DayLease
-    log: structlog.typing.FilteringBoundLogger
-    keep_alive: asyncio.Task[None]
+    run: DayRun
     next_sequence: int = 0
     arrived: dict[int, _Embedded | _DayRead] = dataclasses.field(default_factory=dict)
     """Items that came before an earlier batch of their day, by sequence."""
-    tables: list[pa.Table] = dataclasses.field(default_factory=list)
-    gathered: RunCounts = dataclasses.field(default_factory=RunCounts)
-    """Counts of the batches in `tables`, added to the record when they are committed."""
-    rows: int = 0
+    gathering: Gathering = dataclasses.field(default_factory=Gathering)
 
 
 class _Backfill:
@@ -280,7 +257,7 @@ class _Backfill:
                     # node, a lost worker): no running day can complete.
                     log.error("backfill_failed", error=str(error), exc_info=True)
                     for day in list(self.running.values()):
-                        self._finish(day, _failure(error))
+                        self._finish(day, run_failure(error))
             return list(started)
         finally:
             # Only when the backfill itself is stopped (Ctrl-C): its days' records say so.
@@ -290,29 +267,19 @@ class _Backfill:
             self.table_thread.shutdown(wait=True, cancel_futures=True)
 
     async def _start(self, day: date) -> RunRecord:
-        """Take the day's lease and record the run as RUNNING; or record it locked out."""
-        export = self.settings.export
-        record = new_run_record(self.settings, business_day(day, export.timezone), self.trigger)
-        day_log = log.bind(run_id=record.run_id, day=day.isoformat())
-        lease = DayLease(self.progress, lease_name(self.settings, day), record.run_id)
-        if not await lease.acquire(export.lease_seconds, export.lock_wait_seconds):
-            lock_out(record, export.lease_seconds)
-            day_log.error("run_locked_out")
-            self.progress.save(record)
+        run = await DayRun.start(self.settings, self.progress, day, self.trigger, runner="ray")
+        if run.record.finished:
             self.days_done += 1
-            return record
-        day_log.info("run_started", window_start=record.window_start.isoformat(), runner="ray")
-        self.progress.save(record)
-        close_interrupted_runs(self.progress, record)
-        keep_alive = asyncio.create_task(lease.keep_alive(export.lease_seconds))
-        self.running[day] = _Day(record, lease, day_log, keep_alive)
-        return record
+        else:
+            self.running[day] = _Day(run)
+        return run.record
 
     def _dataset(self, model_id: str, include_title: bool) -> ray.data.Dataset:
         """Days -> batches with their photos (tasks) -> embedded rows (the model's actor pool)."""
         log_level = _log_level()
         orders = [
-            _pack(_DayToRead(day, running.record.run_id)) for day, running in self.running.items()
+            _pack(_DayToRead(day, running.run.record.run_id))
+            for day, running in self.running.items()
         ]
         # One CPU is left to the reading tasks, so the actors can never take every CPU and
         # starve the stage that feeds them.
@@ -337,7 +304,7 @@ class _Backfill:
                 _ModelActor,
                 fn_constructor_kwargs={
                     "config": embedder,
-                    "source_name": self.settings.export.source_name,
+                    "export": self.settings.export,
                     "log_level": log_level,
                 },
                 batch_size=1,
@@ -364,8 +331,8 @@ class _Backfill:
                         await self._take(day, ready)
                     except Exception as error:
                         _log_if_unexpected(error)
-                        self._finish(day, _failure(error))
-                    if day.record.finished:
+                        self._finish(day, run_failure(error))
+                    if day.run.record.finished:
                         break
         finally:
             # Not waiting: when the backfill is stopped, the thread may be waiting on Ray still.
@@ -375,58 +342,33 @@ class _Backfill:
         """Gather a batch, committing every `commit_rows` rows; at the day's end, finish it."""
         if isinstance(item, _DayRead):
             # Also when reading failed midway: the batches read before are kept, as locally.
-            if day.gathered.sales:
+            if day.gathering.counts.sales:
                 await self._commit(day)
             self._finish(day, item.failure)
             return
-        for error in item.errors:
-            day.record.record_error(error)
-        if item.failure is not None:
+        if item.finished is None:
             # What was gathered is not committed: the local runner fails the same way.
             self._finish(day, item.failure)
             return
-        if item.rows is not None:
-            day.tables.append(item.rows)
-            day.rows += item.rows.num_rows
-        day.gathered.add(item.counts)
-        if day.rows >= self.settings.export.commit_rows:
+        day.gathering.add(item.finished, day.run.record)
+        if day.gathering.rows >= self.settings.export.commit_rows:
             await self._commit(day)
 
     async def _commit(self, day: _Day) -> None:
-        record = day.record
-        if day.tables:
-            await asyncio.get_running_loop().run_in_executor(
-                self.table_thread,
-                lambda: self.table.upsert(
-                    last_per_key(day.tables),
-                    run_id=record.run_id,
-                    business_date=record.business_date,
-                ),
-            )
-        record.counts.add(day.gathered)
-        day.log.info("batch_committed", **dataclasses.asdict(day.gathered))
+        record = day.run.record
+        committed = await asyncio.get_running_loop().run_in_executor(
+            self.table_thread, day.gathering.commit, self.table, record
+        )
         if self.on_batch is not None:
-            done = BatchDone(record.business_date, day.gathered, self.days_done, self.days_total)
-            self.on_batch(done)
-        day.tables, day.gathered, day.rows = [], RunCounts(), 0
+            self.on_batch(
+                BatchDone(record.business_date, committed, self.days_done, self.days_total)
+            )
 
     def _finish(self, day: _Day, failure: RunError | None) -> None:
         """Record the day's outcome and let go of it."""
-        record = day.record
-        if failure is not None:
-            record.status = RunStatus.FAILED
-            record.message = failure.detail
-            record.record_error(failure)
-            day.log.error("run_failed", error=record.message)
-        else:
-            record.status = RunStatus.SUCCEEDED if not record.counts.rejected else RunStatus.PARTIAL
-        record.finished_at = datetime.now(UTC)
-        self.progress.save(record)
-        day.keep_alive.cancel()
-        day.lease.release()
+        record = day.run.finish(failure)
         del self.running[record.business_date]
         self.days_done += 1
-        day.log.info("run_finished", status=str(record.status), **dataclasses.asdict(record.counts))
 
 
 # --- what runs on the cluster -------------------------------------------------------------------
@@ -435,110 +377,72 @@ class _Backfill:
 def _read_day(
     row: dict[str, Any], *, settings: Settings, model_id: str, include_title: bool, log_level: int
 ) -> Iterator[dict[str, bytes]]:
-    """A Ray task: read one day's sales in batches and fetch each batch's missing photos.
+    """A Ray task: read one day's sales in batches and fetch each batch's missing photos, over
+    one connection pool for the day.
 
     Ends the day's stream with a _DayRead, also when the source or the table fails midway.
     """
     order: _DayToRead = _unpack(row)
     configure_logging(logging.getLevelName(log_level))
     export = settings.export
+    steps = BatchSteps(export, model_id, include_title)
     sequence = 0
     failure: RunError | None = None
     with (
         structlog.contextvars.bound_contextvars(run_id=order.run_id, day=order.day.isoformat()),
+        asyncio.Runner() as loop,
         contextlib.ExitStack() as cleanup,
     ):
         try:
             source = load_source(settings.source)
             cleanup.callback(source.close)
             table = SalesTable.open(settings.table, source=export.source_name, create=False)
+            fetcher = loop.run(PhotoFetcher(settings.photos).__aenter__())
+            cleanup.callback(lambda: loop.run(fetcher.__aexit__(None, None, None)))
+
+            async def stored(
+                keys: list[Key], sold_within: tuple[datetime, datetime] | None
+            ) -> StoredRows:
+                return table.stored(keys, sold_within=sold_within)
+
             window = business_day(order.day, export.timezone)
             batches = source.read(window, export.batch_size, export.tenant_ids)
             # Closed before the source, so a database cursor is not left to the collector.
             cleanup.callback(getattr(batches, "close", lambda: None))
             for batch in batches:
-                yield _pack(
-                    _fetch_batch(settings, table, order, sequence, batch, model_id, include_title)
-                )
+                prepared = loop.run(steps.prepare(batch, stored, fetcher))
+                yield _pack(_Fetched(order.day, order.run_id, sequence, prepared))
                 sequence += 1
         except Exception as error:
             _log_if_unexpected(error)
-            failure = _failure(error)
+            failure = run_failure(error)
     yield _pack(_DayRead(order.day, sequence, failure))
 
 
-def _fetch_batch(
-    settings: Settings,
-    table: SalesTable,
-    order: _DayToRead,
-    sequence: int,
-    batch: SaleBatch,
-    model_id: str,
-    include_title: bool,
-) -> _Fetched:
-    """A batch planned against the table: rows complete already, and the photos still needed."""
-    sales, counts, errors = select_sales(batch, settings.export.tenant_ids)
-    stored = table.stored([sale.key for sale in sales], sold_within=sold_within(sales))
-    plan = plan_batch(sales, stored, model_id, counts, include_title=include_title)
-    urls = sorted({sale.fetch_url for sale in plan.to_fetch if sale.fetch_url})
-    photos = dict(zip(urls, asyncio.run(_fetch_photos(settings.photos, urls)), strict=True))
-    fetched, failed, photo_errors = sort_photos(plan.to_fetch, photos, counts)
-    return _Fetched(
-        day=order.day,
-        run_id=order.run_id,
-        sequence=sequence,
-        settled=plan.settled + failed,
-        fetched=fetched,
-        stored=stored,
-        counts=counts,
-        errors=errors + photo_errors,
-    )
-
-
-async def _fetch_photos(config: PhotoConfig, urls: Sequence[str]) -> list[Photo | PhotoError]:
-    async with PhotoFetcher(config) as fetcher:
-        return await fetcher.fetch_all(urls)
-
-
 class _ModelActor:
-    """An actor of the model pool: loads the embedder once, then embeds batch after batch."""
+    """An actor of the model pool: loads the embedder once, then finishes batch after batch."""
 
-    def __init__(self, config: EmbedderConfig, source_name: str, log_level: int) -> None:
+    def __init__(self, config: EmbedderConfig, export: ExportConfig, log_level: int) -> None:
         configure_logging(logging.getLevelName(log_level))
         self.embedder = load_embedder(config)
-        self.source_name = source_name
+        self.steps = BatchSteps(export, self.embedder.model_id, self.embedder.include_title)
 
     def __call__(self, batch: dict[str, np.ndarray[Any, Any]]) -> dict[str, list[bytes]]:
-        return {ITEM: [_pack_item(self._embed(_unpack_item(payload))) for payload in batch[ITEM]]}
+        return {ITEM: [_pack_item(self._finish(_unpack_item(payload))) for payload in batch[ITEM]]}
 
-    def _embed(self, item: _Fetched | _DayRead) -> _Embedded | _DayRead:
+    def _finish(self, item: _Fetched | _DayRead) -> _Embedded | _DayRead:
         if isinstance(item, _DayRead):
             return item
         with structlog.contextvars.bound_contextvars(run_id=item.run_id, day=item.day.isoformat()):
             try:
-                embedded, errors = embed_photos(self.embedder, item.fetched, item.counts)
+                finished = self.steps.finish(item.prepared, self.embedder, item.run_id)
             except Exception as error:
                 _log_if_unexpected(error)
-                failure = _failure(error)
-                return _Embedded(item.day, item.sequence, None, item.counts, item.errors, failure)
-        rows = item.settled + embedded
-        to_write = changed_rows(rows, item.stored, item.counts)
-        table = (
-            rows_to_arrow(
-                to_write, source=self.source_name, run_id=item.run_id, exported_at=datetime.now(UTC)
-            )
-            if to_write
-            else None
-        )
-        return _Embedded(item.day, item.sequence, table, item.counts, item.errors + errors)
+                return _Embedded(item.day, item.sequence, None, run_failure(error))
+        return _Embedded(item.day, item.sequence, finished)
 
 
 # --- small helpers -------------------------------------------------------------------------------
-
-
-def _failure(error: Exception) -> RunError:
-    """A run-wide failure as the local runner records it."""
-    return RunError("", "run", type(error).__name__, str(error) or type(error).__name__)
 
 
 def _log_if_unexpected(error: Exception) -> None:

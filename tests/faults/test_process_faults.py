@@ -62,10 +62,21 @@ import json, os, signal, sys, threading, time
 from datetime import date
 import structlog
 from pyiceberg.table import Transaction
-from smartgo_exporter import export, load_config, pipeline
+from smartgo_exporter import export, load_config
+from smartgo_exporter.embedders import load_embedder
 from smartgo_exporter.logs import configure_logging
 import smartgo_exporter.embedders.local, smartgo_exporter.embedders.efficientnet_lite
 import smartgo_exporter.sources.sql, smartgo_exporter.progress.sqlite, onnxruntime
+
+class SlowEmbedder:
+    def __init__(self, embedder, delay):
+        self.embedder, self.delay = embedder, delay
+        self.model_id, self.dim = embedder.model_id, embedder.dim
+        self.include_title = embedder.include_title
+
+    def embed(self, images, *, captions=None):
+        time.sleep(self.delay)
+        return self.embedder.embed(images, captions=captions)
 
 def trial(config, day, event, occurrence, delay, log, settings):
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
@@ -96,18 +107,14 @@ def trial(config, day, event, occurrence, delay, log, settings):
         return commit(self)
 
     Transaction.commit_transaction = commit_transaction
+    settings = load_config(config, **settings)
+    embedder = load_embedder(settings.embedder)
     if event == "batch_embedding" and delay:
         # Five photos embed in about 50 ms, so a kill up to 0.15 s after the last batch's
         # `batch_embedding` could land after the run had recorded its outcome; held this long,
         # the embedding step is still under way when the kill comes.
-        embed = pipeline.embed_photos
-
-        def embed_photos(*args):
-            time.sleep(delay)
-            return embed(*args)
-
-        pipeline.embed_photos = embed_photos
-    export(load_config(config, **settings), [date.fromisoformat(day)])
+        embedder = SlowEmbedder(embedder, delay)
+    export(settings, [date.fromisoformat(day)], embedder=embedder)
     print("the export finished before the kill", file=sys.stderr, flush=True)
 
 print("ready", flush=True)

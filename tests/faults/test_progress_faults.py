@@ -23,12 +23,13 @@ import pytest
 import sqlalchemy as sa
 from structlog.testing import capture_logs
 
-from smartgo_exporter import pipeline, windows
+from smartgo_exporter import windows
 from smartgo_exporter.config import load_config
-from smartgo_exporter.pipeline import BatchDone, export
+from smartgo_exporter.pipeline import export
 from smartgo_exporter.progress import ProgressStore, load_progress_store
 from smartgo_exporter.progress.sqlite import SqliteProgressStore
 from smartgo_exporter.run_records import RunStatus
+from smartgo_exporter.runs import BatchDone
 from smartgo_exporter.sinks.iceberg import SalesTable
 from tests.conftest import SALES_COLUMNS
 from tests.faults.conftest import FaultReport, key_counts, read_table
@@ -202,25 +203,19 @@ class EveryOtherCallFails:
 def test_a_store_failing_every_other_call_never_stops_the_export(
     sales_db: SalesDatabase,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     fault_report: FaultReport,
 ) -> None:
     rows = day_of_sales(40)
     sales_db.insert(*rows)
     settings = export_settings(tmp_path, sales_db.url)
-    flaky: list[EveryOtherCallFails] = []
+    flaky = EveryOtherCallFails(load_progress_store(settings.progress))
 
-    def open_flaky_store(*args: Any, **kwargs: Any) -> EveryOtherCallFails:
-        flaky.append(EveryOtherCallFails(load_progress_store(*args, **kwargs)))
-        return flaky[-1]
-
-    with monkeypatch.context() as patched, capture_logs() as logs:
-        patched.setattr(pipeline, "load_progress_store", open_flaky_store)  # where export finds it
-        records = export(settings, [DAY])
+    with contextlib.closing(flaky), capture_logs() as logs:
+        records = export(settings, [DAY], progress=flaky)
 
     assert [r.status for r in records] == [RunStatus.SUCCEEDED]
-    assert flaky[0].failed >= 2
-    assert sum(entry["log_level"] == "warning" for entry in logs) >= flaky[0].failed
+    assert flaky.failed >= 2
+    assert sum(entry["log_level"] == "warning" for entry in logs) >= flaky.failed
     fault_report.record(
         fault="progress store: fails every other call",
         injected="the SQLite store wrapped to raise 'database is locked' on every second call",
@@ -238,7 +233,7 @@ import json, os, sys, time
 from datetime import date
 from smartgo_exporter import export, load_config
 
-from smartgo_exporter.pipeline import DayLease
+from smartgo_exporter.runs import DayLease
 
 config, day, go, hold = sys.argv[1], date.fromisoformat(sys.argv[2]), sys.argv[3], sys.argv[4]
 settings = load_config(config)

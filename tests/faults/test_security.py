@@ -38,7 +38,6 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import make_url
 
-from smartgo_exporter import pipeline
 from smartgo_exporter.config import Settings, load_config
 from smartgo_exporter.demo import DemoCatalog, DemoPaths
 from smartgo_exporter.errors import ConfigError
@@ -392,13 +391,13 @@ class TenantBlindSource:
 
 @pytest.mark.parametrize("sales_db", ["sqlite"], indirect=True)
 def test_the_pipeline_drops_other_tenants_even_from_a_source_that_ignores_the_filter(
-    sales_db: SalesDatabase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sales_db: SalesDatabase, tmp_path: Path
 ) -> None:
     sales_db.insert(*day_of_sales(10))
     settings = export_settings(tmp_path, sales_db.url, export={"tenant_ids": ["1"]})
-    monkeypatch.setattr(pipeline, "load_source", lambda c: TenantBlindSource(load_source(c)))
 
-    export(settings, [DAY])
+    with contextlib.closing(TenantBlindSource(load_source(settings.source))) as source:
+        export(settings, [DAY], source=source)
 
     assert tenants_in(settings) == {"1"}
 

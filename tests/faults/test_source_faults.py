@@ -28,8 +28,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from smartgo_exporter.config import Settings, load_config
-from smartgo_exporter.pipeline import BatchDone, export
+from smartgo_exporter.pipeline import export
 from smartgo_exporter.run_records import RunRecord, RunStatus
+from smartgo_exporter.runs import BatchDone
 from smartgo_exporter.sales import Key
 from smartgo_exporter.sinks.iceberg import SalesTable
 from tests.conftest import SALES_COLUMNS, pos_row

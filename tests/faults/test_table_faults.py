@@ -27,8 +27,9 @@ import structlog
 from sqlalchemy.engine import make_url
 
 from smartgo_exporter.demo import DemoPaths
-from smartgo_exporter.pipeline import BatchDone, export
+from smartgo_exporter.pipeline import export
 from smartgo_exporter.run_records import RunStatus
+from smartgo_exporter.runs import BatchDone
 from smartgo_exporter.sinks.iceberg import RUN_ID_PROPERTY, SalesTable
 from tests.faults.conftest import (
     FaultReport,

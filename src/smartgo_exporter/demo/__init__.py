@@ -50,8 +50,9 @@ from smartgo_exporter.demo.store import (
     plan_demo,
     read_demo_meta,
 )
-from smartgo_exporter.pipeline import BatchDone, export
+from smartgo_exporter.pipeline import export
 from smartgo_exporter.run_records import RunRecord
+from smartgo_exporter.runs import BatchDone
 
 if TYPE_CHECKING:
     from smartgo_exporter.demo.aws_local import AwsLocalReport

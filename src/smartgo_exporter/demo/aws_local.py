@@ -49,9 +49,10 @@ from typing import Any
 from smartgo_exporter.config import DynamoProgressConfig, Settings, load_config
 from smartgo_exporter.demo.layout import AwsEndpoints, DemoPaths, write_aws_local_config
 from smartgo_exporter.demo.server import DemoError
-from smartgo_exporter.pipeline import BatchDone, export
+from smartgo_exporter.pipeline import export
 from smartgo_exporter.progress import load_progress_store
 from smartgo_exporter.run_records import RunRecord
+from smartgo_exporter.runs import BatchDone
 from smartgo_exporter.sinks.iceberg import SalesTable
 
 INSTALL_HINT = "pip install 'smartgo-exporter[aws-local]'"
