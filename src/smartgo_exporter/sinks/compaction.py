@@ -48,7 +48,7 @@ from pyiceberg.expressions import (
     GreaterThanOrEqual,
     LessThan,
 )
-from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files
+from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.manifest import DataFile
 from pyiceberg.table import FileScanTask, Table, TableProperties
 from pyiceberg.table.metadata import TableMetadata
@@ -58,6 +58,7 @@ from pyiceberg.utils.bin_packing import ListPacker
 
 from smartgo_exporter.config import TableConfig
 from smartgo_exporter.errors import ConfigError, SinkError
+from smartgo_exporter.sinks.data_files import write_data_files
 from smartgo_exporter.sinks.iceberg import (
     BUSINESS_DATE_PROPERTY,
     SOURCE_PROPERTY,
@@ -326,9 +327,7 @@ def _rewrite(
         snapshot.delete_by_predicate(partition.row_filter)
         for bin_ in bins:
             rows = _read(table, bin_).sort_by("sold_at")
-            written.extend(
-                _dataframe_to_data_files(writer_metadata, rows, table.io, commit_uuid, counter)
-            )
+            written.extend(write_data_files(writer_metadata, rows, table.io, commit_uuid, counter))
         rows_before = sum(data_file.record_count for data_file in replaced)
         rows_after = sum(data_file.record_count for data_file in written)
         if rows_after != rows_before:

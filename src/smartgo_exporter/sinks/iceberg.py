@@ -56,7 +56,7 @@ from pyiceberg.expressions import (
     LessThanOrEqual,
     Or,
 )
-from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files
+from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.table import FileScanTask, Table
 from pyiceberg.table.sorting import SortField, SortOrder
@@ -66,6 +66,7 @@ from smartgo_exporter.config import TableConfig
 from smartgo_exporter.errors import ConfigError, ExporterError, SinkError
 from smartgo_exporter.sales import Key
 from smartgo_exporter.schema import ARROW_SCHEMA, ICEBERG_SCHEMA, StoredRows
+from smartgo_exporter.sinks.data_files import write_data_files
 
 log = structlog.get_logger(__name__)
 
@@ -416,13 +417,11 @@ class SalesTable:
                         continue
                     snapshot.delete_data_file(task.file)
                     if kept.num_rows:
-                        for data_file in _dataframe_to_data_files(
+                        for data_file in write_data_files(
                             metadata, kept, self.table.io, commit_uuid, counter
                         ):
                             snapshot.append_data_file(data_file)
-            for data_file in _dataframe_to_data_files(
-                metadata, rows, self.table.io, commit_uuid, counter
-            ):
+            for data_file in write_data_files(metadata, rows, self.table.io, commit_uuid, counter):
                 snapshot.append_data_file(data_file)
         transaction.commit_transaction()
 
