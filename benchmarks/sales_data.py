@@ -21,7 +21,8 @@ import pyarrow as pa
 from pyiceberg.catalog import load_catalog
 
 from smartgo_exporter import export
-from smartgo_exporter.config import Settings, load_config
+from smartgo_exporter.config import Settings
+from smartgo_exporter.config_loader import load_config
 from smartgo_exporter.demo.store import INSERT_SALE, SALE_COLUMNS, SALES_TABLE, SCHEMA
 from smartgo_exporter.logs import configure_logging
 from smartgo_exporter.run_records import RunStatus

@@ -29,7 +29,8 @@ from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
 from smartgo_exporter.cli import app
-from smartgo_exporter.config import IndexConfig, Settings, TableConfig, load_config
+from smartgo_exporter.config import IndexConfig, Settings, TableConfig
+from smartgo_exporter.config_loader import load_config
 from smartgo_exporter.demo import SALE_COLUMNS, DemoCatalog, DemoPaths
 from smartgo_exporter.errors import ConfigError, SinkError
 from smartgo_exporter.lookup import Lookup, update_indexes

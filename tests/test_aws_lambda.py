@@ -16,7 +16,8 @@ import structlog
 
 from smartgo_exporter import aws_lambda
 from smartgo_exporter.aws_lambda import ExportFailed, handler
-from smartgo_exporter.config import Settings, load_config
+from smartgo_exporter.config import Settings
+from smartgo_exporter.config_loader import load_config
 from smartgo_exporter.demo import DemoCatalog, DemoPaths
 from smartgo_exporter.progress.sqlite import SqliteProgressStore
 from tests.demo_store import FIRST_DAY, copy_of_store, distinct_keys, table_rows

@@ -18,7 +18,7 @@ import structlog
 
 from smartgo_exporter import aws_lookup
 from smartgo_exporter.aws_lookup import handler
-from smartgo_exporter.config import load_config
+from smartgo_exporter.config_loader import load_config
 from smartgo_exporter.demo import DemoCatalog, DemoPaths
 from smartgo_exporter.pipeline import export
 from tests.demo_store import FIRST_DAY, copy_of_store, table_rows

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from smartgo_exporter.config import load_config
+from smartgo_exporter.config_loader import load_config
 from smartgo_exporter.errors import ConfigError, SecretError
 
 MINIMAL = """

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from smartgo_exporter.config import load_config
+from smartgo_exporter.config_loader import load_config
 from smartgo_exporter.demo import DemoError, DemoOutcome, run_demo
 from smartgo_exporter.demo.aws_local import AwsLocalReport
 from smartgo_exporter.run_records import RunStatus

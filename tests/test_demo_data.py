@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from smartgo_exporter.config import load_config
+from smartgo_exporter.config_loader import load_config
 from smartgo_exporter.demo import (
     SALE_COLUMNS,
     STORES,

@@ -20,7 +20,8 @@ import pytest
 import structlog
 
 from smartgo_exporter import windows
-from smartgo_exporter.config import Settings, load_config
+from smartgo_exporter.config import Settings
+from smartgo_exporter.config_loader import load_config
 from smartgo_exporter.demo import DemoCatalog, DemoPaths, PhotoState
 from smartgo_exporter.errors import DayNotOver
 from smartgo_exporter.pipeline import export

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from smartgo_exporter.config import DynamoProgressConfig, load_config
+from smartgo_exporter.config import DynamoProgressConfig
+from smartgo_exporter.config_loader import load_config
 from smartgo_exporter.progress import load_progress_store
 from smartgo_exporter.progress.dynamodb import DynamoProgressStore
 from smartgo_exporter.run_records import RunStatus

@@ -19,7 +19,8 @@ from typing import IO, Any
 
 import pytest
 
-from smartgo_exporter.config import ScheduleConfig, Settings, load_config
+from smartgo_exporter.config import ScheduleConfig, Settings
+from smartgo_exporter.config_loader import load_config
 from smartgo_exporter.demo import DemoCatalog, DemoPaths, write_demo_config
 from smartgo_exporter.errors import ConfigError
 from smartgo_exporter.pipeline import StopCheck

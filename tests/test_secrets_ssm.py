@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import make_url
 
-from smartgo_exporter.config import Settings, SqlSourceConfig, load_config
+from smartgo_exporter.config import Settings, SqlSourceConfig
+from smartgo_exporter.config_loader import load_config
 from smartgo_exporter.errors import ConfigError, SecretError
 from smartgo_exporter.sources import load_source
 from smartgo_exporter.windows import business_day

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from smartgo_exporter.config import TitanEmbedderConfig, load_config
+from smartgo_exporter.config import TitanEmbedderConfig
+from smartgo_exporter.config_loader import load_config
 from smartgo_exporter.embedders import Vector, load_embedder
 from smartgo_exporter.embedders.titan import MAX_IMAGE_BYTES, ThrottleBackoff, TitanEmbedder
 from smartgo_exporter.errors import EmbeddingError, ModelUnavailable

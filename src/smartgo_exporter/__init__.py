@@ -9,7 +9,8 @@ The library is the product; the `smartgo-exporter` command is a thin layer over 
         print(record.business_date, record.status, record.counts)
 """
 
-from smartgo_exporter.config import Settings, load_config
+from smartgo_exporter.config import Settings
+from smartgo_exporter.config_loader import load_config
 from smartgo_exporter.errors import ExporterError
 from smartgo_exporter.pipeline import export, plan_days
 from smartgo_exporter.run_records import RunRecord, RunStatus

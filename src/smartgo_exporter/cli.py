@@ -30,7 +30,7 @@ from smartgo_exporter.cli_edge import (
     guarded,
     load_settings,
 )
-from smartgo_exporter.config import load_config
+from smartgo_exporter.config_loader import load_config
 from smartgo_exporter.demo.store import DEFAULT_SALES
 from smartgo_exporter.logs import configure_logging
 from smartgo_exporter.pipeline import export

@@ -11,7 +11,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from smartgo_exporter.config import Settings, load_config
+from smartgo_exporter.config import Settings
+from smartgo_exporter.config_loader import load_config
 from smartgo_exporter.errors import ExporterError
 
 T = TypeVar("T")

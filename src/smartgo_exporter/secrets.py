@@ -6,41 +6,28 @@ before any work; the values stay `SecretStr` so they never print in logs, errors
 
 `ssm://NAME` reads an SSM parameter with decryption (a SecureString, typically), through boto3's
 default credential chain; `ssm:///tf/{stage}/smartgo/db-password` names `/tf/dev/...` when
-`aws.stage` is "dev". The SQL source's `config_parameter` is read the same way: it names a JSON
-document, the earlier exporter's format, that becomes the source's URL and password:
-
-    {"engine": "postgres", "host": "db.internal", "port": 5432, "database": "smartgo",
-     "username": "exporter", "password": "..."}
+`aws.stage` is "dev". The SQL source's `config_parameter` is read the same way (and turned into
+its URL by `sources.sql.database_url`). This module takes plain values, not the settings, so
+that `config_loader` can use it and nothing here depends on the configuration's shape.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 from pydantic import BaseModel, SecretStr
-from sqlalchemy.engine import URL
 
-from smartgo_exporter.config import AwsConfig, Settings, SqlSourceConfig
-from smartgo_exporter.errors import ConfigError, SecretError
+from smartgo_exporter.errors import SecretError
 
 if TYPE_CHECKING:
     from mypy_boto3_ssm import SSMClient
 
 SCHEMES = ("env://", "file://", "ssm://")
-
-DATABASE_DRIVERS = {
-    "postgres": "postgresql+psycopg",
-    "postgresql": "postgresql+psycopg",
-    "mysql": "mysql+pymysql",
-    "mariadb": "mysql+pymysql",
-}
-"""The config parameter's `engine` -> the SQLAlchemy driver the SQL source connects with."""
 
 _SSM_ERRORS = {
     "ParameterNotFound": "not found",
@@ -63,14 +50,18 @@ class ParameterStore:
     for it, never a value.
     """
 
-    def __init__(self, aws: AwsConfig) -> None:
-        self._aws = aws
+    def __init__(
+        self, *, stage: str = "dev", region: str | None = None, endpoint_url: str | None = None
+    ) -> None:
+        self._stage = stage
+        self._region = region
+        self._endpoint_url = endpoint_url
         self._client: SSMClient | None = None
         self._values: dict[str, str] = {}
 
     def name(self, reference: str) -> str:
         """The parameter name a reference or `config_parameter` means, with the stage put in."""
-        return reference.removeprefix("ssm://").replace("{stage}", self._aws.stage)
+        return reference.removeprefix("ssm://").replace("{stage}", self._stage)
 
     def get(self, name: str, *, key: str) -> str:
         """The decrypted value of parameter `name`; `key` is the setting, for errors."""
@@ -102,8 +93,8 @@ class ParameterStore:
         if self._client is None:
             self._client = boto3.client(
                 "ssm",
-                region_name=self._aws.region,
-                endpoint_url=self._aws.endpoint_urls.get("ssm"),
+                region_name=self._region,
+                endpoint_url=self._endpoint_url,
                 config=Config(connect_timeout=5, read_timeout=15, retries={"mode": "standard"}),
             )
         return self._client
@@ -127,7 +118,7 @@ def resolve(reference: str, *, key: str, parameters: ParameterStore | None = Non
         except OSError as error:
             raise SecretError(key, f"cannot read secret file {path}: {error.strerror}") from None
     if reference.startswith("ssm://"):
-        parameters = parameters or ParameterStore(AwsConfig())
+        parameters = parameters or ParameterStore()
         return parameters.get(parameters.name(reference), key=key)
     return reference
 
@@ -135,11 +126,10 @@ def resolve(reference: str, *, key: str, parameters: ParameterStore | None = Non
 def resolve_secrets(model: M, prefix: str = "", *, parameters: ParameterStore | None = None) -> M:
     """Resolve every SecretStr reference in a settings tree, in place, and return it.
 
-    Given the whole `Settings`, SSM is reached as its `aws` section says, and the SQL source's
-    `config_parameter` becomes its `url` and `password`.
+    `prefix` names the tree's place in the configuration, for errors (`source.`); `ssm://`
+    references are read through `parameters` (by default the region and endpoint boto3 picks).
     """
-    if parameters is None:
-        parameters = ParameterStore(model.aws if isinstance(model, Settings) else AwsConfig())
+    parameters = parameters or ParameterStore()
     for name in type(model).model_fields:
         value = getattr(model, name)
         key = f"{prefix}{name}"
@@ -149,70 +139,4 @@ def resolve_secrets(model: M, prefix: str = "", *, parameters: ParameterStore | 
                 setattr(model, name, SecretStr(resolve(secret, key=key, parameters=parameters)))
         elif isinstance(value, BaseModel):
             resolve_secrets(value, prefix=f"{key}.", parameters=parameters)
-    if isinstance(model, Settings) and isinstance(model.source, SqlSourceConfig):
-        source = model.source
-        if source.config_parameter is not None:
-            name = parameters.name(source.config_parameter)
-            document = parameters.get(name, key="source.config_parameter")
-            url, password = database_url(document, parameter=name)
-            source.url, source.password = SecretStr(url), SecretStr(password)
     return model
-
-
-def database_url(document: str, *, parameter: str) -> tuple[str, str]:
-    """(SQLAlchemy URL without the password, password) from a database config JSON document.
-
-    The password is kept out of the URL so that the source sets it on its own and it never has
-    to be escaped into, or redacted out of, a URL string. Errors name the JSON field at fault as
-    `source.config_parameter.FIELD` and never repeat a value, since the document is a secret.
-    """
-    where = f"in SSM parameter {parameter}"
-    try:
-        config = json.loads(document)
-    except json.JSONDecodeError as error:
-        raise ConfigError(
-            "source.config_parameter",
-            f"not valid JSON {where} (line {error.lineno}, column {error.colno})",
-        ) from None
-    if not isinstance(config, dict):
-        raise ConfigError("source.config_parameter", f"not a JSON object {where}")
-    engine = _field(config, "engine", where)
-    if not isinstance(engine, str) or engine.lower() not in DATABASE_DRIVERS:
-        _wrong("engine", f"must be one of {', '.join(DATABASE_DRIVERS)}", where)
-    texts: dict[str, str] = {}
-    for name in ("host", "database", "username"):
-        value = _field(config, name, where)
-        if not isinstance(value, str) or not value.strip():
-            _wrong(name, "must be a non-empty string", where)
-        texts[name] = value.strip()
-    password = _field(config, "password", where)
-    if not isinstance(password, str):
-        _wrong("password", "must be a string", where)
-    port = _port(_field(config, "port", where), where)
-    url = URL.create(
-        DATABASE_DRIVERS[engine.lower()],
-        username=texts["username"],
-        host=texts["host"],
-        port=port,
-        database=texts["database"],
-    )
-    return url.render_as_string(hide_password=False), password
-
-
-def _field(config: dict[str, Any], name: str, where: str) -> Any:
-    if name not in config or config[name] is None:
-        _wrong(name, "missing", where)
-    return config[name]
-
-
-def _port(value: Any, where: str) -> int:
-    """A port from a JSON number or a numeric string (both appear in hand-written parameters)."""
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        _wrong("port", "must be a whole number from 1 to 65535", where)
-    return int(value)
-
-
-def _wrong(name: str, reason: str, where: str) -> NoReturn:
-    raise ConfigError(f"source.config_parameter.{name}", f"{reason} {where}")

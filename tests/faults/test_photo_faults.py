@@ -42,7 +42,8 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from smartgo_exporter.config import Settings, load_config
+from smartgo_exporter.config import Settings
+from smartgo_exporter.config_loader import load_config
 from smartgo_exporter.demo import DemoCatalog, DemoPaths, write_demo_config
 from smartgo_exporter.embedders import local as local_embedder
 from smartgo_exporter.pipeline import export

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from structlog.testing import capture_logs
 
 from smartgo_exporter import windows
-from smartgo_exporter.config import load_config
+from smartgo_exporter.config_loader import load_config
 from smartgo_exporter.pipeline import export
 from smartgo_exporter.progress import ProgressStore, load_progress_store
 from smartgo_exporter.progress.sqlite import SqliteProgressStore

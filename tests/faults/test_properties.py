@@ -21,7 +21,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from smartgo_exporter.config import Settings, load_config
+from smartgo_exporter.config import Settings
+from smartgo_exporter.config_loader import load_config
 from smartgo_exporter.errors import ConfigError, InvalidSale
 from smartgo_exporter.sales import MONEY_PRECISION, MONEY_SCALE, SALE_FIELDS, Sale, parse_sale
 

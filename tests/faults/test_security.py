@@ -38,7 +38,8 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import make_url
 
-from smartgo_exporter.config import Settings, load_config
+from smartgo_exporter.config import Settings
+from smartgo_exporter.config_loader import load_config
 from smartgo_exporter.demo import DemoCatalog, DemoPaths
 from smartgo_exporter.errors import ConfigError
 from smartgo_exporter.logs import configure_logging

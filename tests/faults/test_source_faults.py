@@ -27,7 +27,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from smartgo_exporter.config import Settings, load_config
+from smartgo_exporter.config import Settings
+from smartgo_exporter.config_loader import load_config
 from smartgo_exporter.pipeline import export
 from smartgo_exporter.run_records import RunRecord, RunStatus
 from smartgo_exporter.runs import BatchDone

@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from smartgo_exporter.config import load_config
+from smartgo_exporter.config_loader import load_config
 from smartgo_exporter.demo.layout import DemoPaths, write_demo_config
 from smartgo_exporter.demo.photos import render_photos
 from smartgo_exporter.demo.server import (

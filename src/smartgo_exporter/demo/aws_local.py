@@ -46,7 +46,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from smartgo_exporter.config import DynamoProgressConfig, Settings, load_config
+from smartgo_exporter.config import DynamoProgressConfig, Settings
+from smartgo_exporter.config_loader import load_config
 from smartgo_exporter.demo.layout import AwsEndpoints, DemoPaths, write_aws_local_config
 from smartgo_exporter.demo.server import DemoError
 from smartgo_exporter.pipeline import export
