@@ -21,28 +21,27 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-import ipaddress
 import random
-import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Final
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import ThreadedResolver
 from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
 from yarl import URL
 
-from smartgo_exporter.errors import ConfigError, PhotoError
+from smartgo_exporter.address_guard import (
+    AddressGuard,
+    GuardedResolver,
+    RefusedAddress,
+    literal_address,
+)
+from smartgo_exporter.errors import PhotoError
 
 if TYPE_CHECKING:
     from smartgo_exporter.config import PhotoConfig
-
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MAX_REDIRECTS: Final = 5
 _REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
@@ -53,7 +52,6 @@ _CHUNK_BYTES: Final = 64 * 1024
 _ACCEPTED_FORMATS: Final = ("JPEG", "PNG", "WEBP", "GIF", "AVIF", "BMP")
 # EXIF orientations 5 to 8 turn the picture a quarter turn, so width and height swap on display.
 _QUARTER_TURNS: Final = frozenset({5, 6, 7, 8})
-_NAT64: Final = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,12 +89,12 @@ class PhotoFetcher:
 
     def __init__(self, config: PhotoConfig) -> None:
         self._config = config
-        self._guard = _AddressGuard(config.allow_networks)
+        self._guard = AddressGuard(config.allow_networks)
         self._slots = asyncio.Semaphore(config.concurrency)
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> PhotoFetcher:
-        connector = aiohttp.TCPConnector(resolver=_GuardedResolver(self._guard.permits))
+        connector = aiohttp.TCPConnector(resolver=GuardedResolver(self._guard.permits))
         self._session = aiohttp.ClientSession(
             connector=connector,
             headers={
@@ -202,7 +200,7 @@ class PhotoFetcher:
                 # A certificate or TLS mismatch will be the same on the next attempt.
                 raise PhotoError(url, "connection_error", _describe(error)) from None
             except aiohttp.ClientConnectorError as error:
-                if isinstance(error.os_error, _RefusedAddress):
+                if isinstance(error.os_error, RefusedAddress):
                     raise PhotoError(url, "refused_address", str(error.os_error)) from None
                 raise _Transient(PhotoError(url, "connection_error", _describe(error))) from None
             except aiohttp.InvalidURL:
@@ -226,7 +224,7 @@ class PhotoFetcher:
         """Refuse what must not be requested, before any connection is opened.
 
         An IP-literal host is checked here because aiohttp connects to literals without asking
-        the resolver; names are checked by `_GuardedResolver` once they are resolved.
+        the resolver; names are checked by `GuardedResolver` once they are resolved.
         """
         where = "redirect to " if hop else ""
         if not target.scheme:
@@ -238,7 +236,7 @@ class PhotoFetcher:
         if target.raw_user is not None or target.raw_password is not None:
             raise PhotoError(url, "userinfo_in_url", f"{where}URL with a user name or password")
         try:
-            address = _literal_address(target.host)
+            address = literal_address(target.host)
         except ValueError:
             raise PhotoError(
                 url, "invalid_url", f"{where}{target.host} is not an address"
@@ -263,71 +261,6 @@ class PhotoFetcher:
         return b"".join(chunks)
 
 
-class _AddressGuard:
-    """Decides whether the exporter may connect to an address.
-
-    Public unicast addresses are permitted. Private, loopback, link-local (which holds the cloud
-    metadata service at 169.254.169.254), unspecified, multicast, reserved and unique-local
-    addresses are refused unless one of `allow_networks` (CIDRs) contains them. An IPv6 address
-    that embeds an IPv4 one (IPv4-mapped, 6to4, NAT64) is judged by the IPv4 address it reaches.
-    """
-
-    def __init__(self, allow_networks: Sequence[str]) -> None:
-        try:
-            self._allowed: tuple[Network, ...] = tuple(
-                ipaddress.ip_network(network, strict=False) for network in allow_networks
-            )
-        except ValueError as error:
-            raise ConfigError("photos.allow_networks", str(error)) from None
-
-    def permits(self, address: Address) -> bool:
-        reached = _embedded_ipv4(address) or address
-        if any(
-            candidate in network for candidate in (address, reached) for network in self._allowed
-        ):
-            return True
-        return _is_public(reached)
-
-
-class _GuardedResolver(AbstractResolver):
-    """The system resolver, minus the answers the exporter may not connect to.
-
-    aiohttp connects only to what its resolver returns, so filtering here covers names that
-    point at private addresses, DNS rebinding, and the numeric spellings getaddrinfo accepts
-    (`0x7f.1`). A name left with no permitted address fails with `_RefusedAddress`.
-    """
-
-    def __init__(self, permits: Callable[[Address], bool]) -> None:
-        self._permits = permits
-        self._system = ThreadedResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        answers = await self._system.resolve(host, port, family)
-        permitted = [answer for answer in answers if self._is_permitted(answer["host"])]
-        if not permitted:
-            refused = ", ".join(sorted({answer["host"] for answer in answers}))
-            raise _RefusedAddress(
-                f"{host} resolves only to addresses that are not public: {refused}"
-            )
-        return permitted
-
-    def _is_permitted(self, host: str) -> bool:
-        try:
-            return self._permits(ipaddress.ip_address(host))
-        except ValueError:
-            return False
-
-    async def close(self) -> None:
-        await self._system.close()
-
-
-class _RefusedAddress(OSError):
-    """Raised by the resolver; an OSError because that is what aiohttp expects a resolver to raise
-    (it arrives wrapped in ClientConnectorDNSError, as `os_error`)."""
-
-
 class _Transient(Exception):
     """A failure another attempt may not have; `retry_after` is the server's wish, in seconds."""
 
@@ -342,54 +275,6 @@ def _parse(url: str) -> URL:
         return URL(url)
     except (TypeError, ValueError):
         raise PhotoError(url, "invalid_url") from None
-
-
-def _literal_address(host: str) -> Address | None:
-    """The address an IP-literal host stands for, None for a name; ValueError for neither.
-
-    `inet_aton` is the parser getaddrinfo uses, so the legacy spellings it accepts (2130706433,
-    0177.0.0.1, 127.1) are judged as the address they really reach.
-    """
-    if ":" in host:
-        return ipaddress.IPv6Address(host)
-    name = host.rstrip(".")
-    try:
-        return ipaddress.IPv4Address(socket.inet_aton(name))
-    except OSError:
-        pass
-    if name.replace(".", "").isdigit():
-        # aiohttp would take this for a literal and skip the resolver, so it cannot be a name.
-        raise ValueError(host)
-    return None
-
-
-def _embedded_ipv4(address: Address) -> ipaddress.IPv4Address | None:
-    if isinstance(address, ipaddress.IPv4Address):
-        return None
-    if address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    if address.sixtofour is not None:
-        return address.sixtofour
-    if address in _NAT64:
-        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    return None
-
-
-def _is_public(address: Address) -> bool:
-    # `is_global` alone would let multicast through, and `is_private` alone the shared
-    # 100.64.0.0/10 range of carrier-grade NAT: neither is a photo server.
-    if (
-        address.is_private
-        or address.is_loopback
-        or address.is_link_local
-        or address.is_unspecified
-        or address.is_multicast
-        or address.is_reserved
-    ):
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.is_site_local:
-        return False
-    return address.is_global
 
 
 def _retry_after(value: str | None) -> float | None:
