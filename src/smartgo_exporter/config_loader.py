@@ -16,7 +16,7 @@ from pydantic import SecretStr, ValidationError
 from smartgo_exporter.config import Settings, SqliteProgressConfig, SqlSourceConfig
 from smartgo_exporter.errors import ConfigError
 from smartgo_exporter.secrets import ParameterStore, resolve_secrets
-from smartgo_exporter.sources.sql import database_url
+from smartgo_exporter.sources.database_document import database_url
 
 
 def load_config(path: Path | str | None = None, **overrides: Any) -> Settings:

@@ -6,9 +6,9 @@ before any work; the values stay `SecretStr` so they never print in logs, errors
 
 `ssm://NAME` reads an SSM parameter with decryption (a SecureString, typically), through boto3's
 default credential chain; `ssm:///tf/{stage}/smartgo/db-password` names `/tf/dev/...` when
-`aws.stage` is "dev". The SQL source's `config_parameter` is read the same way (and turned into
-its URL by `sources.sql.database_url`). This module takes plain values, not the settings, so
-that `config_loader` can use it and nothing here depends on the configuration's shape.
+`aws.stage` is "dev". The SQL source's `config_parameter` is read the same way, and then turned
+into its URL by `sources.database_document`. This module takes plain values, not the settings,
+so that `config_loader` can use it and nothing here depends on the configuration's shape.
 """
 
 from __future__ import annotations

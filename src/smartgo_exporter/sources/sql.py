@@ -37,10 +37,9 @@ transaction is read-only as well.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Generator, Iterator, Sequence
 from datetime import UTC, datetime, timedelta, tzinfo
-from typing import Any, NoReturn
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -378,73 +377,3 @@ def _utc_text(text: Any, zone: tzinfo) -> str | None:
     if value.tzinfo is None:
         value = value.replace(tzinfo=zone)
     return value.astimezone(UTC).strftime(_SQLITE_INSTANT_FORMAT)
-
-
-# --- the database config document of `config_parameter` -------------------------------------
-
-DATABASE_DRIVERS = {
-    "postgres": "postgresql+psycopg",
-    "postgresql": "postgresql+psycopg",
-    "mysql": "mysql+pymysql",
-    "mariadb": "mysql+pymysql",
-}
-"""The config parameter's `engine` -> the SQLAlchemy driver the SQL source connects with."""
-
-
-def database_url(document: str, *, parameter: str) -> tuple[str, str]:
-    """(SQLAlchemy URL without the password, password) from a database config JSON document.
-
-    The password is kept out of the URL so that the source sets it on its own and it never has
-    to be escaped into, or redacted out of, a URL string. Errors name the JSON field at fault as
-    `source.config_parameter.FIELD` and never repeat a value, since the document is a secret.
-    """
-    where = f"in SSM parameter {parameter}"
-    try:
-        config = json.loads(document)
-    except json.JSONDecodeError as error:
-        raise ConfigError(
-            "source.config_parameter",
-            f"not valid JSON {where} (line {error.lineno}, column {error.colno})",
-        ) from None
-    if not isinstance(config, dict):
-        raise ConfigError("source.config_parameter", f"not a JSON object {where}")
-    engine = _field(config, "engine", where)
-    if not isinstance(engine, str) or engine.lower() not in DATABASE_DRIVERS:
-        _wrong("engine", f"must be one of {', '.join(DATABASE_DRIVERS)}", where)
-    texts: dict[str, str] = {}
-    for name in ("host", "database", "username"):
-        value = _field(config, name, where)
-        if not isinstance(value, str) or not value.strip():
-            _wrong(name, "must be a non-empty string", where)
-        texts[name] = value.strip()
-    password = _field(config, "password", where)
-    if not isinstance(password, str):
-        _wrong("password", "must be a string", where)
-    port = _port(_field(config, "port", where), where)
-    url = URL.create(
-        DATABASE_DRIVERS[engine.lower()],
-        username=texts["username"],
-        host=texts["host"],
-        port=port,
-        database=texts["database"],
-    )
-    return url.render_as_string(hide_password=False), password
-
-
-def _field(config: dict[str, Any], name: str, where: str) -> Any:
-    if name not in config or config[name] is None:
-        _wrong(name, "missing", where)
-    return config[name]
-
-
-def _port(value: Any, where: str) -> int:
-    """A port from a JSON number or a numeric string (both appear in hand-written parameters)."""
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        _wrong("port", "must be a whole number from 1 to 65535", where)
-    return int(value)
-
-
-def _wrong(name: str, reason: str, where: str) -> NoReturn:
-    raise ConfigError(f"source.config_parameter.{name}", f"{reason} {where}")
