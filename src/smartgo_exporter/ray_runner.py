@@ -27,9 +27,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import os
 import pickle
-import socket
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime
@@ -41,10 +39,13 @@ import structlog
 from smartgo_exporter.batches import BatchSteps, FinishedBatch, Gathering, PreparedBatch
 from smartgo_exporter.config import EmbedderConfig, ExportConfig, LocalEmbedderConfig, Settings
 from smartgo_exporter.embedders import load_embedder
-from smartgo_exporter.errors import ExporterError, RunnerUnavailable
+from smartgo_exporter.errors import ExporterError
 from smartgo_exporter.logs import configure_logging
 from smartgo_exporter.photo_fetcher import PhotoFetcher
 from smartgo_exporter.progress import NonFatalProgressStore, load_progress_store
+
+# From ray_cluster, which says what to install when Ray is missing, rather than ImportError.
+from smartgo_exporter.ray_cluster import ray, ray_session, without_ray_progress_bars
 from smartgo_exporter.run_records import RunError, RunRecord
 from smartgo_exporter.runs import (
     BatchDone,
@@ -58,15 +59,6 @@ from smartgo_exporter.schema import StoredRows
 from smartgo_exporter.sinks.iceberg import SalesTable
 from smartgo_exporter.sources import load_source
 from smartgo_exporter.windows import business_day
-
-INSTALL_HINT = "pip install 'smartgo-exporter[ray]'"
-REACH_SECONDS = 10
-
-try:
-    import ray
-    import ray.data
-except ImportError:  # the `ray` extra; backfill imports this module only when Ray is chosen
-    raise RunnerUnavailable(f"the Ray runner needs Ray; install it with: {INSTALL_HINT}") from None
 
 log = structlog.get_logger(__name__)
 
@@ -141,7 +133,7 @@ def export_on_ray(
         lambda: load_progress_store(settings.progress, retention_days=settings.retention_days)
     )
     try:
-        with _ray_session(address), _without_ray_progress_bars():
+        with ray_session(address), without_ray_progress_bars():
             try:
                 # Opened here first, as the local runner opens them: a bad install, catalog or
                 # source fails the first day before any starts; and the model's id decides
@@ -157,55 +149,6 @@ def export_on_ray(
             return asyncio.run(backfill.run(days, embedder.model_id, embedder.include_title))
     finally:
         progress.close()
-
-
-@contextlib.contextmanager
-def _ray_session(address: str | None) -> Iterator[None]:
-    if ray.is_initialized():
-        yield
-        return
-    _ensure_reachable(address or os.environ.get("RAY_ADDRESS"))
-    try:
-        if address is None:
-            ray.init(include_dashboard=False, logging_level=logging.WARNING)
-        else:
-            ray.init(address=address, logging_level=logging.WARNING)
-    except Exception as error:
-        where = f"at {address}" if address else "locally"
-        raise RunnerUnavailable(f"cannot start or reach Ray {where}: {error}") from error
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
-def _ensure_reachable(address: str | None) -> None:
-    """RunnerUnavailable unless a cluster's `host:port` (or `ray://host:port`) accepts a TCP
-    connection within REACH_SECONDS.
-
-    ray.init keeps retrying an address nothing answers at, for minutes, saying so only in its
-    own log lines; a mistyped address should fail at once. `auto` and other forms are left to
-    ray.init.
-    """
-    host, colon, port = (address or "").removeprefix("ray://").rpartition(":")
-    if not (host and colon and port.isdigit()):
-        return
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_SECONDS).close()
-    except OSError as error:
-        raise RunnerUnavailable(f"cannot reach the Ray cluster at {address}: {error}") from None
-
-
-@contextlib.contextmanager
-def _without_ray_progress_bars() -> Iterator[None]:
-    """Ray Data's progress bars off for this call: the CLI draws its own, on the same terminal."""
-    context = ray.data.DataContext.get_current()
-    shown = context.enable_progress_bars
-    context.enable_progress_bars = False
-    try:
-        yield
-    finally:
-        context.enable_progress_bars = shown
 
 
 @dataclasses.dataclass
