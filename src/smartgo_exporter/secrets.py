@@ -17,9 +17,6 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-import boto3
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 from pydantic import BaseModel, SecretStr
 
 from smartgo_exporter.errors import SecretError
@@ -28,6 +25,7 @@ if TYPE_CHECKING:
     from mypy_boto3_ssm import SSMClient
 
 SCHEMES = ("env://", "file://", "ssm://")
+INSTALL_HINT = "pip install 'smartgo-exporter[aws]'"
 
 _SSM_ERRORS = {
     "ParameterNotFound": "not found",
@@ -70,8 +68,16 @@ class ParameterStore:
         return self._values[name]
 
     def _fetch(self, name: str, key: str) -> str:
+        ssm = self._ssm(key)
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            NoCredentialsError,
+            NoRegionError,
+        )
+
         try:
-            response = self._ssm().get_parameter(Name=name, WithDecryption=True)
+            response = ssm.get_parameter(Name=name, WithDecryption=True)
         except ClientError as error:
             code = error.response.get("Error", {}).get("Code", "")
             reason = _SSM_ERRORS.get(code, f"cannot be read ({code or 'unknown error'})")
@@ -89,8 +95,16 @@ class ParameterStore:
             raise SecretError(key, f"SSM parameter {name}: {error}") from None
         return response["Parameter"].get("Value", "")
 
-    def _ssm(self) -> SSMClient:
+    def _ssm(self, key: str) -> SSMClient:
         if self._client is None:
+            # Imported here: only ssm:// references need boto3, which the demo's install lacks.
+            try:
+                import boto3
+                from botocore.config import Config
+            except ImportError:
+                raise SecretError(
+                    key, f"ssm:// references need boto3; install it with: {INSTALL_HINT}"
+                ) from None
             self._client = boto3.client(
                 "ssm",
                 region_name=self._region,
