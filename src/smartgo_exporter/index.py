@@ -7,67 +7,39 @@ the snapshot it was synced to and, for each of its sales, the data file the row 
 an upsert, removed by compaction or a delete) leave the index, rows of new files join it. A
 day's export touches the files of its own days only, so an update reads those, not the table.
 
-Each (tenant, model) has a folder under the index location:
-
-    <location>/<tenant>/<model>/manifest.json           what is current, written last
-    <location>/<tenant>/<model>/vectors-<snapshot>.usearch
-    <location>/<tenant>/<model>/sales-<snapshot>.parquet  label, data file and the sale's fields
-
-A new state is written under new names and the manifest is replaced last, so a reader never
-pairs the vectors of one state with the sales of another.
+Each state is saved in a folder of its own tenant and model (`smartgo_exporter.index_storage`),
+its manifest replaced last, so a reader never pairs the vectors of one state with the sales of
+another.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
-import json
 import time
-import urllib.parse
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, cast
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import structlog
 from numpy.typing import NDArray
-from pyiceberg.expressions import AlwaysTrue, BooleanExpression, EqualTo
-from pyiceberg.io import FileIO, load_file_io
-from pyiceberg.io.pyarrow import ArrowScan
-from pyiceberg.table import FileScanTask, Table
+from pyiceberg.table import Table
 
 from smartgo_exporter.config import IndexConfig, TableConfig
-from smartgo_exporter.errors import ConfigError, IndexMismatch
-from smartgo_exporter.schema import ARROW_SCHEMA
-from smartgo_exporter.sinks.iceberg import catalog_properties
+from smartgo_exporter.errors import IndexMismatch
+from smartgo_exporter.index_storage import IndexFolder, index_configured
+from smartgo_exporter.index_table import (
+    ROW_SCHEMA,
+    SALE_COLUMNS,
+    file_identity,
+    read_embedded_sales,
+    table_tenants,
+    tenant_files,
+)
 
 log = structlog.get_logger(__name__)
 
-# As in sinks.iceberg: pyiceberg's predicates are pydantic models whose generated signatures
-# mypy's pydantic plugin misreads; the alias keeps the documented positional form checked.
-_equal_to = cast(Callable[[str, str], BooleanExpression], EqualTo)
-
-SALE_COLUMNS = (
-    "source",
-    "sale_id",
-    "product_id",
-    "sold_at",
-    "sale_price",
-    "currency",
-    "title",
-    "brand",
-    "category",
-    "condition",
-    "image_url",
-)
-"""What the index keeps of each sale beside its vector: enough to show and price a match."""
-_READ_COLUMNS = (*SALE_COLUMNS, "tenant_id", "embedding", "embedding_model")
-_ROW_SCHEMA = pa.schema(
-    [*(ARROW_SCHEMA.field(name) for name in SALE_COLUMNS), pa.field("data_file", pa.string())]
-)
 _FORMAT = 1
 
 
@@ -201,12 +173,14 @@ class SalesIndex:
         snapshot_id = snapshot.snapshot_id if snapshot is not None else None
         if snapshot_id == self.snapshot_id:
             return self._report(0, 0, 0, snapshot_id, started)
-        tasks = _tenant_files(table, self.tenant) if snapshot is not None else []
-        current = {task.file.file_path: _identity(task) for task in tasks}
+        tasks = tenant_files(table, self.tenant) if snapshot is not None else []
+        current = {task.file.file_path: file_identity(task) for task in tasks}
         gone = {path for path, identity in self._files.items() if current.get(path) != identity}
-        fresh = [task for task in tasks if self._files.get(task.file.file_path) != _identity(task)]
+        fresh = [
+            task for task in tasks if self._files.get(task.file.file_path) != file_identity(task)
+        ]
         removed = self._remove_files(gone)
-        added = self._add_rows(_read_tasks(table, fresh, self.tenant, self.model, self.dim))
+        added = self._add_rows(read_embedded_sales(table, fresh, self.tenant, self.model, self.dim))
         self._files = current
         self.snapshot_id = snapshot_id
         report = self._report(added, removed, len(fresh), snapshot_id, started)
@@ -215,13 +189,11 @@ class SalesIndex:
 
     def save(self, config: IndexConfig, table_config: TableConfig) -> None:
         """Write this state beside the table, replacing the manifest last."""
-        folder, io_ = _folder(config, table_config, self.tenant, self.model)
+        folder = IndexFolder.of(config, table_config, self.tenant, self.model)
         tag = f"{self.snapshot_id or 0}-{time.time_ns()}"
         vectors_name, sales_name = f"vectors-{tag}.usearch", f"sales-{tag}.parquet"
-        _write(io_, f"{folder}/{vectors_name}", bytes(self._vectors.save()))
-        buffer = io.BytesIO()
-        pq.write_table(self._sales, buffer, compression="zstd")
-        _write(io_, f"{folder}/{sales_name}", buffer.getvalue())
+        folder.write(vectors_name, bytes(self._vectors.save()))
+        folder.write_table(sales_name, self._sales)
         manifest = {
             "format": _FORMAT,
             "tenant": self.tenant,
@@ -234,15 +206,7 @@ class SalesIndex:
             "sales": sales_name,
             "files": self._files,
         }
-        previous = _read_manifest(io_, folder)
-        _write(io_, f"{folder}/manifest.json", json.dumps(manifest).encode())
-        if previous is not None:
-            # Readers that loaded the previous manifest a moment ago may still be reading its
-            # files; deleting the state before it keeps them safe without any locking.
-            for name in previous.get("superseded", []):
-                _delete(io_, f"{folder}/{name}")
-            manifest["superseded"] = [previous["vectors"], previous["sales"]]
-            _write(io_, f"{folder}/manifest.json", json.dumps(manifest).encode())
+        folder.replace_manifest(manifest)
 
     @classmethod
     def load(
@@ -252,13 +216,13 @@ class SalesIndex:
 
         IndexMismatch when what is stored was built for another model or cannot be read.
         """
-        folder, io_ = _folder(config, table_config, tenant, model)
-        manifest = _read_manifest(io_, folder)
+        folder = IndexFolder.of(config, table_config, tenant, model)
+        manifest = folder.read_manifest()
         if manifest is None:
             return cls.empty(config, tenant, model, dim)
         if manifest.get("model") != model or manifest.get("dim") != dim:
             raise IndexMismatch(
-                folder,
+                folder.path,
                 f"built for model {manifest.get('model')!r} ({manifest.get('dim')}-d), not "
                 f"{model!r} ({dim}-d); run `smartgo-exporter index --rebuild`",
             )
@@ -267,15 +231,16 @@ class SalesIndex:
         try:
             from usearch.index import Index
 
-            vectors: Any = Index.restore(_read(io_, f"{folder}/{manifest['vectors']}"))
-            sales = pq.read_table(io.BytesIO(_read(io_, f"{folder}/{manifest['sales']}")))
+            vectors: Any = Index.restore(folder.read(manifest["vectors"]))
+            sales = folder.read_table(manifest["sales"])
         except Exception as error:  # a torn or foreign file: say which, and how to mend it
             raise IndexMismatch(
-                folder, f"cannot be read ({error}); run `smartgo-exporter index --rebuild`"
+                folder.path, f"cannot be read ({error}); run `smartgo-exporter index --rebuild`"
             ) from None
         if vectors is None or sales.num_rows != len(vectors):
             raise IndexMismatch(
-                folder, "its vectors and sales disagree; run `smartgo-exporter index --rebuild`"
+                folder.path,
+                "its vectors and sales disagree; run `smartgo-exporter index --rebuild`",
             )
         vectors.expansion_search = config.expansion_search
         return cls(
@@ -338,79 +303,8 @@ class SalesIndex:
         )
 
 
-def index_location(config: IndexConfig, table_config: TableConfig) -> str:
-    """Where indexes live: the configured location, or `index` beside a file:// warehouse."""
-    if config.location:
-        return config.location.rstrip("/")
-    warehouse = table_config.catalog.get("warehouse", "")
-    if warehouse.startswith("file://"):
-        return warehouse.rstrip("/").rsplit("/", 1)[0] + "/index"
-    raise ConfigError(
-        "index.location",
-        "set it to a folder or an s3:// prefix: the warehouse is not a local folder to put the "
-        "index beside",
-    )
-
-
-def table_tenants(table: Table) -> list[str]:
-    """The tenants with data files in the table's current snapshot, from its partitions."""
-    if table.current_snapshot() is None:
-        return []
-    return sorted({str(task.file.partition[0]) for task in table.scan().plan_files()})
-
-
-def table_models(table: Table, tenant: str | None = None) -> list[str]:
-    """The embedding models of the sales of a tenant (or of all), reading one column.
-
-    For an error message, not a hot path: it reads that column of every file it covers.
-    """
-    row_filter = _equal_to("tenant_id", tenant) if tenant is not None else AlwaysTrue()
-    models = table.scan(row_filter=row_filter, selected_fields=("embedding_model",)).to_arrow()
-    return sorted(m for m in pc.unique(models.column("embedding_model")).to_pylist() if m)
-
-
-def _tenant_files(table: Table, tenant: str) -> list[FileScanTask]:
-    row_filter = _equal_to("tenant_id", tenant)
-    return list(table.scan(row_filter=row_filter).plan_files())
-
-
-def _identity(task: FileScanTask) -> str:
-    """A data file's path and its delete files: a new delete file changes what it holds."""
-    deletes = sorted(delete.file_path for delete in task.delete_files)
-    return "|".join([task.file.file_path, *deletes])
-
-
-def _read_tasks(
-    table: Table, tasks: Sequence[FileScanTask], tenant: str, model: str, dim: int
-) -> list[tuple[pa.Table, NDArray[np.float32]]]:
-    """Per file, the tenant's sales embedded by `model` and their vectors as one matrix."""
-    schema = table.schema().select(*_READ_COLUMNS)
-
-    def read(task: FileScanTask) -> tuple[pa.Table, NDArray[np.float32]]:
-        rows = ArrowScan(
-            table_metadata=table.metadata,
-            io=table.io,
-            projected_schema=schema,
-            row_filter=AlwaysTrue(),
-        ).to_table(tasks=[task])
-        keep = pc.and_(
-            pc.and_(pc.equal(rows.column("tenant_id"), tenant), pc.is_valid(rows["embedding"])),
-            pc.equal(rows.column("embedding_model"), model),
-        )
-        rows = rows.filter(pc.fill_null(keep, False))
-        flat = pc.list_flatten(rows.column("embedding")).to_numpy(zero_copy_only=False)
-        vectors = np.asarray(flat, np.float32).reshape(rows.num_rows, dim)
-        sales = rows.select(list(SALE_COLUMNS)).append_column(
-            "data_file", pa.array([task.file.file_path] * rows.num_rows, pa.string())
-        )
-        return sales.cast(_ROW_SCHEMA), vectors
-
-    with ThreadPoolExecutor(4) as pool:
-        return list(pool.map(read, tasks))
-
-
 def _empty_sales() -> pa.Table:
-    return _ROW_SCHEMA.append(pa.field("label", pa.uint64())).empty_table()
+    return ROW_SCHEMA.append(pa.field("label", pa.uint64())).empty_table()
 
 
 def _new_graph(config: IndexConfig, dim: int) -> Any:
@@ -423,44 +317,6 @@ def _new_graph(config: IndexConfig, dim: int) -> Any:
         connectivity=config.connectivity,
         expansion_search=config.expansion_search,
     )
-
-
-def _folder(
-    config: IndexConfig, table_config: TableConfig, tenant: str, model: str
-) -> tuple[str, FileIO]:
-    root = index_location(config, table_config)
-    folder = f"{root}/{_segment(tenant)}/{_segment(model)}"
-    return folder, load_file_io(catalog_properties(table_config), root)
-
-
-def _segment(name: str) -> str:
-    """A tenant id or model id as one path segment: ':' and '/' are not safe in object keys."""
-    return urllib.parse.quote(name, safe="-_.")
-
-
-def _read_manifest(io_: FileIO, folder: str) -> dict[str, Any] | None:
-    source = io_.new_input(f"{folder}/manifest.json")
-    if not source.exists():
-        return None
-    manifest: dict[str, Any] = json.loads(_read(io_, f"{folder}/manifest.json"))
-    return manifest
-
-
-def _read(io_: FileIO, path: str) -> bytes:
-    with io_.new_input(path).open() as stream:
-        return stream.read()
-
-
-def _write(io_: FileIO, path: str, data: bytes) -> None:
-    with io_.new_output(path).create(overwrite=True) as stream:
-        stream.write(data)
-
-
-def _delete(io_: FileIO, path: str) -> None:
-    try:
-        io_.delete(path)
-    except (FileNotFoundError, OSError) as error:
-        log.warning("index_file_not_deleted", path=path, error=str(error))
 
 
 def sync_indexes(
@@ -506,8 +362,3 @@ def sync_after_export(
         sync_indexes(config, table_config, table, model, dim)
     except Exception as error:  # any failure of a derived copy: logged, the export stands
         log.warning("index_update_failed", error=f"{type(error).__name__}: {error}")
-
-
-def index_configured(config: IndexConfig, table_config: TableConfig) -> bool:
-    """Whether an index location is known: configured, or derivable from a file:// warehouse."""
-    return bool(config.location) or table_config.catalog.get("warehouse", "").startswith("file://")

@@ -41,14 +41,8 @@ from smartgo_exporter.errors import (
     PhotoUnreadable,
     UnknownTenant,
 )
-from smartgo_exporter.index import (
-    Neighbour,
-    SalesIndex,
-    SyncReport,
-    sync_indexes,
-    table_models,
-    table_tenants,
-)
+from smartgo_exporter.index import Neighbour, SalesIndex, SyncReport, sync_indexes
+from smartgo_exporter.index_table import table_models, table_tenants
 from smartgo_exporter.pricing import (
     DEFAULT_RULES,
     PriceLevels,
