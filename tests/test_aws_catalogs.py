@@ -44,12 +44,8 @@ from smartgo_exporter.schema import (
     SaleRow,
     rows_to_arrow,
 )
-from smartgo_exporter.sinks.iceberg import (
-    SalesTable,
-    catalog_properties,
-    create_table,
-    open_catalog,
-)
+from smartgo_exporter.sinks.catalog import catalog_properties, open_catalog
+from smartgo_exporter.sinks.iceberg import SalesTable, create_table
 from tests.demo_store import serve_demo_store
 from tests.servers.moto import MotoServer
 from tests.servers.seaweedfs import Seaweed

@@ -20,7 +20,8 @@ from smartgo_exporter.schema import (
     SaleRow,
     rows_to_arrow,
 )
-from smartgo_exporter.sinks.iceberg import RUN_ID_PROPERTY, SalesTable, open_catalog
+from smartgo_exporter.sinks.catalog import open_catalog
+from smartgo_exporter.sinks.iceberg import RUN_ID_PROPERTY, SalesTable
 
 DAY = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 

@@ -29,7 +29,7 @@ from pyiceberg.io import FileIO, load_file_io
 
 from smartgo_exporter.config import IndexConfig, TableConfig
 from smartgo_exporter.errors import ConfigError
-from smartgo_exporter.sinks.iceberg import catalog_properties
+from smartgo_exporter.sinks.catalog import catalog_properties
 
 log = structlog.get_logger(__name__)
 

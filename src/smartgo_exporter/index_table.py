@@ -23,7 +23,7 @@ from pyiceberg.table import FileScanTask, Table
 
 from smartgo_exporter.schema import ARROW_SCHEMA
 
-# As in sinks.iceberg: pyiceberg's predicates are pydantic models whose generated signatures
+# As in sinks.key_filters: pyiceberg's predicates are pydantic models whose generated signatures
 # mypy's pydantic plugin misreads; the alias keeps the documented positional form checked.
 _equal_to = cast(Callable[[str, str], BooleanExpression], EqualTo)
 

@@ -1,4 +1,4 @@
-"""The Iceberg table: catalog loading, table creation, key lookups and the idempotent upsert.
+"""The Iceberg table: its creation, key lookups and the idempotent upsert.
 
 Every write is an upsert on (source, tenant_id, sale_id) committed as ONE overwrite snapshot:
 the data files holding any of the batch's keys are rewritten without those rows, and the batch
@@ -6,37 +6,24 @@ is added, in the same commit. A re-run therefore replaces rows instead of adding
 before the commit leaves the table as it was, and a reader never sees a half-applied batch.
 The snapshot's summary carries the run id, so the table itself says which run wrote what.
 
-The catalog is pyiceberg's, picked by `[table.catalog] type`: "sql" (the local default), "rest",
-"glue", or "s3tables", which is AWS S3 Tables' Iceberg REST endpoint with SigV4 signing:
-
-    [table.catalog]
-    type = "s3tables"
-    warehouse = "arn:aws:s3tables:eu-west-1:111122223333:bucket/pricing-intelligence"
-    region = "eu-west-1"          # optional: the ARN's region is the default
-
-Credentials come from boto3's default chain (the Lambda role, a profile, the environment), for
-the catalog and for the Parquet files alike.
+The catalog that holds the table is opened by `sinks.catalog`; the predicates that find a
+batch's keys in it are `sinks.key_filters`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-import re
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime
-from functools import reduce
-from pathlib import Path
-from typing import cast
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy.exc
 import structlog
-from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.exceptions import (
     CommitFailedException,
     CommitStateUnknownException,
@@ -46,16 +33,7 @@ from pyiceberg.exceptions import (
     ServiceUnavailableError,
     ValidationException,
 )
-from pyiceberg.expressions import (
-    AlwaysTrue,
-    And,
-    BooleanExpression,
-    EqualTo,
-    GreaterThanOrEqual,
-    In,
-    LessThanOrEqual,
-    Or,
-)
+from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.table import FileScanTask, Table
@@ -63,19 +41,19 @@ from pyiceberg.table.sorting import SortField, SortOrder
 from pyiceberg.transforms import IdentityTransform, MonthTransform
 
 from smartgo_exporter.config import TableConfig
-from smartgo_exporter.errors import ConfigError, ExporterError, SinkError
+from smartgo_exporter.errors import ExporterError, SinkError
 from smartgo_exporter.sales import Key
 from smartgo_exporter.schema import ARROW_SCHEMA, ICEBERG_SCHEMA, StoredRows
+from smartgo_exporter.sinks.catalog import open_catalog, redact
 from smartgo_exporter.sinks.data_files import write_data_files
+from smartgo_exporter.sinks.key_filters import (
+    key_filter,
+    key_mask,
+    sold_within_filter,
+    tenant_filter,
+)
 
 log = structlog.get_logger(__name__)
-
-# pyiceberg's predicates are pydantic models whose generated signatures mypy's pydantic plugin
-# misreads; these aliases keep the documented positional form type-checked.
-_equal_to = cast(Callable[[str, str], BooleanExpression], EqualTo)
-_in = cast(Callable[[str, set[str]], BooleanExpression], In)
-_at_least = cast(Callable[[str, str], BooleanExpression], GreaterThanOrEqual)
-_at_most = cast(Callable[[str, str], BooleanExpression], LessThanOrEqual)
 
 RUN_ID_PROPERTY = "smartgo.run-id"
 """Snapshot summary property naming the export run that committed the snapshot."""
@@ -94,78 +72,6 @@ TABLE_PROPERTIES = {
     "format-version": "2",
     "write.parquet.compression-codec": "zstd",
 }
-
-
-CATALOG_TYPES = ("sql", "rest", "glue", "s3tables")
-
-_TABLE_BUCKET_ARN = re.compile(
-    r"arn:aws[a-z-]*:s3tables:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):bucket/(?P<bucket>[a-z0-9-]+)"
-)
-_SECRET_PROPERTY = re.compile(r"secret|token|credential|password", re.IGNORECASE)
-
-
-def catalog_properties(config: TableConfig) -> dict[str, str]:
-    """The properties `load_catalog` is given: "s3tables" expanded into REST with SigV4.
-
-    An explicit property always wins over the expansion, so a test (or a VPC endpoint) changes
-    `uri` and `s3.endpoint` and nothing else. "glue" takes `region` for both Glue and S3;
-    "rest" and "sql" pass through as written.
-    """
-    properties = dict(config.catalog)
-    kind = properties.get("type", "")
-    if kind not in CATALOG_TYPES:
-        raise ConfigError(
-            "table.catalog.type",
-            f"unknown catalog type {kind!r}; use one of {', '.join(CATALOG_TYPES)}"
-            if kind
-            else f"missing; use one of {', '.join(CATALOG_TYPES)}",
-        )
-    if kind == "s3tables":
-        return _s3tables_properties(properties)
-    if kind == "glue" and (region := properties.pop("region", None)):
-        properties.setdefault("glue.region", region)
-        properties.setdefault("s3.region", region)
-    return properties
-
-
-def _s3tables_properties(properties: dict[str, str]) -> dict[str, str]:
-    arn = _TABLE_BUCKET_ARN.fullmatch(properties.get("warehouse", ""))
-    if arn is None:
-        raise ConfigError(
-            "table.catalog.warehouse",
-            "must be the table bucket's ARN, arn:aws:s3tables:REGION:ACCOUNT:bucket/NAME",
-        )
-    region = properties.pop("region", None) or arn["region"]
-    if region != arn["region"]:
-        # S3 Tables endpoints are regional: the bucket is only reachable in its own region.
-        raise ConfigError(
-            "table.catalog.region", f"{region} differs from the warehouse ARN's {arn['region']}"
-        )
-    expanded = {
-        "uri": f"https://s3tables.{region}.amazonaws.com/iceberg",
-        "rest.sigv4-enabled": "true",
-        "rest.signing-name": "s3tables",
-        "rest.signing-region": region,
-        "s3.region": region,
-    }
-    return expanded | properties | {"type": "rest"}
-
-
-def open_catalog(config: TableConfig) -> Catalog:
-    """pyiceberg's `load_catalog` with the configured properties; local folders are created."""
-    properties = catalog_properties(config)
-    uri = properties.get("uri", "")
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    warehouse = properties.get("warehouse", "")
-    if warehouse.startswith("file://"):
-        Path(warehouse.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
-    try:
-        return load_catalog(config.catalog_name, **properties)
-    except Exception as error:
-        raise SinkError(
-            f"cannot open catalog {config.catalog_name!r}: {_redact(error, properties)}"
-        ) from error
 
 
 def create_table(config: TableConfig) -> Table:
@@ -213,16 +119,7 @@ def _table_errors(
     except ExporterError:
         raise
     except Exception as error:
-        raise SinkError(f"cannot {verb} table {name}: {_redact(error, properties)}") from error
-
-
-def _redact(error: Exception, properties: dict[str, str]) -> str:
-    """The error's text, with any secret-looking catalog property's value blotted out."""
-    text = str(error) or type(error).__name__
-    for key, value in properties.items():
-        if _SECRET_PROPERTY.search(key) and len(value) >= 4:
-            text = text.replace(value, "***")
-    return text
+        raise SinkError(f"cannot {verb} table {name}: {redact(error, properties)}") from error
 
 
 def load_table(config: TableConfig) -> Table:
@@ -266,17 +163,13 @@ class SalesTable:
         if not keys or self.table.current_snapshot() is None:
             return StoredRows(ARROW_SCHEMA.empty_table(), {})
         if sold_within is None:
-            row_filter = self._key_filter(keys)
+            row_filter = key_filter(self.source, keys)
         else:
             # The span alone prunes the files; the keys are then picked out with Arrow. Given
             # to pyiceberg as well, the key set would be bound against every manifest's
             # partitions, which cost more than all the rest of a lookup.
             first, last = sold_within
-            row_filter = And(
-                self._tenant_filter(keys),
-                _at_least("sold_at", first.isoformat()),
-                _at_most("sold_at", last.isoformat()),
-            )
+            row_filter = sold_within_filter(self.source, keys, first, last)
         try:
             self.table.refresh()
             found = self.table.scan(row_filter=row_filter).to_arrow()
@@ -285,7 +178,7 @@ class SalesTable:
                 f"cannot read table {'.'.join(self.table.name())}: {first_line(error)}"
             ) from error
         if sold_within is not None:
-            found = found.filter(_key_mask(found, self.source, keys))
+            found = found.filter(key_mask(found, self.source, keys))
         index = {
             (tenant, sale): position
             for position, (tenant, sale) in enumerate(
@@ -398,7 +291,7 @@ class SalesTable:
         return properties
 
     def _commit(self, rows: pa.Table, keys: Sequence[Key], properties: dict[str, str]) -> None:
-        key_filter = self._key_filter(keys)
+        row_filter = key_filter(self.source, keys)
         transaction = self.table.transaction()
         metadata = transaction.table_metadata
         commit_uuid = uuid.uuid4()
@@ -407,11 +300,11 @@ class SalesTable:
             commit_uuid=commit_uuid
         ) as snapshot:
             # The predicate scopes pyiceberg's conflict check to our keys' partitions.
-            snapshot.delete_by_predicate(key_filter)
+            snapshot.delete_by_predicate(row_filter)
             if self.table.current_snapshot() is not None:
                 for task in self._files_holding(keys):
                     current = _read_file(self.table, task)
-                    keep = pc.invert(_key_mask(current, self.source, keys))
+                    keep = pc.invert(key_mask(current, self.source, keys))
                     kept = current.filter(keep)
                     if kept.num_rows == current.num_rows:
                         continue
@@ -434,7 +327,7 @@ class SalesTable:
         cost more as the table grew. Reading each candidate whole, embeddings included, to
         learn that it holds none of the keys did too.
         """
-        candidates = list(self.table.scan(row_filter=self._tenant_filter(keys)).plan_files())
+        candidates = list(self.table.scan(row_filter=tenant_filter(self.source, keys)).plan_files())
         if not candidates:
             return []
         key_columns = ArrowScan(
@@ -446,7 +339,7 @@ class SalesTable:
 
         def holds_a_key(task: FileScanTask) -> bool:
             columns = key_columns.to_table(tasks=[task])
-            return bool(pc.any(_key_mask(columns, self.source, keys)).as_py())
+            return bool(pc.any(key_mask(columns, self.source, keys)).as_py())
 
         with ThreadPoolExecutor(thread_name_prefix="key-scan") as pool:
             return [
@@ -454,37 +347,6 @@ class SalesTable:
                 for task, holds in zip(candidates, pool.map(holds_a_key, candidates), strict=True)
                 if holds
             ]
-
-    def _tenant_filter(self, keys: Iterable[Key]) -> BooleanExpression:
-        either: Callable[[BooleanExpression, BooleanExpression], BooleanExpression] = Or
-        tenants = {tenant for tenant, _ in keys}
-        return And(
-            _equal_to("source", self.source),
-            reduce(either, [_equal_to("tenant_id", tenant) for tenant in tenants]),
-        )
-
-    def _key_filter(self, keys: Iterable[Key]) -> BooleanExpression:
-        """Exactly these keys, said so that whole files are skipped by their statistics.
-
-        The sale id's range is redundant with the set but is what prunes: pyiceberg checks a
-        set of more than 200 values against a file's bounds not at all, a range always. Point
-        of sale ids grow with time, so a batch's range overlaps few files and a lookup reads
-        what the batch may touch, not the whole tenant.
-        """
-        by_tenant: dict[str, set[str]] = {}
-        for tenant, sale in keys:
-            by_tenant.setdefault(tenant, set()).add(sale)
-        per_tenant: list[BooleanExpression] = [
-            And(
-                _equal_to("tenant_id", tenant),
-                _at_least("sale_id", min(sales)),
-                _at_most("sale_id", max(sales)),
-                _in("sale_id", sales),
-            )
-            for tenant, sales in by_tenant.items()
-        ]
-        either: Callable[[BooleanExpression, BooleanExpression], BooleanExpression] = Or
-        return And(_equal_to("source", self.source), reduce(either, per_tenant))
 
 
 UNREACHABLE = (
@@ -512,20 +374,6 @@ def _read_file(table: Table, task: FileScanTask) -> pa.Table:
         projected_schema=table.schema(),
         row_filter=AlwaysTrue(),
     ).to_table(tasks=[task])
-
-
-def _key_mask(table: pa.Table, source: str, keys: Sequence[Key]) -> pa.ChunkedArray:
-    """Which rows of `table` have one of `keys`; a separator no id contains joins the pair."""
-    wanted = pa.array(
-        [f"{source}\x1f{tenant}\x1f{sale}" for tenant, sale in keys], pa.large_string()
-    )
-    joined = pc.binary_join_element_wise(
-        table.column("source").cast(pa.large_string()),
-        table.column("tenant_id").cast(pa.large_string()),
-        table.column("sale_id").cast(pa.large_string()),
-        pa.scalar("\x1f", pa.large_string()),
-    )
-    return pc.is_in(joined, value_set=wanted)
 
 
 def _evolve_schema(table: Table) -> Table:
