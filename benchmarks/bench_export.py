@@ -43,7 +43,8 @@ from sales_data import BUSINESS_DAY, exporter_settings
 from smartgo_exporter import export
 from smartgo_exporter.config import LocalEmbedderConfig
 from smartgo_exporter.demo.store import SALES_TABLE
-from smartgo_exporter.embedders.local import LocalEmbedder, decode_for_model
+from smartgo_exporter.embedders.local import LocalEmbedder
+from smartgo_exporter.embedders.preprocessing import decode_for_model
 from smartgo_exporter.logs import configure_logging
 from smartgo_exporter.run_records import RunStatus
 

@@ -40,7 +40,8 @@ from PIL import Image
 from smartgo_exporter.config import LocalEmbedderConfig
 from smartgo_exporter.demo.photos import render_photos
 from smartgo_exporter.demo.store import DEFAULT_SEED, DemoProduct, PhotoState, plan_demo
-from smartgo_exporter.embedders.local import Fit, LocalEmbedder
+from smartgo_exporter.embedders.local import LocalEmbedder
+from smartgo_exporter.embedders.preprocessing import Fit
 
 FITS: tuple[Fit, ...] = ("pad", "crop")
 CANVASES = {"square 1:1": 1.0, "wide 4:3": 4 / 3, "wide 16:9": 16 / 9, "tall 3:4": 3 / 4}

@@ -19,7 +19,8 @@ from PIL import Image, ImageDraw
 
 from smartgo_exporter.config import LocalEmbedderConfig
 from smartgo_exporter.embedders.efficientnet_lite import build_model
-from smartgo_exporter.embedders.local import LocalEmbedder, decode_for_model, packaged_weights
+from smartgo_exporter.embedders.local import LocalEmbedder, packaged_weights
+from smartgo_exporter.embedders.preprocessing import decode_for_model
 from smartgo_exporter.embedders.torch_legacy import read_state_dict
 
 

@@ -29,6 +29,7 @@ from smartgo_exporter.embedders import Vector, load_embedder
 from smartgo_exporter.embedders import local as local_module
 from smartgo_exporter.embedders.efficientnet_lite import INPUT_NAME, build_model, tf_same_pads
 from smartgo_exporter.embedders.local import LocalEmbedder, packaged_weights
+from smartgo_exporter.embedders.preprocessing import decode_for_model, isolate_item
 from smartgo_exporter.embedders.torch_legacy import (
     MAGIC_NUMBER,
     PROTOCOL_VERSION,
@@ -205,9 +206,7 @@ def test_an_item_is_cut_out_of_its_backdrop_so_a_new_shot_elsewhere_embeds_alike
     stored = _item_on((240, 240, 236), (480, 480), (80, 120, 400, 360))
     moved = _item_on((40, 110, 60), (640, 480), (380, 300, 540, 420))
     other = _item_on((40, 110, 60), (640, 480), (380, 300, 540, 420), body=(30, 42, 84))
-    stored_pixels, moved_pixels = (
-        local_module.decode_for_model(data, "crop") for data in (stored, moved)
-    )
+    stored_pixels, moved_pixels = (decode_for_model(data, "crop") for data in (stored, moved))
     assert isinstance(stored_pixels, np.ndarray)
     assert isinstance(moved_pixels, np.ndarray)
     assert stored_pixels.shape == (224, 224, 4)
@@ -222,8 +221,8 @@ def test_an_item_is_cut_out_of_its_backdrop_so_a_new_shot_elsewhere_embeds_alike
 
 
 def test_a_photo_without_a_plain_backdrop_is_not_cut(embedder: LocalEmbedder) -> None:
-    assert local_module.isolate_item(photo("chelsea")) is None
-    assert local_module.isolate_item(photo("astronaut")) is None
+    assert isolate_item(photo("chelsea")) is None
+    assert isolate_item(photo("astronaut")) is None
 
 
 def test_the_same_photo_gives_the_same_vector_in_any_batch(embedder: LocalEmbedder) -> None:
