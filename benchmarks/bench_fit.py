@@ -39,7 +39,7 @@ from PIL import Image
 
 from smartgo_exporter.config import LocalEmbedderConfig
 from smartgo_exporter.demo.photos import render_photos
-from smartgo_exporter.demo.store import DEFAULT_SEED, DemoProduct, PhotoState, plan_demo
+from smartgo_exporter.demo.plan import DEFAULT_SEED, DemoProduct, PhotoState, plan_demo
 from smartgo_exporter.embedders.local import LocalEmbedder
 from smartgo_exporter.embedders.preprocessing import Fit
 

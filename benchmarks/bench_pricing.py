@@ -51,7 +51,7 @@ from usearch.index import Index
 from pricing_data import EvalProduct, build_products, render_photos, reshoot
 from smartgo_exporter.config import IndexConfig, LocalEmbedderConfig, Settings
 from smartgo_exporter.demo.photos import render_photos as render_photos_of_demo
-from smartgo_exporter.demo.store import DEFAULT_SALES, DemoSale, plan_demo
+from smartgo_exporter.demo.plan import DEFAULT_SALES, DemoSale, plan_demo
 from smartgo_exporter.embedders.local import LocalEmbedder
 from smartgo_exporter.lookup import Lookup
 from smartgo_exporter.pricing import DEFAULT_RULES, PricingRules

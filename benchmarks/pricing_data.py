@@ -21,7 +21,7 @@ Built for two questions. Does an embedding find the same item again from a new s
   euros, a quarter in pounds; sold at some moment of one year.
 
 The drawing is the demo's (`smartgo_exporter.demo.photos.draw_item`), the kinds, colours,
-brands and titles its stores' (`smartgo_exporter.demo.store`). Everything is deterministic
+brands and titles its stores' (`smartgo_exporter.demo.shops`, `.plan`). Everything is deterministic
 from the seed, in any order and on any number of processes:
 
     products = build_products(3000, seed=0)
@@ -48,7 +48,8 @@ from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFilter
 
 from smartgo_exporter.demo.photos import draw_item
-from smartgo_exporter.demo.store import STORES, STYLES, DemoProduct, PhotoState, _plan_product
+from smartgo_exporter.demo.plan import DemoProduct, PhotoState, _plan_product
+from smartgo_exporter.demo.shops import STORES, STYLES
 
 DEFAULT_PRODUCTS = 3_000
 DEFAULT_SHOTS = 4

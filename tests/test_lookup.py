@@ -20,7 +20,7 @@ from smartgo_exporter import load_config
 from smartgo_exporter.cli import app
 from smartgo_exporter.config import IndexConfig, Settings
 from smartgo_exporter.demo import DemoCatalog, DemoPaths
-from smartgo_exporter.demo.store import DemoProduct, PhotoState
+from smartgo_exporter.demo.plan import DemoProduct, PhotoState
 from smartgo_exporter.errors import (
     IndexMismatch,
     NoSalesInCurrency,

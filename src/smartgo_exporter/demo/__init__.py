@@ -32,24 +32,22 @@ from typing import TYPE_CHECKING
 from smartgo_exporter.config_loader import load_config
 from smartgo_exporter.demo.layout import DemoPaths, write_demo_config
 from smartgo_exporter.demo.photos import render_photos
+from smartgo_exporter.demo.plan import (
+    DEFAULT_SALES,
+    DemoCatalog,
+    DemoProduct,
+    DemoSummary,
+    PhotoState,
+    plan_demo,
+)
 from smartgo_exporter.demo.server import (
     DEFAULT_PHOTO_PORT,
     DemoError,
     photo_base_url,
     serve_photos,
 )
-from smartgo_exporter.demo.store import (
-    DEFAULT_SALES,
-    SALE_COLUMNS,
-    STORES,
-    DemoCatalog,
-    DemoProduct,
-    DemoSummary,
-    PhotoState,
-    build_sales_database,
-    plan_demo,
-    read_demo_meta,
-)
+from smartgo_exporter.demo.shops import STORES
+from smartgo_exporter.demo.store import SALE_COLUMNS, build_sales_database, read_demo_meta
 from smartgo_exporter.pipeline import export
 from smartgo_exporter.run_records import RunRecord
 from smartgo_exporter.runs import BatchDone

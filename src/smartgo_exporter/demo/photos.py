@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from smartgo_exporter.demo.store import COLOURS, DemoProduct, PhotoState
+from smartgo_exporter.demo.plan import DemoProduct, PhotoState
+from smartgo_exporter.demo.shops import COLOURS
 
 _RGB = tuple[int, int, int]
 _RGBA = tuple[int, int, int, int]
