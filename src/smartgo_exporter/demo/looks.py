@@ -74,7 +74,6 @@ def _shading(width: int, height: int, right: float, bottom: float) -> Image.Imag
 
 def fabric(side: int, look: Look, pattern: str, angle: float, step: float) -> Image.Image:
     """The item's cloth, leather or plastic: its colour and pattern, turned with the item."""
-    plain = pattern not in ("stripes", "dots", "checks")
     cloth = Image.new("RGB", (side, side), look.contrast if pattern == "checks" else look.base)
     draw = ImageDraw.Draw(cloth, "RGBA")
     cos, sin = math.cos(math.radians(angle)), math.sin(math.radians(angle))
@@ -108,6 +107,5 @@ def fabric(side: int, look: Look, pattern: str, angle: float, step: float) -> Im
                 [turn(a0, -reach), turn(a0, reach), turn(a1, reach), turn(a1, -reach)],
                 fill=(*look.base, 150),
             )
-    del plain
     cloth.paste(Image.new("RGB", (side, side)), (0, 0), _shading(side, side, 0.16, 0.08))
     return cloth

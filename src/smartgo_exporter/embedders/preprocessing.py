@@ -26,6 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageFilter, ImageOps
 
+from smartgo_exporter.embedders.rgb import to_rgb
 from smartgo_exporter.errors import EmbeddingError
 
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -85,7 +86,7 @@ def decode_for_model(
                 # libjpeg scales by 1/2, 1/4 or 1/8 while decoding, keeping both sides at least
                 # this large: enough for a crop (256) and for an item cut out of the photo.
                 image.draft("RGB", (_DRAFT_SHORT_SIDE, _DRAFT_SHORT_SIDE))
-            upright = _to_rgb(ImageOps.exif_transpose(image))
+            upright = to_rgb(ImageOps.exif_transpose(image))
             isolated = isolate_item(upright)
             if isolated is None:
                 square = _square(upright, fit)
@@ -197,24 +198,6 @@ def _filled(item: NDArray[np.bool_]) -> NDArray[np.bool_]:
         if np.array_equal(grown, outside):
             return ~outside
         outside = grown
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """RGB, with any transparency composited onto white (a product photo's usual background)."""
-    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        # Pillow clips 16-bit grey to 8 bits instead of scaling it: most of the photo goes white.
-        values = np.asarray(image, dtype=np.int64)
-        if image.mode != "I" or values.max(initial=0) > 255:
-            values = values >> 8
-        image = Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), "L")
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
-    if has_alpha:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (*_WHITE, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if image.mode != "RGB":
-        return image.convert("RGB")
-    return image
 
 
 def _square(image: Image.Image, fit: Fit) -> Image.Image:

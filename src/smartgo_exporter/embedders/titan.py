@@ -40,6 +40,7 @@ import structlog
 from PIL import ExifTags, Image, ImageOps
 
 from smartgo_exporter.embedders import Vector
+from smartgo_exporter.embedders.rgb import to_rgb
 from smartgo_exporter.errors import EmbeddingError, ModelUnavailable
 
 INSTALL_HINT = "pip install 'smartgo-exporter[aws]'"
@@ -103,8 +104,6 @@ IMAGE_CODES = {
     "ModelErrorException": "model_error",
 }
 """Per-image codes and their reason slugs; any other code is `service_error`."""
-
-_WHITE = (255, 255, 255)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -363,7 +362,7 @@ def encode_for_titan(data: bytes, max_bytes: int = MAX_IMAGE_BYTES) -> bytes | E
                 return data
             image.draft("RGB", _fitted(image.size))
             upright = ImageOps.exif_transpose(image)
-            flat = _on_white(upright)
+            flat = to_rgb(upright)
             if max(flat.size) > MAX_SIDE:
                 flat = flat.resize(_fitted(flat.size), Image.Resampling.LANCZOS)
     except Image.DecompressionBombError as error:
@@ -399,17 +398,3 @@ def _fitted(size: tuple[int, int]) -> tuple[int, int]:
     width, height = size
     scale = min(1.0, MAX_SIDE / max(width, height, 1))
     return max(1, round(width * scale)), max(1, round(height * scale))
-
-
-def _on_white(image: Image.Image) -> Image.Image:
-    """RGB, with any transparency composited onto white; 16-bit grey scaled, not clipped."""
-    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        values = np.asarray(image, dtype=np.int64)
-        if image.mode != "I" or values.max(initial=0) > 255:
-            values = values >> 8
-        image = Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), "L")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (*_WHITE, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image if image.mode == "RGB" else image.convert("RGB")
