@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Column, Table
 
-from smartgo_exporter.cli_edge import (
+from smartgo_exporter.cli.edge import (
     DEFAULT_CONFIG,
     ConfigOption,
     LogLevel,

@@ -1,0 +1,50 @@
+"""The commands that read the run history back: `history` and `stats`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import typer
+
+from smartgo_exporter.cli.edge import DEFAULT_CONFIG, ConfigOption, console, load_settings
+from smartgo_exporter.cli.output import print_day, print_runs, print_summary
+from smartgo_exporter.progress import load_progress_store
+
+
+def history(
+    config: ConfigOption = DEFAULT_CONFIG,
+    day: Annotated[
+        datetime | None,
+        typer.Option("--date", formats=["%Y-%m-%d"], help="Runs of this day only."),
+    ] = None,
+    limit: Annotated[int, typer.Option(help="How many recent runs.")] = 20,
+) -> None:
+    """Show recent runs, or one day's runs with their errors.
+
+    Example: `smartgo-exporter history --date 2026-11-26`
+    """
+    settings = load_settings(config)
+    store = load_progress_store(settings.progress, retention_days=settings.retention_days)
+    records = store.runs_on(day.date()) if day else store.recent(limit)
+    if not records:
+        console.print(f"No runs recorded{f' for {day.date()}' if day else ''}.")
+    elif day is None:
+        print_runs(records)
+    else:
+        print_day(records)
+
+
+def stats(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    """Summarise the stored runs: success rate, rows, failures by reason.
+
+    Example: `smartgo-exporter stats`
+    """
+    settings = load_settings(config)
+    summary = load_progress_store(
+        settings.progress, retention_days=settings.retention_days
+    ).summary()
+    if not summary.runs:
+        console.print("No runs recorded.")
+        return
+    print_summary(summary)
