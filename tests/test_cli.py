@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
+import subprocess
+import sys
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -11,7 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from smartgo_exporter.cli import app
+from smartgo_exporter.cli.demo import DEMO_SALES
 from smartgo_exporter.demo import DemoPaths
+from smartgo_exporter.demo.store import DEFAULT_SALES
 from tests.demo_store import FIRST_DAY
 
 runner = CliRunner()
@@ -34,6 +39,26 @@ def test_version_names_the_installed_release() -> None:
     code, output = invoke("--version")
     assert code == 0
     assert re.fullmatch(r"smartgo-exporter \d+\.\d+\.\d+\S*\n", output)
+
+
+def test_loading_the_cli_imports_none_of_the_demo() -> None:
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, smartgo_exporter.cli;"
+            " print(any(m.startswith('smartgo_exporter.demo') for m in sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        check=True,
+    )
+    assert loaded.stdout == "False\n"
+
+
+def test_the_demo_command_builds_the_demo_stores_default_size() -> None:
+    assert DEMO_SALES == DEFAULT_SALES
 
 
 def test_run_exports_the_given_day_and_prints_its_counts(workspace: DemoPaths) -> None:
