@@ -42,6 +42,7 @@ def guarded(call: Callable[[], T]) -> T:
     try:
         return call()
     except ExporterError as error:
-        # Escaped: a message may hold brackets, e.g. pip install 'smartgo-exporter[aws]'.
-        errors.print(f"[red]error:[/] {escape(str(error))}")
+        # Escaped: a message may hold brackets, e.g. pip install 'smartgo-exporter[aws]'. Not
+        # wrapped: in a log (cron, CloudWatch) a wrapped message would be two lines.
+        errors.print(f"[red]error:[/] {escape(str(error))}", soft_wrap=True)
         raise typer.Exit(2) from None
