@@ -107,6 +107,30 @@ def test_stats_without_runs_says_so(workspace: DemoPaths) -> None:
     assert "No runs recorded." in output
 
 
+def test_history_of_a_store_that_cannot_be_opened_is_one_line_naming_it(
+    workspace: DemoPaths,
+) -> None:
+    workspace.progress_db.mkdir()
+    code, output = invoke("history", "--config", str(workspace.config))
+    assert code == 2
+    assert output.splitlines() == [
+        f"error: the progress store (SQLite file {workspace.progress_db}) cannot be opened:"
+        " unable to open database file"
+    ]
+
+
+def test_stats_of_a_store_that_is_not_a_database_is_one_line_naming_it(
+    workspace: DemoPaths,
+) -> None:
+    workspace.progress_db.write_text("not a database, and long enough to fill its header" * 4)
+    code, output = invoke("stats", "--config", str(workspace.config))
+    assert code == 2
+    assert output.splitlines() == [
+        f"error: the progress store (SQLite file {workspace.progress_db}) cannot be opened:"
+        " file is not a database"
+    ]
+
+
 def test_sql_before_the_first_export_says_how_the_table_comes_to_exist(
     workspace: DemoPaths,
 ) -> None:

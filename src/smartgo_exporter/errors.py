@@ -94,6 +94,17 @@ class SinkError(ExporterError):
     """The table could not be created, read or committed to."""
 
 
+class ProgressStoreUnavailable(ExporterError):
+    """The progress store could not be opened or read by someone asking it what ran (`history`,
+    `stats`); `store` names it (its SQLite file or DynamoDB table). The export never raises it:
+    it goes on without its store."""
+
+    def __init__(self, store: str, reason: str) -> None:
+        super().__init__(f"the progress store ({store}) {reason}")
+        self.store = store
+        self.reason = reason
+
+
 class RunnerUnavailable(ExporterError):
     """The runner asked for cannot be used here: its optional extra is not installed (the
     message says what to pip install) or its cluster cannot be reached."""

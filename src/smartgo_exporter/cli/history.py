@@ -1,4 +1,8 @@
-"""The commands that read the run history back: `history` and `stats`."""
+"""The commands that read the run history back: `history` and `stats`.
+
+Through the same edge as `run`: a progress store that cannot be opened or read is a one-line
+error and exit code 2, not a traceback, nor a "No runs recorded" that is not true.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,9 @@ from typing import Annotated
 
 import typer
 
-from smartgo_exporter.cli.edge import DEFAULT_CONFIG, ConfigOption, console, load_settings
+from smartgo_exporter import run_history
+from smartgo_exporter.cli.edge import DEFAULT_CONFIG, ConfigOption, console, guarded, load_settings
 from smartgo_exporter.cli.output import print_day, print_runs, print_summary
-from smartgo_exporter.progress import load_progress_store
 
 
 def history(
@@ -25,8 +29,13 @@ def history(
     Example: `smartgo-exporter history --date 2026-11-26`
     """
     settings = load_settings(config)
-    store = load_progress_store(settings.progress, retention_days=settings.retention_days)
-    records = store.runs_on(day.date()) if day else store.recent(limit)
+    records = guarded(
+        lambda: (
+            run_history.runs_on(settings, day.date())
+            if day
+            else run_history.recent_runs(settings, limit)
+        )
+    )
     if not records:
         console.print(f"No runs recorded{f' for {day.date()}' if day else ''}.")
     elif day is None:
@@ -41,9 +50,7 @@ def stats(config: ConfigOption = DEFAULT_CONFIG) -> None:
     Example: `smartgo-exporter stats`
     """
     settings = load_settings(config)
-    summary = load_progress_store(
-        settings.progress, retention_days=settings.retention_days
-    ).summary()
+    summary = guarded(lambda: run_history.summary(settings))
     if not summary.runs:
         console.print("No runs recorded.")
         return
