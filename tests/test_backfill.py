@@ -29,6 +29,7 @@ from smartgo_exporter.index import SalesIndex
 from smartgo_exporter.lookup import update_indexes
 from smartgo_exporter.progress.sqlite import SqliteProgressStore
 from smartgo_exporter.run_records import RunRecord, RunStatus
+from smartgo_exporter.runs import DayDone
 from smartgo_exporter.sales import SALE_FIELDS
 from smartgo_exporter.sinks.iceberg import BUSINESS_DATE_PROPERTY, RUN_ID_PROPERTY, SalesTable
 from tests.demo_store import FIRST_DAY, table_rows
@@ -62,6 +63,8 @@ class Backfilled:
     paths: DemoPaths
     settings: Settings
     records: list[RunRecord]
+    days_heard: list[DayDone]
+    """What the backfill's `on_day` heard, in the order it heard it."""
 
 
 def backfilled(
@@ -72,8 +75,11 @@ def backfilled(
     shutil.copy(store[0].sales_db, paths.sales_db)
     write_demo_config(paths)
     settings = settings_of(paths)
-    records = backfill(settings, FIRST_DAY, LAST_DAY, runner=runner) if write else []
-    return Backfilled(paths, settings, records)
+    heard: list[DayDone] = []
+    records = (
+        backfill(settings, FIRST_DAY, LAST_DAY, runner=runner, on_day=heard.append) if write else []
+    )
+    return Backfilled(paths, settings, records, heard)
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +163,18 @@ def test_ray_records_each_day_as_the_local_runner_does(
             ]
     finally:
         stored.close()
+
+
+def test_both_runners_report_each_day_as_its_run_is_recorded(
+    by_local: Backfilled, by_ray: Backfilled
+) -> None:
+    for backfilled in (by_local, by_ray):
+        heard = backfilled.days_heard
+        assert sorted((done.record for done in heard), key=lambda r: r.business_date) == (
+            backfilled.records
+        )
+        assert [done.days_done for done in heard] == list(range(1, len(days()) + 1))
+        assert {done.days_total for done in heard} == {len(days())}
 
 
 RUN_OWN_FIELDS = {"run_id", "started_at", "finished_at", "expires_at"}

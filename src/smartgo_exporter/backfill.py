@@ -22,7 +22,7 @@ from smartgo_exporter.errors import ConfigError, ExporterError
 from smartgo_exporter.index import sync_after_export
 from smartgo_exporter.pipeline import export
 from smartgo_exporter.run_records import RunRecord
-from smartgo_exporter.runs import ProgressCallback
+from smartgo_exporter.runs import DayCallback, ProgressCallback
 from smartgo_exporter.sinks.iceberg import load_table
 from smartgo_exporter.windows import days, ensure_over
 
@@ -41,6 +41,7 @@ def backfill(
     runner: Runner = "local",
     ray_address: str | None = None,
     on_batch: ProgressCallback | None = None,
+    on_day: DayCallback | None = None,
 ) -> list[RunRecord]:
     """Export every day from `start` to `end`, both included; one run record per day.
 
@@ -49,7 +50,8 @@ def backfill(
     goes (see `ray_runner.export_on_ray`). Without Ray installed it raises RunnerUnavailable, whose
     message says what to install. A `ray_address` without the Ray runner is a ConfigError,
     as is an unknown runner or a range that ends before it starts; a range reaching a day that
-    has not ended yet raises DayNotOver.
+    has not ended yet raises DayNotOver. `on_batch` and `on_day` report progress as in
+    `pipeline.export`.
     """
     if runner not in get_args(Runner):
         raise ConfigError("runner", f"unknown runner {runner!r}; use local or ray")
@@ -61,13 +63,18 @@ def backfill(
         from smartgo_exporter.ray_runner import export_on_ray
 
         records = export_on_ray(
-            settings, selected, address=ray_address, trigger=TRIGGER, on_batch=on_batch
+            settings,
+            selected,
+            address=ray_address,
+            trigger=TRIGGER,
+            on_batch=on_batch,
+            on_day=on_day,
         )
         _sync_indexes(settings)
         return records
     if ray_address is not None:
         raise ConfigError("ray_address", "only the ray runner runs on a cluster")
-    return export(settings, selected, trigger=TRIGGER, on_batch=on_batch)
+    return export(settings, selected, trigger=TRIGGER, on_batch=on_batch, on_day=on_day)
 
 
 def _sync_indexes(settings: Settings) -> None:

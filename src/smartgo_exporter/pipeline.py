@@ -36,7 +36,14 @@ from smartgo_exporter.index import sync_after_export
 from smartgo_exporter.photo_fetcher import PhotoFetcher
 from smartgo_exporter.progress import NonFatalProgressStore, ProgressStore, load_progress_store
 from smartgo_exporter.run_records import RunRecord, RunStatus
-from smartgo_exporter.runs import BatchDone, DayRun, ProgressCallback, failed_run_record
+from smartgo_exporter.runs import (
+    BatchDone,
+    DayCallback,
+    DayDone,
+    DayRun,
+    ProgressCallback,
+    failed_run_record,
+)
 from smartgo_exporter.sales import Key
 from smartgo_exporter.schema import StoredRows
 from smartgo_exporter.sinks.iceberg import SalesTable
@@ -114,6 +121,7 @@ def export(
     *,
     trigger: str = "manual",
     on_batch: ProgressCallback | None = None,
+    on_day: DayCallback | None = None,
     should_stop: StopCheck | None = None,
     source: Source | None = None,
     embedder: Embedder | None = None,
@@ -131,6 +139,9 @@ def export(
     When `should_stop` answers True, the batches already read are committed, the run is
     recorded PARTIAL and no further day is started. A day of `days` that has not ended yet
     raises DayNotOver before anything is read or recorded.
+
+    `on_batch` hears of each committed batch, `on_day` of each run record as it is saved with
+    its outcome (the records returned, one by one), for a progress display.
 
     `source`, `embedder` and `progress` stand in for the stages the settings would open, as
     httpx takes a `transport=`: a wrapped source, a model already loaded, a store of the
@@ -154,6 +165,8 @@ def export(
                     break
                 day_export = _DayExport(stages, store, (number, len(days)), on_batch, should_stop)
                 records.append(asyncio.run(day_export.run(day, trigger)))
+                if on_day is not None:
+                    on_day(DayDone(records[-1], number + 1, len(days)))
                 if records[-1].status is RunStatus.FAILED:
                     break
             sync_after_export(
@@ -170,6 +183,8 @@ def export(
             settings, days[0] if days else yesterday(settings.export.timezone), trigger, error
         )
         store.save(record)
+        if on_day is not None:
+            on_day(DayDone(record, 1, len(days) if days else 1))
         return [record]
     finally:
         if progress is None:

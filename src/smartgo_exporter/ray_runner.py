@@ -49,6 +49,8 @@ from smartgo_exporter.ray_cluster import ray, ray_session, without_ray_progress_
 from smartgo_exporter.run_records import RunError, RunRecord
 from smartgo_exporter.runs import (
     BatchDone,
+    DayCallback,
+    DayDone,
     DayRun,
     ProgressCallback,
     failed_run_record,
@@ -116,6 +118,7 @@ def export_on_ray(
     address: str | None = None,
     trigger: str = "backfill",
     on_batch: ProgressCallback | None = None,
+    on_day: DayCallback | None = None,
 ) -> list[RunRecord]:
     """Export each day on Ray, one run record per day, and return the records in day order.
 
@@ -125,7 +128,8 @@ def export_on_ray(
     instance), and disconnects again (stopping what it started) at the end; RunnerUnavailable
     when Ray cannot be reached or started. As in `pipeline.export`, a model, table or source
     that cannot even be opened fails the first day, and a day whose lease another run holds is
-    recorded FAILED and left alone.
+    recorded FAILED and left alone. `on_batch` and `on_day` are called as by `pipeline.export`;
+    the days run at once, so they end in any order.
     """
     if not days:
         return []
@@ -144,8 +148,10 @@ def export_on_ray(
             except ExporterError as error:
                 record = failed_run_record(settings, days[0], trigger, error)
                 progress.save(record)
+                if on_day is not None:
+                    on_day(DayDone(record, 1, len(days)))
                 return [record]
-            backfill = _Backfill(settings, progress, table, trigger, on_batch, len(days))
+            backfill = _Backfill(settings, progress, table, trigger, on_batch, on_day, len(days))
             return asyncio.run(backfill.run(days, embedder.model_id, embedder.include_title))
     finally:
         progress.close()
@@ -172,6 +178,7 @@ class _Backfill:
         table: SalesTable,
         trigger: str,
         on_batch: ProgressCallback | None,
+        on_day: DayCallback | None,
         days_total: int,
     ) -> None:
         self.settings = settings
@@ -179,6 +186,7 @@ class _Backfill:
         self.table = table
         self.trigger = trigger
         self.on_batch = on_batch
+        self.on_day = on_day
         self.days_total = days_total
         self.days_done = 0
         self.running: dict[date, _Day] = {}
@@ -212,7 +220,7 @@ class _Backfill:
     async def _start(self, day: date) -> RunRecord:
         run = await DayRun.start(self.settings, self.progress, day, self.trigger, runner="ray")
         if run.record.finished:
-            self.days_done += 1
+            self._day_done(run.record)
         else:
             self.running[day] = _Day(run)
         return run.record
@@ -311,7 +319,12 @@ class _Backfill:
         """Record the day's outcome and let go of it."""
         record = day.run.finish(failure)
         del self.running[record.business_date]
+        self._day_done(record)
+
+    def _day_done(self, record: RunRecord) -> None:
         self.days_done += 1
+        if self.on_day is not None:
+            self.on_day(DayDone(record, self.days_done, self.days_total))
 
 
 # --- what runs on the cluster -------------------------------------------------------------------

@@ -4,7 +4,7 @@ The local runner (`pipeline.py`) and the Ray runner (`ray_runner.py`) both expor
 run: a RUNNING record saved when its lease is taken, the stale records of runs that died on the
 same day closed, the lease renewed while the run lives, and at the end one outcome by one rule,
 saved and the lease let go. That lifecycle is `DayRun`; what the runners report as they go is
-`BatchDone`.
+`BatchDone` after each commit and `DayDone` at each day's end.
 
     run = await DayRun.start(settings, progress, day, trigger="manual")
     if not run.record.finished:
@@ -44,6 +44,20 @@ class BatchDone:
 
 
 ProgressCallback = Callable[[BatchDone], None]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DayDone:
+    """Reported when a day's run is recorded with its outcome, for progress displays: a day
+    can end with no batch to report (no sales, a failure), and on Ray days end in any order."""
+
+    record: RunRecord
+    days_done: int
+    """Days finished, this one included, of the `days_total` this export call runs."""
+    days_total: int
+
+
+DayCallback = Callable[[DayDone], None]
 
 
 @dataclasses.dataclass
