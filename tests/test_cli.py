@@ -77,6 +77,24 @@ def test_run_over_a_range_exports_each_day(workspace: DemoPaths) -> None:
         assert day in output
 
 
+def test_without_a_terminal_a_run_prints_a_line_as_each_day_finishes(
+    workspace: DemoPaths,
+) -> None:
+    code, output = invoke(
+        "run", "-c", str(workspace.config), "--from", "2026-10-05", "--to", "2026-10-07"
+    )
+    assert code == 0, output
+    lines = output.splitlines()
+    finished = [line for line in lines if re.match(r"\d{4}-\d\d-\d\d  [A-Z]+ +\d+ sales", line)]
+    assert [line[:10] for line in finished] == ["2026-10-05", "2026-10-06", "2026-10-07"]
+    counts = r"\d+ sales, \d+ written, \d+ embedded, \d+ reused, \d+ failed, \d+ rejected"
+    for number, line in enumerate(finished, start=1):
+        assert re.match(rf"\S+  (SUCCEEDED|PARTIAL  )  {counts}  \({number} of 3 days\)", line)
+    # As the days finish: before the table that ends the run.
+    [title] = [number for number, line in enumerate(lines) if "Export runs" in line]
+    assert lines.index(finished[-1]) < title
+
+
 def test_history_lists_runs_and_one_days_errors(exported: DemoPaths) -> None:
     code, output = invoke("history", "--config", str(exported.config))
     assert code == 0

@@ -66,14 +66,15 @@ def demo(
     from smartgo_exporter.demo import run_demo
 
     configure_logging(log_level)
-    with progress_display() as on_batch:
+    # Only the bar: the demo is watched, not logged, and lists its days at the end.
+    with progress_display() as progress:
         outcome = guarded(
             lambda: run_demo(
                 folder,
                 fresh=fresh,
                 port=port,
                 sales=sales,
-                on_batch=on_batch,
+                on_batch=progress.on_batch,
                 aws_local=aws_local,
             )
         )

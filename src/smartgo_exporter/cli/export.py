@@ -50,9 +50,15 @@ def run(
     configure_logging(log_level)
     settings = load_settings(config)
     selected = _days(day, first, last)
-    with progress_display() as on_batch, stop_on_signals(threading.Event()) as stop:
+    with progress_display() as progress, stop_on_signals(threading.Event()) as stop:
         records = guarded(
-            lambda: export(settings, selected, on_batch=on_batch, should_stop=stop.is_set)
+            lambda: export(
+                settings,
+                selected,
+                on_batch=progress.on_batch,
+                on_day=progress.on_day,
+                should_stop=stop.is_set,
+            )
         )
     _print_outcome(records)
 
@@ -90,7 +96,7 @@ def backfill_command(
     """
     configure_logging(log_level)
     settings = load_settings(config)
-    with progress_display() as on_batch:
+    with progress_display() as progress:
         records = guarded(
             lambda: backfill(
                 settings,
@@ -98,7 +104,8 @@ def backfill_command(
                 last.date(),
                 runner=runner,
                 ray_address=ray_address,
-                on_batch=on_batch,
+                on_batch=progress.on_batch,
+                on_day=progress.on_day,
             )
         )
     _print_outcome(records)

@@ -1,4 +1,4 @@
-"""What the commands print: the run tables, the summaries, and the progress display.
+"""What the commands print: the run tables, the summaries, and how an export shows progress.
 
 Formatting only; every value shown comes back from the one library call a command makes.
 """
@@ -6,7 +6,7 @@ Formatting only; every value shown comes back from the one library call a comman
 from __future__ import annotations
 
 import contextlib
-import sys
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC
 from typing import TYPE_CHECKING
@@ -18,13 +18,13 @@ from rich.table import Table
 
 from smartgo_exporter.cli.edge import console, errors
 from smartgo_exporter.run_records import RunRecord, RunStatus
+from smartgo_exporter.runs import BatchDone, DayCallback, DayDone, ProgressCallback
 
 if TYPE_CHECKING:
     import pyarrow as pa
     from pyiceberg.table import Table as IcebergTable
 
     from smartgo_exporter.progress import RunSummary
-    from smartgo_exporter.runs import BatchDone
     from smartgo_exporter.sinks.compaction import CompactionReport
 
 COUNT_COLUMNS = ("sales", "written", "embedded", "reused", "failed", "rejected")
@@ -76,8 +76,7 @@ def _runs_table(
         table.add_column(column, justify="right")
     totals = [0] * len(COUNT_COLUMNS)
     for record in records:
-        c = record.counts
-        values = [c.sales, c.written, c.embedded, c.reused, c.failed, c.rejected]
+        values = _counts(record)
         totals = [total + value for total, value in zip(totals, values, strict=True)]
         style = {RunStatus.FAILED: "red", RunStatus.PARTIAL: "yellow"}.get(record.status, "green")
         table.add_row(first_cell(record), f"[{style}]{record.status}[/]", *map(str, values))
@@ -85,6 +84,10 @@ def _runs_table(
         table.add_section()
         table.add_row("total", "", *map(str, totals))
     return table
+
+
+def _counts(record: RunRecord) -> list[int]:
+    return [getattr(record.counts, name) for name in COUNT_COLUMNS]
 
 
 def print_summary(summary: RunSummary) -> None:
@@ -202,11 +205,22 @@ def _size(count: int) -> str:
     return f"{count / unit:,.1f}".removesuffix(".0") + f" {suffix}"
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ExportProgress:
+    """What an export reports to: pass both on to `export`, `backfill` or `export_on_ray`."""
+
+    on_batch: ProgressCallback
+    on_day: DayCallback
+
+
 @contextlib.contextmanager
-def progress_display() -> Iterator[Callable[[BatchDone], None]]:
-    """A Rich progress bar over the export's days, on a terminal only (logs stay clean)."""
-    if not sys.stderr.isatty():
-        yield lambda _: None
+def progress_display() -> Iterator[ExportProgress]:
+    """A Rich progress bar over the export's days, on stderr when it is a terminal (logs stay
+    clean: the bar goes at the end); otherwise (cron, a pipe, CloudWatch) a line per finished
+    day on stdout, as a bar there would show nothing until the end: a month's run through a
+    pipe said nothing for minutes."""
+    if not errors.is_terminal:
+        yield ExportProgress(on_batch=lambda _: None, on_day=_print_day_done)
         return
     with Progress(
         TextColumn("{task.description}"),
@@ -230,4 +244,20 @@ def progress_display() -> Iterator[Callable[[BatchDone], None]]:
                 detail=f"{done.day}: {sales} sales so far",
             )
 
-        yield on_batch
+        def on_day(done: DayDone) -> None:
+            progress.update(task, total=done.days_total, completed=done.days_done)
+
+        yield ExportProgress(on_batch, on_day)
+
+
+def _print_day_done(done: DayDone) -> None:
+    """`2026-11-01  SUCCEEDED  412 sales, 405 written, ...  (3 of 30 days)`, and the run's
+    message: a log then says how far an export got even if it never reaches its table."""
+    record = done.record
+    counts = ", ".join(
+        f"{value} {name}" for name, value in zip(COUNT_COLUMNS, _counts(record), strict=True)
+    )
+    status = str(record.status).ljust(max(map(len, RunStatus)))
+    line = f"{record.business_date}  {status}  {counts}  ({done.days_done} of"
+    line += f" {done.days_total} days)" + (f"  {record.message}" if record.message else "")
+    console.print(line, markup=False, highlight=False, soft_wrap=True)
