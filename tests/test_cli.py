@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from smartgo_exporter.cli import app
 from smartgo_exporter.cli.demo import DEMO_SALES
 from smartgo_exporter.demo import DemoPaths
-from smartgo_exporter.demo.store import DEFAULT_SALES
+from smartgo_exporter.demo.plan import DEFAULT_SALES
 from tests.demo_store import FIRST_DAY
 
 runner = CliRunner()

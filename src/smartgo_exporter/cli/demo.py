@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from smartgo_exporter.demo.aws_local import AwsLocalReport
 
 DEMO_SALES = 2_200
-"""`smartgo_exporter.demo.store.DEFAULT_SALES`, written out so that --help can show it without
+"""`smartgo_exporter.demo.plan.DEFAULT_SALES`, written out so that --help can show it without
 importing the demo; a test keeps the two equal."""
 
 

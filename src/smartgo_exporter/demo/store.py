@@ -17,9 +17,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-# DEFAULT_SALES is also the CLI's default for `demo --sales`, which it reads from here.
-from smartgo_exporter.demo.plan import DEFAULT_SALES as DEFAULT_SALES
-from smartgo_exporter.demo.plan import DEFAULT_SEED, DemoCatalog, DemoSale, plan_demo
+from smartgo_exporter.demo.plan import DEFAULT_SALES, DEFAULT_SEED, DemoCatalog, DemoSale, plan_demo
 
 SALES_TABLE = "sales"
 SALE_COLUMNS = {
