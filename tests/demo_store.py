@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pytest
 
+import smartgo_exporter.demo
 from smartgo_exporter.config import Settings
 from smartgo_exporter.demo import (
     DemoCatalog,
@@ -35,10 +37,39 @@ DAYS = 3
 SALES = 120
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+@contextlib.contextmanager
+def held_port() -> Iterator[socket.socket]:
+    """A socket bound to a free port of 127.0.0.1, and kept bound while the block runs.
+
+    The demo's photo URLs name the port, so it must be known before the photo server starts.
+    Closing a probe and binding its number again would leave a moment in which another process
+    could take the port; handing this socket to the server (`serve_photos(listener=...)`)
+    leaves none.
+    """
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield held
+
+
+def port_of(held: socket.socket) -> int:
+    return int(held.getsockname()[1])
+
+
+def serve_demo_photos_on(monkeypatch: pytest.MonkeyPatch, held: socket.socket) -> None:
+    """Make `run_demo` (and so `smartgo-exporter demo`) serve its photos on `held`, for a test
+    that runs the demo with `port=port_of(held)`.
+
+    Each run's server gets a duplicate of the socket, since a server closes its socket when it
+    stops: `held` stays bound between runs, so the port cannot be taken between them either.
+    """
+
+    def serve(
+        folder: Path, host: str = "", port: int = 0
+    ) -> contextlib.AbstractContextManager[str]:
+        assert port == port_of(held), "the demo was run on another port than the held one"
+        return serve_photos(folder, listener=held.dup())
+
+    monkeypatch.setattr(smartgo_exporter.demo, "serve_photos", serve)
 
 
 @contextlib.contextmanager
@@ -47,20 +78,21 @@ def serve_demo_store(
 ) -> Iterator[tuple[DemoPaths, DemoCatalog]]:
     """A demo store built in `folder`, its photos served while the block runs.
 
-    The port is picked before the database is built because the photo URLs stored in it name it.
+    The port is bound before the database is built because the photo URLs stored in it name it,
+    and stays bound until the photo server takes the socket over.
     """
     paths = DemoPaths(folder)
-    port = free_port()
-    catalog = build_sales_database(
-        paths.sales_db,
-        photo_base_url=photo_base_url(port=port),
-        first_day=first_day,
-        days=days,
-        sales=sales,
-    )
-    render_photos(paths.photos, catalog.products, seed=catalog.seed)
-    with serve_photos(paths.photos, port=port):
-        yield paths, catalog
+    with held_port() as listener:
+        catalog = build_sales_database(
+            paths.sales_db,
+            photo_base_url=photo_base_url(port=port_of(listener)),
+            first_day=first_day,
+            days=days,
+            sales=sales,
+        )
+        render_photos(paths.photos, catalog.products, seed=catalog.seed)
+        with serve_photos(paths.photos, listener=listener):
+            yield paths, catalog
 
 
 def copy_of_store(store: DemoPaths, folder: Path) -> DemoPaths:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 from datetime import date, timedelta
@@ -17,7 +16,7 @@ from smartgo_exporter.cli import app
 from smartgo_exporter.cli.demo import DEMO_SALES
 from smartgo_exporter.demo import DemoPaths
 from smartgo_exporter.demo.plan import DEFAULT_SALES
-from tests.demo_store import FIRST_DAY
+from tests.demo_store import FIRST_DAY, held_port, port_of, serve_demo_photos_on
 
 runner = CliRunner()
 
@@ -221,15 +220,16 @@ def test_an_unreachable_database_exits_non_zero(workspace: DemoPaths) -> None:
     assert "FAILED" in output
 
 
-def test_the_demo_run_twice_writes_nothing_the_second_time(tmp_path: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = str(probe.getsockname()[1])
-    demo = ("demo", "--dir", str(tmp_path), "--port", port, "--sales", "150")
-    code, first = invoke(*demo)
-    assert code == 0, first
-    code, second = invoke(*demo)
-    assert code == 0, second
+def test_the_demo_run_twice_writes_nothing_the_second_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with held_port() as held:
+        serve_demo_photos_on(monkeypatch, held)
+        demo = ("demo", "--dir", str(tmp_path), "--port", str(port_of(held)), "--sales", "150")
+        code, first = invoke(*demo)
+        assert code == 0, first
+        code, second = invoke(*demo)
+        assert code == 0, second
     assert first.count("SUCCEEDED") + first.count("PARTIAL") == 30
     assert "rows written" in first
     assert "Nothing changed in the table" in second

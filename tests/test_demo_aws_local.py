@@ -31,6 +31,7 @@ from smartgo_exporter.demo.aws_local import AwsLocalReport
 from smartgo_exporter.run_records import RunStatus
 from smartgo_exporter.runs import BatchDone
 from smartgo_exporter.sinks.iceberg import SalesTable
+from tests.demo_store import held_port, port_of, serve_demo_photos_on
 
 SALES = 150
 DAYS = 10
@@ -56,12 +57,6 @@ class Run:
 
     def total(self, count: str) -> int:
         return sum(getattr(record.counts, count) for record in self.outcome.records)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def aws_variables() -> dict[str, str]:
@@ -104,13 +99,14 @@ class TwoRuns:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> TwoRuns:
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoRuns]:
     """The demo run twice in one folder, as a user would."""
     root = tmp_path_factory.mktemp("aws-local-demo")
-    port = free_port()
-    before = aws_variables()
-    first = run_aws_local_demo(root, port)
-    return TwoRuns(first, run_aws_local_demo(root, port), before)
+    with held_port() as held, pytest.MonkeyPatch.context() as monkeypatch:
+        serve_demo_photos_on(monkeypatch, held)
+        before = aws_variables()
+        first = run_aws_local_demo(root, port_of(held))
+        yield TwoRuns(first, run_aws_local_demo(root, port_of(held)), before)
 
 
 def test_every_day_is_exported_through_the_production_backends(
@@ -212,7 +208,9 @@ def _commands() -> Iterator[str]:
                 yield (process / "cmdline").read_bytes().replace(b"\0", b" ").decode()
 
 
-def test_an_interrupted_demo_stops_every_server(tmp_path: Path) -> None:
+def test_an_interrupted_demo_stops_every_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """SIGTERM (or Ctrl-C) mid-export unwinds the demo, and every server stops on the way."""
     endpoints: list[str] = []
     handler_before = signal.getsignal(signal.SIGTERM)
@@ -231,8 +229,12 @@ def test_an_interrupted_demo_stops_every_server(tmp_path: Path) -> None:
         assert signal.getsignal(signal.SIGTERM) not in (handler_before, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
 
-    with pytest.raises(KeyboardInterrupt):
-        run_demo(tmp_path, sales=80, days=2, port=free_port(), aws_local=True, on_batch=terminate)
+    with held_port() as held:
+        serve_demo_photos_on(monkeypatch, held)
+        with pytest.raises(KeyboardInterrupt):
+            run_demo(
+                tmp_path, sales=80, days=2, port=port_of(held), aws_local=True, on_batch=terminate
+            )
 
     assert len(endpoints) == 4
     for url in endpoints:

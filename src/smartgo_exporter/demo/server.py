@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,10 +51,22 @@ def _photo_app(folder: Path) -> web.Application:
 
 class ServerThread:
     """An aiohttp application on its own event loop in a daemon thread, so callers stay
-    synchronous; the demo's photo server and its local Bedrock both run this way."""
+    synchronous; the demo's photo server and its local Bedrock both run this way.
 
-    def __init__(self, app: web.Application, host: str, port: int, *, name: str) -> None:
-        self._host, self._port = host, port
+    It binds `host` and `port`, or, given a `listener` (a bound socket), serves on that
+    instead and closes it when it stops.
+    """
+
+    def __init__(
+        self,
+        app: web.Application,
+        host: str,
+        port: int,
+        *,
+        name: str,
+        listener: socket.socket | None = None,
+    ) -> None:
+        self._host, self._port, self._listener = host, port, listener
         self._loop = asyncio.new_event_loop()
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
@@ -69,7 +82,12 @@ class ServerThread:
 
     async def _open(self) -> int:
         await self._runner.setup()
-        await web.TCPSite(self._runner, self._host, self._port).start()
+        site: web.BaseSite
+        if self._listener is not None:
+            site = web.SockSite(self._runner, self._listener)
+        else:
+            site = web.TCPSite(self._runner, self._host, self._port)
+        await site.start()
         bound: int = self._runner.addresses[0][1]
         return bound
 
@@ -85,7 +103,11 @@ class ServerThread:
 
 @contextlib.contextmanager
 def serve_photos(
-    folder: Path, host: str = DEFAULT_PHOTO_HOST, port: int = DEFAULT_PHOTO_PORT
+    folder: Path,
+    host: str = DEFAULT_PHOTO_HOST,
+    port: int = DEFAULT_PHOTO_PORT,
+    *,
+    listener: socket.socket | None = None,
 ) -> Iterator[str]:
     """Serve `folder` as /photos/<name> over HTTP while the block runs; yield the base URL.
 
@@ -93,8 +115,17 @@ def serve_photos(
     retries, content checks). Only photo files are served, with their image Content-Type;
     anything else is 404. The port is fixed by default because the URLs stored in the demo
     database name it; port 0 picks a free one (for tests). A taken port raises DemoError.
+
+    `listener`, a TCP socket already bound, is served instead of binding `host` and `port`,
+    and closed when the block ends. It is for a caller that must know the port before the
+    server starts, because the photo URLs it stores name it: a socket it keeps bound from the
+    moment it learns the port leaves no moment in which another process could take the port.
     """
-    server = ServerThread(_photo_app(folder), host, port, name=f"demo-photos-{port}")
+    if listener is not None:
+        host, port = listener.getsockname()[:2]
+    server = ServerThread(
+        _photo_app(folder), host, port, name=f"demo-photos-{port}", listener=listener
+    )
     try:
         bound = server.start()
     except OSError as error:
