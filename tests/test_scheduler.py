@@ -271,27 +271,42 @@ def test_sigterm_during_an_export_commits_the_batch_records_partial_and_exits(
 
 
 def test_sigterm_between_exports_exits_at_once(settings: Settings) -> None:
-    """In this process, on the real clock: the schedule is waiting hours for 03:00 UTC."""
-    stop = threading.Event()
-    started = threading.Event()
-    previous = signal.getsignal(signal.SIGTERM)
+    """In this process, with a real signal: the schedule is waiting for 03:00 UTC on a clock that
+    stands hours before it, so only the stop can end the wait; a wait that runs out instead
+    would find the fire time no nearer, and is reported as a failure.
 
-    def exporter(settings: Settings, days: object = None, **_: object) -> list[RunRecord]:
-        started.set()
+    The signal is sent by the main thread as its wait begins. Sent from another thread, it could
+    land in the instant before the main thread blocks, where CPython leaves it unhandled until
+    the wait ends: a race of the test's making, which a supervisor's signal to the scheduler's
+    process does not have while the process sleeps.
+    """
+    stop = threading.Event()
+    previous = signal.getsignal(signal.SIGTERM)
+    exports: list[Sequence[date] | None] = []
+    waits: list[tuple[float, bool]] = []
+
+    def exporter(
+        settings: Settings, days: Sequence[date] | None = None, **_: object
+    ) -> list[RunRecord]:
+        exports.append(days)
         return []
 
-    def send_sigterm_once_waiting() -> None:
-        started.wait(timeout=30)
-        time.sleep(0.3)
-        os.kill(os.getpid(), signal.SIGTERM)
+    def wait(seconds: float) -> None:
+        if not waits:
+            os.kill(os.getpid(), signal.SIGTERM)
+        woken = stop.wait(seconds)
+        waits.append((seconds, woken))
+        stop.set()  # a wait that ran out ends the schedule too, and the test then fails
 
-    sender = threading.Thread(target=send_sigterm_once_waiting, daemon=True)
-    sender.start()
     with stop_on_signals(stop):
-        began = time.monotonic()
-        run_schedule(settings, cron="0 3 1 1 *", stop_event=stop, exporter=exporter)
-        took = time.monotonic() - began
-    sender.join()
-    assert stop.is_set()
-    assert took < 5
+        run_schedule(
+            settings,
+            cron="0 3 1 1 *",
+            stop_event=stop,
+            clock=lambda: at("2026-10-06T12:00Z"),
+            wait=wait,
+            exporter=exporter,
+        )
+    assert exports == [None]  # the export at start, and none at a fire time
+    assert waits == [(LONGEST_WAIT_SECONDS, True)]  # the first wait, woken by the stop
     assert signal.getsignal(signal.SIGTERM) is previous
