@@ -456,11 +456,12 @@ def test_a_retry_after_past_the_time_limit_is_not_waited_for(
 
 
 def test_a_refused_connection_fails_as_a_connection_error() -> None:
+    # Bound but not listening: connections are refused, and no other process can take the port
+    # and answer in the meantime, as it could once the socket were closed.
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]
-
-    error = failure(f"http://127.0.0.1:{port}/photo.jpg")
+        error = failure(f"http://127.0.0.1:{port}/photo.jpg")
 
     assert error.reason == "connection_error"
 
