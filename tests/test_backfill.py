@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from smartgo_exporter.runs import DayDone
 from smartgo_exporter.sales import SALE_FIELDS
 from smartgo_exporter.sinks.iceberg import BUSINESS_DATE_PROPERTY, RUN_ID_PROPERTY, SalesTable
 from tests.demo_store import FIRST_DAY, table_rows
+from tests.servers.refused import refused_port
 from tests.test_export import days, settings_of
 
 LAST_DAY = days()[-1]
@@ -266,9 +266,7 @@ def test_without_ray_the_command_says_how_to_install_it(tmp_path: Path) -> None:
 def test_a_ray_address_nothing_answers_at_fails_at_once_naming_it(tmp_path: Path) -> None:
     paths = DemoPaths(tmp_path)
     write_demo_config(paths)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        address = f"127.0.0.1:{probe.getsockname()[1]}"  # closed again when the test runs it
+    address = f"127.0.0.1:{refused_port()}"
     result = backfill_in_a_new_process(paths, "--runner", "ray", "--ray-address", address)
     assert result.returncode == 2, result.stderr
     assert f"cannot reach the Ray cluster at {address}" in result.stderr

@@ -2,7 +2,6 @@
 never standing in an export's way when the store itself is down."""
 
 import multiprocessing
-import socket
 import sqlite3
 import time
 import uuid
@@ -19,6 +18,7 @@ from smartgo_exporter.progress import NonFatalProgressStore, ProgressStore, load
 from smartgo_exporter.progress.dynamodb import DynamoProgressStore
 from smartgo_exporter.progress.sqlite import SqliteProgressStore
 from tests.servers.moto import MotoServer
+from tests.servers.refused import refused_port
 
 LEASE = "window:smartgo:2026-11-26"
 RACERS = 4
@@ -148,11 +148,8 @@ def _unreachable(kind: str, tmp_path: Path) -> tuple[ProgressStore, type[Excepti
         broken = SqliteProgressStore(tmp_path / "progress.db")
         broken.close()
         return broken, sqlite3.ProgrammingError
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    # Nothing listens on the port now: every call fails to connect, after a single attempt.
-    client = MotoServer(f"http://127.0.0.1:{port}").client(
+    # Nothing listens on the port: every call fails to connect, after a single attempt.
+    client = MotoServer(f"http://127.0.0.1:{refused_port()}").client(
         "dynamodb", config=Config(connect_timeout=1, retries={"total_max_attempts": 1})
     )
     return DynamoProgressStore(client, "nowhere"), EndpointConnectionError

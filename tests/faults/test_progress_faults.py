@@ -35,11 +35,11 @@ from tests.conftest import SALES_COLUMNS
 from tests.faults.conftest import FaultReport, key_counts, read_table
 from tests.faults.test_source_faults import (
     DAY,
-    closed_port,
     day_of_sales,
     export_settings,
     keys_of,
 )
+from tests.servers.refused import refused_port
 
 if TYPE_CHECKING:
     from tests.conftest import SalesDatabase
@@ -68,7 +68,7 @@ def unreachable_dynamodb(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     return {
         "type": "dynamodb",
-        "endpoint_url": f"http://127.0.0.1:{closed_port()}",
+        "endpoint_url": f"http://127.0.0.1:{refused_port()}",
         "region": "eu-west-1",
         "table": "sgx-progress",
     }

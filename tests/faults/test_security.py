@@ -50,12 +50,12 @@ from smartgo_exporter.windows import Window
 from tests.faults.conftest import key_counts, read_table
 from tests.faults.test_source_faults import (
     DAY,
-    closed_port,
     day_of_sales,
     export_settings,
     keys_of,
     only_record,
 )
+from tests.servers.refused import refused_port
 from tests.test_export import FIRST_DAY, settings_of
 
 if TYPE_CHECKING:
@@ -184,7 +184,7 @@ def test_an_unreachable_database_and_progress_store_show_neither_password_nor_aw
         "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
     }.items():
         monkeypatch.setenv(name, value)
-    port = closed_port()
+    port = refused_port()
     url = f"postgresql+psycopg://exporter:{db_password}@127.0.0.1:{port}/sales"
     settings = export_settings(
         tmp_path,

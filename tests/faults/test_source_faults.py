@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import secrets
-import socket
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -116,13 +115,6 @@ def only_record(records: Sequence[RunRecord]) -> RunRecord:
 
 def with_query(url: str, **parameters: str) -> str:
     return make_url(url).update_query_dict(parameters).render_as_string(hide_password=False)
-
-
-def closed_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def snapshots_of(settings: Settings) -> int:
