@@ -140,3 +140,44 @@ def test_secrets_never_show_in_the_settings_repr(
     )
     assert "hunter2" not in repr(settings)
     assert "hunter2" not in str(settings.model_dump())
+
+
+def test_allow_hosts_takes_every_documented_form(tmp_path: Path) -> None:
+    entries = [
+        "10.0.0.5:8080",
+        "https://photos.internal:8443",
+        "https://photos.internal",
+        "[fd00::5]:8080",
+    ]
+    text = MINIMAL + f"\n[photos]\nallow_hosts = {entries!r}\n".replace("'", '"')
+    assert load_config(write(tmp_path, text)).photos.allow_hosts == entries
+
+
+@pytest.mark.parametrize(
+    ("entry", "says"),
+    [
+        ("10.0.0.5", "names no port"),
+        ("photos.internal:0", "port 0"),
+        ("ftp://10.0.0.5:21", "http or https"),
+        ("10.0.0.5:8080/photos", "without a path"),
+        ("shop@10.0.0.5:8080", "without a path or user"),
+        ("fd00::5:8080", "in brackets"),
+        ("10.0.0.5:99999", "not host:port"),
+        (":8080", "names no host"),
+    ],
+)
+def test_an_allow_hosts_entry_that_is_not_a_host_and_port_is_refused_at_load_naming_it(
+    tmp_path: Path, entry: str, says: str
+) -> None:
+    text = MINIMAL + f'\n[photos]\nallow_hosts = ["{entry}"]\n'
+    with pytest.raises(ConfigError, match=says) as raised:
+        load_config(write(tmp_path, text))
+    assert raised.value.key == "photos.allow_hosts"
+    assert entry in raised.value.reason
+
+
+def test_allow_hosts_can_be_set_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SGX_PHOTOS__ALLOW_HOSTS", '["10.0.0.5:8080"]')
+    assert load_config(write(tmp_path, MINIMAL)).photos.allow_hosts == ["10.0.0.5:8080"]

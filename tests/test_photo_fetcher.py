@@ -3,7 +3,9 @@
 One aiohttp server on 127.0.0.1 plays every kind of photo host. A decoy on 127.0.0.2, on the
 same port, counts every TCP connection it accepts: the fetcher is allowed 127.0.0.1/32 only, so
 the decoy stands for a private address that must never be reached, and a count of zero proves
-that nothing connected to it, not merely that no request got through.
+that nothing connected to it, not merely that no request got through. A neighbour on another
+port of 127.0.0.1 counts the same way: it stands for another service of the photo host (a
+database, a cache) that allowing the photo server's host and port must not open.
 """
 
 from __future__ import annotations
@@ -104,6 +106,8 @@ class PhotoHost:
     in_flight: Counter[str] = field(default_factory=Counter)
     most_in_flight: Counter[str] = field(default_factory=Counter)
     decoy_connections: int = 0
+    neighbour_port: int = 0
+    neighbour_connections: int = 0
     hung_up: defaultdict[str, threading.Event] = field(
         default_factory=lambda: defaultdict(threading.Event)
     )
@@ -115,6 +119,15 @@ class PhotoHost:
     @property
     def decoy_url(self) -> str:
         return f"http://127.0.0.2:{self.port}/photo.jpg"
+
+    @property
+    def neighbour_url(self) -> str:
+        return f"http://127.0.0.1:{self.neighbour_port}/photo.jpg"
+
+    @property
+    def allowed_host(self) -> str:
+        """The `photos.allow_hosts` entry of the photo server alone."""
+        return f"127.0.0.1:{self.port}"
 
 
 def _photo_host_app(host: PhotoHost) -> web.Application:
@@ -201,6 +214,7 @@ def _photo_host_app(host: PhotoHost) -> web.Application:
         port = request.url.port
         targets = {
             "decoy": host.decoy_url,
+            "neighbour": host.neighbour_url,
             "metadata": "http://169.254.169.254/latest/meta-data/",
             "file": "file:///etc/passwd",
             "userinfo": f"http://user:secret@127.0.0.1:{port}/image/jpeg",
@@ -242,17 +256,26 @@ def _photo_host_app(host: PhotoHost) -> web.Application:
     return app
 
 
-async def _start(host: PhotoHost) -> tuple[web.AppRunner, asyncio.Server]:
-    """Both servers on one port number, so a name can resolve to either of them."""
+async def _answer_with_a_photo(writer: asyncio.StreamWriter) -> None:
+    body = IMAGES["jpeg"]
+    writer.write(
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    )
+    await writer.drain()
+    writer.close()
+
+
+async def _start(host: PhotoHost) -> tuple[web.AppRunner, list[asyncio.Server]]:
+    """The photo server and the decoy on one port number, so a name can resolve to either of
+    them; the neighbour on another port of the photo server's address."""
 
     async def decoy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         host.decoy_connections += 1
-        body = IMAGES["jpeg"]
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body
-        )
-        await writer.drain()
-        writer.close()
+        await _answer_with_a_photo(writer)
+
+    async def neighbour(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        host.neighbour_connections += 1
+        await _answer_with_a_photo(writer)
 
     for _ in range(20):
         runner = web.AppRunner(
@@ -263,9 +286,13 @@ async def _start(host: PhotoHost) -> tuple[web.AppRunner, asyncio.Server]:
         await site.start()
         host.port = runner.addresses[0][1]
         try:
-            return runner, await asyncio.start_server(decoy, "127.0.0.2", host.port)
+            decoy_server = await asyncio.start_server(decoy, "127.0.0.2", host.port)
         except OSError:
             await runner.cleanup()
+            continue
+        neighbour_server = await asyncio.start_server(neighbour, "127.0.0.1", 0)
+        host.neighbour_port = neighbour_server.sockets[0].getsockname()[1]
+        return runner, [decoy_server, neighbour_server]
     raise RuntimeError("no port free on both 127.0.0.1 and 127.0.0.2")
 
 
@@ -275,11 +302,12 @@ def photo_host() -> Iterator[PhotoHost]:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="photo-host", daemon=True)
     thread.start()
-    runner, decoy = asyncio.run_coroutine_threadsafe(_start(host), loop).result()
+    runner, listeners = asyncio.run_coroutine_threadsafe(_start(host), loop).result()
     yield host
 
     async def stop() -> None:
-        decoy.close()
+        for listener in listeners:
+            listener.close()
         await runner.cleanup()
 
     asyncio.run_coroutine_threadsafe(stop(), loop).result()
@@ -693,6 +721,131 @@ def test_a_private_network_named_in_allow_networks_is_reachable(photo_host: Phot
 
     assert photo.data == IMAGES["jpeg"]
     assert photo_host.decoy_connections == before + 1
+
+
+# An allowed host and port
+
+
+def test_the_host_and_port_in_allow_hosts_is_reachable_without_its_network(
+    photo_host: PhotoHost, key: str
+) -> None:
+    path = f"/image/jpeg/{key}"
+
+    photo = fetch(photo_host.url(path), allow_networks=[], allow_hosts=[photo_host.allowed_host])
+
+    assert photo.data == IMAGES["jpeg"]
+    assert photo_host.requests[path] == 1
+
+
+def test_another_port_of_an_allowed_host_is_refused_without_connecting(
+    photo_host: PhotoHost,
+) -> None:
+    before = photo_host.neighbour_connections
+
+    error = failure(
+        photo_host.neighbour_url, allow_networks=[], allow_hosts=[photo_host.allowed_host]
+    )
+
+    assert error.reason == "refused_address"
+    assert str(photo_host.neighbour_port) in error.detail
+    assert photo_host.neighbour_connections == before
+
+
+def test_a_redirect_to_another_port_of_an_allowed_host_is_refused_without_connecting(
+    photo_host: PhotoHost, key: str
+) -> None:
+    before = photo_host.neighbour_connections
+    path = f"/redirect-to/neighbour/{key}"
+
+    error = failure(photo_host.url(path), allow_networks=[], allow_hosts=[photo_host.allowed_host])
+
+    assert error.reason == "refused_address"
+    assert photo_host.requests[path] == 1
+    assert photo_host.neighbour_connections == before
+
+
+def test_redirects_within_an_allowed_host_and_port_are_followed(
+    photo_host: PhotoHost, key: str
+) -> None:
+    photo = fetch(
+        photo_host.url(f"/redirect/2/{key}"),
+        allow_networks=[],
+        allow_hosts=[photo_host.allowed_host],
+    )
+
+    assert photo.data == IMAGES["jpeg"]
+
+
+def test_an_allowed_name_reaches_the_private_address_it_resolves_to(
+    photo_host: PhotoHost, key: str, dns: dict[str, list[str]]
+) -> None:
+    dns["photos.internal.test"] = ["127.0.0.1"]
+    path = f"/image/jpeg/{key}"
+
+    photo = fetch(
+        f"http://photos.internal.test:{photo_host.port}{path}",
+        allow_networks=[],
+        allow_hosts=[f"photos.internal.test:{photo_host.port}"],
+    )
+
+    assert photo.data == IMAGES["jpeg"]
+    assert photo_host.requests[path] == 1
+
+
+def test_an_allowed_name_on_another_port_is_refused_after_resolving_without_connecting(
+    photo_host: PhotoHost, dns: dict[str, list[str]]
+) -> None:
+    dns["photos.internal.test"] = ["127.0.0.1"]
+    before = photo_host.neighbour_connections
+
+    error = failure(
+        f"http://photos.internal.test:{photo_host.neighbour_port}/photo.jpg",
+        allow_networks=[],
+        allow_hosts=[f"photos.internal.test:{photo_host.port}"],
+    )
+
+    assert error.reason == "refused_address"
+    assert photo_host.neighbour_connections == before
+
+
+def test_another_name_for_an_allowed_address_is_refused(photo_host: PhotoHost, key: str) -> None:
+    """An entry admits the host it names: a name an attacker points at the address is not it."""
+    path = f"/image/jpeg/{key}"
+
+    error = failure(
+        f"http://localhost:{photo_host.port}{path}",
+        allow_networks=[],
+        allow_hosts=[photo_host.allowed_host],
+    )
+
+    assert error.reason == "refused_address"
+    assert photo_host.requests[path] == 0
+
+
+def test_an_entry_with_a_scheme_refuses_the_other_scheme_without_connecting(
+    photo_host: PhotoHost, key: str
+) -> None:
+    path = f"/image/jpeg/{key}"
+
+    error = failure(
+        photo_host.url(path),
+        allow_networks=[],
+        allow_hosts=[f"https://{photo_host.allowed_host}"],
+    )
+
+    assert error.reason == "refused_address"
+    assert "https only" in error.detail
+    assert photo_host.requests[path] == 0
+
+
+def test_allow_networks_opens_every_port_of_its_addresses(photo_host: PhotoHost) -> None:
+    """Why `allow_hosts` is the one to use: a range lets a photo URL reach any service in it."""
+    before = photo_host.neighbour_connections
+
+    photo = fetch(photo_host.neighbour_url, allow_networks=[ALLOWED])
+
+    assert photo.data == IMAGES["jpeg"]
+    assert photo_host.neighbour_connections == before + 1
 
 
 @pytest.mark.parametrize(

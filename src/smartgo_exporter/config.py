@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic import model_validator as model_check
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from smartgo_exporter.address_guard import AllowedHost
 from smartgo_exporter.sales import SALE_FIELDS
 
 
@@ -152,9 +153,23 @@ class PhotoConfig(_Section):
     max_bytes: int = Field(10_000_000, ge=1)
     max_pixels: int = Field(40_000_000, ge=1)
     """Decompression-bomb limit: a larger image is refused before it is decoded."""
+    allow_hosts: list[str] = Field(default_factory=list)
+    """Photo hosts that may be fetched although private, loopback or link-local, each on one
+    port: `10.0.0.5:8080` (http or https), `https://photos.internal:8443` (https only), or
+    `https://photos.internal` (port 443; 80 for http). Without a scheme the port is required.
+    A URL must name the host as written here; another name for the same address, or another
+    port of it, is still refused. Checked on every redirect and on the address connected to."""
     allow_networks: list[str] = Field(default_factory=list)
-    """CIDRs that may be fetched although private, loopback or link-local (e.g. 127.0.0.0/8)."""
+    """CIDRs that may be fetched although private, loopback or link-local (e.g. 127.0.0.0/8),
+    on every port: prefer `allow_hosts`, unless a whole range of photo hosts is meant."""
     user_agent: str = "smartgo-exporter"
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _parse_hosts(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            AllowedHost.parse(entry)
+        return entries
 
 
 class LocalEmbedderConfig(_Section):

@@ -3,8 +3,9 @@
 Photo URLs come from the point-of-sale database, so they are untrusted input: a URL (or a
 redirect, or a DNS answer) could point the exporter at its own cloud metadata service or at a
 private network. `PhotoFetcher` therefore refuses any destination that is not a public address,
-unless `PhotoConfig.allow_networks` names it, and it enforces that on the address actually
-connected to, not on the host name in the URL.
+unless `PhotoConfig.allow_hosts` names its scheme, host and port or `PhotoConfig.allow_networks`
+its address, and it enforces that on the address actually connected to, not on the host name in
+the URL.
 
 Every way a photo can fail ends as a `PhotoError` whose `reason` is a stable slug that the table
 stores as `failed:<reason>`, so one bad photo never stops a run:
@@ -89,7 +90,7 @@ class PhotoFetcher:
 
     def __init__(self, config: PhotoConfig) -> None:
         self._config = config
-        self._guard = AddressGuard(config.allow_networks)
+        self._guard = AddressGuard(config.allow_networks, config.allow_hosts)
         self._slots = asyncio.Semaphore(config.concurrency)
         self._session: aiohttp.ClientSession | None = None
 
@@ -224,7 +225,8 @@ class PhotoFetcher:
         """Refuse what must not be requested, before any connection is opened.
 
         An IP-literal host is checked here because aiohttp connects to literals without asking
-        the resolver; names are checked by `GuardedResolver` once they are resolved.
+        the resolver; names are checked by `GuardedResolver` once they are resolved. The scheme
+        an allowed host is limited to is checked here too, since the resolver never sees it.
         """
         where = "redirect to " if hop else ""
         if not target.scheme:
@@ -235,14 +237,23 @@ class PhotoFetcher:
             raise PhotoError(url, "invalid_url", f"{where}URL without a host")
         if target.raw_user is not None or target.raw_password is not None:
             raise PhotoError(url, "userinfo_in_url", f"{where}URL with a user name or password")
+        host, port = target.raw_host or target.host, target.port or 0
+        schemes = self._guard.schemes_for(host, port)
+        if schemes is not None and target.scheme not in schemes:
+            allowed = " or ".join(sorted(schemes))
+            raise PhotoError(
+                url, "refused_address", f"{where}{host}:{port} is allowed over {allowed} only"
+            )
         try:
             address = literal_address(target.host)
         except ValueError:
             raise PhotoError(
                 url, "invalid_url", f"{where}{target.host} is not an address"
             ) from None
-        if address is not None and not self._guard.permits(address):
-            raise PhotoError(url, "refused_address", f"{where}{address} is not a public address")
+        if address is not None and not self._guard.permits(address, host, port):
+            raise PhotoError(
+                url, "refused_address", f"{where}{address} on port {port} is not allowed"
+            )
 
     async def _read_body(self, url: str, response: aiohttp.ClientResponse) -> bytes:
         limit = self._config.max_bytes
