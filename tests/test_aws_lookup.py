@@ -256,7 +256,7 @@ def test_a_photo_over_the_size_limit_is_refused_with_413(
 def test_a_photo_url_to_a_loopback_address_is_refused_unless_allowed(
     sold: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("SGX_PHOTOS__ALLOW_NETWORKS", "[]")
+    monkeypatch.setenv("SGX_PHOTOS__ALLOW_HOSTS", "[]")
     status, body = ask({"photo_url": sold["image_url"]})
     assert (status, body["field"]) == (400, "photo_url"), body
     assert "refused_address" in body["error"]

@@ -363,6 +363,24 @@ def test_the_config_loads_and_maps_onto_real_columns(
     assert settings.source.table == "sales"
     assert set(settings.source.columns.values()) <= columns
     assert settings.source.columns == SALE_COLUMNS
-    assert settings.photos.allow_networks == ["127.0.0.1/32"]
+    assert settings.photos.allow_hosts == [BASE_URL]
+    assert settings.photos.allow_networks == []
     assert settings.progress.path == paths.progress_db.resolve()
     assert settings.table.catalog["warehouse"] == f"file://{paths.warehouse.resolve()}"
+
+
+def test_the_config_allows_only_the_scheme_host_and_port_the_stores_photo_urls_name(
+    tmp_path: Path,
+) -> None:
+    """No wider than the demo's own photo server: no other port of loopback is reachable."""
+    paths = DemoPaths(tmp_path)
+    build_sales_database(
+        paths.sales_db,
+        photo_base_url="http://127.0.0.1:9876",
+        first_day=FIRST_DAY,
+        days=3,
+        sales=120,
+    )
+    settings = load_config(write_demo_config(paths))
+    assert settings.photos.allow_hosts == ["http://127.0.0.1:9876"]
+    assert settings.photos.allow_networks == []

@@ -29,9 +29,9 @@ Responses, always JSON; money is a string ("12.50"), so no cent is lost to a flo
     502  {"error": "..."}  the table or the embedding model could not be reached
 
 A photo URL is fetched like an export's photos: the same address guard (no private, loopback or
-link-local address unless `photos.allow_networks` says so), size limit and timeouts. Messages
-never carry a traceback or a secret; unexpected errors are logged with the request id and
-answered with that id only.
+link-local address unless `photos.allow_hosts` or `photos.allow_networks` says so), size limit
+and timeouts. Messages never carry a traceback or a secret; unexpected errors are logged with
+the request id and answered with that id only.
 
 Settings are loaded as the export handler loads them (`aws_lambda.load_settings`: SGX_CONFIG
 and SGX_* variables, secrets resolved), and the `Lookup` (the model, each tenant's index) is

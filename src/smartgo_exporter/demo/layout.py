@@ -7,8 +7,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from smartgo_exporter.demo.server import DEFAULT_PHOTO_HOST
-from smartgo_exporter.demo.store import SALE_COLUMNS, SALES_TABLE
+from smartgo_exporter.demo.server import photo_base_url
+from smartgo_exporter.demo.store import SALE_COLUMNS, SALES_TABLE, read_demo_meta
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -71,13 +71,12 @@ def _toml(value: str | Sequence[str]) -> str:
     return "[" + ", ".join(json.dumps(item) for item in value) + "]"
 
 
-def write_demo_config(
-    paths: DemoPaths, *, allow_networks: Sequence[str] = (f"{DEFAULT_PHOTO_HOST}/32",)
-) -> Path:
+def write_demo_config(paths: DemoPaths, *, allow_hosts: Sequence[str] | None = None) -> Path:
     """Write the config a user passes to `smartgo-exporter run --config`; return its path.
 
     Paths in it are relative, so the demo folder can move; the exporter reads them relative to
-    the file's folder. Loopback is allowed for photos only because the demo serves its own.
+    the file's folder. `allow_hosts` defaults to the demo's own photo server: loopback is
+    allowed for photos only because the demo serves its own, and only on its port.
     """
     relative = {
         "sales": paths.sales_db.relative_to(paths.root).as_posix(),
@@ -102,8 +101,9 @@ timezone = "UTC"
 {columns}
 
 [photos]
-# The demo's own photo server runs on loopback, which is refused unless allowed here.
-allow_networks = {_toml(list(allow_networks))}
+# The demo's own photo server runs on loopback, which is refused unless allowed here: this
+# scheme, host and port only, so no photo URL can reach another service of this machine.
+allow_hosts = {_toml(_photo_hosts(paths, allow_hosts))}
 
 [table.catalog]
 type = "sql"
@@ -123,12 +123,13 @@ def write_aws_local_config(
     paths: DemoPaths,
     endpoints: AwsEndpoints,
     *,
-    allow_networks: Sequence[str] = (f"{DEFAULT_PHOTO_HOST}/32",),
+    allow_hosts: Sequence[str] | None = None,
 ) -> Path:
     """Write the config of `smartgo-exporter demo --aws-local`; return its path.
 
     A deployment's configuration (SSM source URL, Titan, S3 Tables, DynamoDB) with only the
     endpoints changed, to the servers the demo runs while it exports; they hold no secret.
+    `allow_hosts` defaults to the demo's own photo server, as in `write_demo_config`.
     """
     columns = _source_columns()
     text = f"""\
@@ -155,8 +156,9 @@ timezone = "UTC"
 {columns}
 
 [photos]
-# The demo's own photo server runs on loopback, which is refused unless allowed here.
-allow_networks = {_toml(list(allow_networks))}
+# The demo's own photo server runs on loopback, which is refused unless allowed here: this
+# scheme, host and port only, so no photo URL can reach another service of this machine.
+allow_hosts = {_toml(_photo_hosts(paths, allow_hosts))}
 
 [embedder]
 type = "titan"
@@ -180,6 +182,16 @@ create_table = true
     paths.aws_local.mkdir(parents=True, exist_ok=True)
     paths.aws_local_config.write_text(text, encoding="utf-8")
     return paths.aws_local_config
+
+
+def _photo_hosts(paths: DemoPaths, allow_hosts: Sequence[str] | None) -> list[str]:
+    """`allow_hosts`, or else the demo's photo server: the scheme, host and port its database's
+    photo URLs name (a base URL is an entry as it is), or the default server's before there is
+    a database."""
+    if allow_hosts is not None:
+        return list(allow_hosts)
+    meta = read_demo_meta(paths.sales_db)
+    return [meta.photo_base_url if meta is not None else photo_base_url()]
 
 
 def _source_columns() -> str:
