@@ -7,9 +7,11 @@ This test's copy of the demo store points all its photos at a fault server (aioh
 that must never be fetched. One export runs them all together, as a real night would meet them;
 then the server heals and a re-run (the next night) must fill in every embedding it now can.
 
-The exporter may connect to 127.0.0.3/32 only (`photos.allow_networks`). Listeners on the same
-port at 127.0.0.1, 127.0.0.2 and [::1] count every TCP connection they accept: each stands for
-an address a hostile URL could aim at, and their count must stay 0. URLs naming other private
+The exporter may connect to the fault server's host and port only (`photos.allow_hosts`, as
+the demo's config allows its own photo server). Listeners on the same port at 127.0.0.1,
+127.0.0.2 and [::1], and one on another port of 127.0.0.3 (another service of the photo host),
+count every TCP connection they accept: each stands for a destination a hostile URL could aim
+at, and their count must stay 0. URLs naming other private
 ranges (10/8, 169.254/16, fc00::/7) are refused from the literal before any packet is sent,
 which is what is tested; no test sends traffic anywhere but loopback.
 
@@ -62,12 +64,7 @@ from tests.faults.conftest import (
 
 HOST = "127.0.0.3"
 FORBIDDEN_HOSTS = ("127.0.0.1", "127.0.0.2", "::1")
-PHOTO_SETTINGS = {
-    "allow_networks": [f"{HOST}/32"],
-    "timeout_seconds": 3,
-    "backoff_seconds": 0.1,
-    "attempts": 3,
-}
+PHOTO_SETTINGS = {"timeout_seconds": 3, "backoff_seconds": 0.1, "attempts": 3}
 """Small limits, so the trickle and the retries end within seconds; 10 MB bodies, as default."""
 HUGE_BYTES = 50 * 1024 * 1024
 
@@ -148,6 +145,8 @@ class FaultServer:
     photos: Path
     images: dict[str, bytes]
     port: int = 0
+    other_port: int = 0
+    """A port of 127.0.0.3 other than the photo server's, with a listener that must stay idle."""
     healed: bool = False
     """Once healed, every fault route serves a good JPEG: the fault is gone for the re-run."""
     requests: Counter[str] = dataclasses.field(default_factory=Counter)
@@ -155,6 +154,11 @@ class FaultServer:
 
     def url(self, path: str) -> str:
         return f"http://{HOST}:{self.port}{path}"
+
+    @property
+    def allowed_host(self) -> str:
+        """The `photos.allow_hosts` entry of the photo server alone."""
+        return f"http://{HOST}:{self.port}"
 
     def heal(self) -> None:
         self.healed = True
@@ -234,6 +238,7 @@ def _fault_app(server: FaultServer) -> web.Application:
         targets = {
             "loopback": f"http://127.0.0.2:{server.port}/photo.jpg",
             "metadata": "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+            "other_port": f"http://{HOST}:{server.other_port}/photo.jpg",
         }
         raise web.HTTPFound(targets[where])
 
@@ -255,7 +260,8 @@ def _fault_app(server: FaultServer) -> web.Application:
 
 
 async def _start(server: FaultServer) -> tuple[web.AppRunner, list[asyncio.Server]]:
-    """The photo host and the forbidden listeners, all on one port number."""
+    """The photo host and the forbidden listeners on one port number, and one more forbidden
+    listener on another port of the photo host."""
 
     def counting(host: str) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]:
         async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -281,7 +287,9 @@ async def _start(server: FaultServer) -> tuple[web.AppRunner, list[asyncio.Serve
                 listener.close()
             await runner.cleanup()
             continue
-        return runner, listeners
+        other = await asyncio.start_server(counting(f"{HOST}, another port"), HOST, 0)
+        server.other_port = other.sockets[0].getsockname()[1]
+        return runner, [*listeners, other]
     raise RuntimeError(f"no port free on {HOST} and on every one of {FORBIDDEN_HOSTS}")
 
 
@@ -317,7 +325,8 @@ class Fault:
     path: str | None = None
     """A path on the fault server; `{key}` is this sale's own segment."""
     url: str | None = None
-    """A whole URL instead; `{port}` is the fault server's port."""
+    """A whole URL instead; `{port}` is the fault server's port, `{other_port}` another one of
+    its host."""
 
 
 FAULTS = {
@@ -373,6 +382,12 @@ FAULTS = {
               path="/redirect/2/loopback/{key}"),
         Fault("photo URL: redirect chain to 169.254.169.254", "2 hops, then the metadata URL",
               path="/redirect/2/metadata/{key}"),
+        Fault("photo URL: another port of the allowed host",
+              "http://127.0.0.3 on a port allow_hosts does not name, a listener there",
+              url="http://127.0.0.3:{other_port}/photo.jpg"),
+        Fault("photo URL: redirect to another port of the allowed host",
+              "1 hop on the allowed host:port, then another port of it (a listener)",
+              path="/redirect/1/other_port/{key}"),
     )
 }  # fmt: skip
 
@@ -437,7 +452,7 @@ def _point_sales_at(paths: DemoPaths, catalog: DemoCatalog, server: FaultServer)
 def _url(fault: str, server: FaultServer) -> str:
     spec = FAULTS[fault]
     if spec.url is not None:
-        return spec.url.format(port=server.port)
+        return spec.url.format(port=server.port, other_port=server.other_port)
     assert spec.path is not None
     return server.url(spec.path.format(key=uuid.uuid4().hex))
 
@@ -449,10 +464,10 @@ def faulty(
     """The demo store's three days exported once under every fault, then again after healing."""
     paths = DemoPaths(tmp_path_factory.mktemp("photo-faults"))
     shutil.copy(store[0].sales_db, paths.sales_db)
-    write_demo_config(paths, allow_networks=[f"{HOST}/32"])
     upright = Image.open(next(iter(sorted(store[0].photos.glob("*.jpg"))))).convert("RGB")
     server = FaultServer(store[0].photos, photo_bytes(upright))
     with serve_faults(server):
+        write_demo_config(paths, allow_hosts=[server.allowed_host])
         sales = _point_sales_at(paths, store[1], server)
         with sqlite3.connect(paths.sales_db) as db:
             urls = {
@@ -657,11 +672,13 @@ REFUSED_URLS = [
     ("photo URL: fc00::1", "refused_address"),
     ("photo URL: redirect chain to loopback", "refused_address"),
     ("photo URL: redirect chain to 169.254.169.254", "refused_address"),
+    ("photo URL: another port of the allowed host", "refused_address"),
+    ("photo URL: redirect to another port of the allowed host", "refused_address"),
 ]
 
 
 @pytest.mark.parametrize(("fault", "reason"), REFUSED_URLS)
-def test_a_photo_url_outside_the_allowed_network_is_refused_and_the_sale_still_lands(
+def test_a_photo_url_outside_the_allowed_host_is_refused_and_the_sale_still_lands(
     faulty: FaultyExport, fault_report: FaultReport, fault: str, reason: str
 ) -> None:
     row = faulty.row(fault)
@@ -673,7 +690,8 @@ def test_a_photo_url_outside_the_allowed_network_is_refused_and_the_sale_still_l
 
 
 def test_no_connection_ever_reaches_a_forbidden_address(faulty: FaultyExport) -> None:
-    """The figure: TCP connections accepted on 127.0.0.1, 127.0.0.2 and [::1] over both runs."""
+    """The figure: TCP connections accepted on 127.0.0.1, 127.0.0.2, [::1] and another port of
+    127.0.0.3 over both runs."""
     assert sum(faulty.server.forbidden_connections.values()) == 0
     assert faulty.server.requests["/fault/image/jpeg/userinfo"] == 0
 
