@@ -1,5 +1,6 @@
 """Settings: one TOML file, SGX_* overrides, errors that name the key, secrets resolved once."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -174,6 +175,13 @@ def test_an_allow_hosts_entry_that_is_not_a_host_and_port_is_refused_at_load_nam
         load_config(write(tmp_path, text))
     assert raised.value.key == "photos.allow_hosts"
     assert entry in raised.value.reason
+
+
+def test_an_allow_networks_entry_that_is_not_a_range_is_refused_at_load(tmp_path: Path) -> None:
+    text = MINIMAL + '\n[photos]\nallow_networks = ["10.0.0.300/8"]\n'
+    with pytest.raises(ConfigError, match=re.escape("10.0.0.300/8")) as raised:
+        load_config(write(tmp_path, text))
+    assert raised.value.key == "photos.allow_networks"
 
 
 def test_allow_hosts_can_be_set_from_the_environment(

@@ -7,6 +7,7 @@ variables use `__` between levels: `SGX_SOURCE__URL`, `SGX_EXPORT__TIMEZONE`.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -170,6 +171,13 @@ class PhotoConfig(_Section):
         for entry in entries:
             AllowedHost.parse(entry)
         return entries
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _parse_networks(cls, networks: list[str]) -> list[str]:
+        for network in networks:
+            ipaddress.ip_network(network, strict=False)  # a ValueError names the bad range
+        return networks
 
 
 class LocalEmbedderConfig(_Section):
