@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import io
 import json
+from decimal import Decimal
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from PIL import Image, ImageOps
@@ -236,6 +238,34 @@ def test_comparables_are_moved_to_the_items_condition() -> None:
     fair = {"currency": "EUR", "sale_price": 10, "brand": None, "condition": "Fair"}
     suggestion = suggest([(fair, 0.9)] * 3, levels, condition="New")
     assert suggestion.price == 20
+
+
+def levels_of(brands: list[str], prices: list[int]) -> PriceLevels:
+    """The price levels of sales of one category, in these brands at these prices."""
+    return PriceLevels.from_sales(
+        pa.table(
+            {
+                "sale_price": pa.array([Decimal(p) for p in prices], pa.decimal128(12, 2)),
+                "category": ["Jeans"] * len(brands),
+                "brand": brands,
+                "condition": [None] * len(brands),
+                "currency": ["EUR"] * len(brands),
+            }
+        )
+    )
+
+
+def test_a_brand_kept_with_spaces_is_named_by_a_title_with_no_break_spaces() -> None:
+    levels = levels_of(["Dr. Martens  ", "COS"], [100, 30])
+    assert levels.brand_in("\u00a0dr.\u00a0martens 1460 boots ") == "Dr. Martens"
+
+
+def test_a_brand_written_with_and_without_spaces_has_one_price_level() -> None:
+    levels = levels_of(
+        ["Levi's", "Levi's ", "Levi's\u00a0", " Levi's", "Levi's", "COS"], [20] * 5 + [10]
+    )
+    assert set(levels.brands) == {"Levi's"}
+    assert levels.known_brands == {"Levi's", "COS"}
 
 
 def test_the_cli_prints_matches_and_writes_contact_sheets(

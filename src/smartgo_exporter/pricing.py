@@ -69,17 +69,15 @@ class PriceLevels:
         if sales.num_rows == 0:
             return cls({}, {})
         prices = pc.cast(sales.column("sale_price"), pa.float64()).to_numpy(zero_copy_only=False)
-        categories = sales.column("category").to_pylist()
+        categories = _names(sales, "category")
         log_price = np.log(np.maximum(prices, 0.01))
         relative = log_price - _group_median(log_price, categories)
-        conditions = _levels(relative, sales.column("condition").to_pylist())
+        condition_names = _names(sales, "condition")
+        conditions = _levels(relative, condition_names)
         condition_part = np.array(
-            [
-                math.log(conditions.get(c, 1.0)) if c is not None else 0.0
-                for c in sales.column("condition").to_pylist()
-            ]
+            [math.log(conditions.get(c, 1.0)) if c is not None else 0.0 for c in condition_names]
         )
-        brand_names = sales.column("brand").to_pylist()
+        brand_names = _names(sales, "brand")
         brands = _levels(relative - condition_part, brand_names)
         return cls(
             conditions,
@@ -92,7 +90,7 @@ class PriceLevels:
         """The longest known brand the title names (a title usually starts with its brand)."""
         if not title:
             return None
-        folded = f" {title.casefold()} "
+        folded = f" {(_compared(title) or '').casefold()} "
         named = [brand for brand in self.known_brands if f" {brand.casefold()} " in folded]
         return max(named, key=len) if named else None
 
@@ -139,6 +137,7 @@ def suggest(
 
     Without `currency`, the currency most of the neighbours were sold in is used.
     """
+    brand, condition = _compared(brand), _compared(condition)
     if currency is None:
         counted = Counter(sale["currency"] for sale, _ in neighbours)
         currency = counted.most_common(1)[0][0] if counted else None
@@ -169,7 +168,7 @@ def suggest(
             sim,
             _adjusted(sale, levels, brand, condition, rules),
             math.exp((sim - best) / rules.temperature)
-            * (rules.same_brand_weight if brand is not None and sale["brand"] == brand else 1.0),
+            * (rules.same_brand_weight if brand and _compared(sale["brand"]) == brand else 1.0),
         )
         for sale, sim in close
     ]
@@ -196,13 +195,28 @@ def _adjusted(
     rules: PricingRules,
 ) -> float:
     price = float(sale["sale_price"])
-    if rules.adjust_condition and condition is not None and sale["condition"] is not None:
-        price *= levels.conditions.get(condition, 1.0) / levels.conditions.get(
-            sale["condition"], 1.0
-        )
-    if rules.adjust_brand and brand is not None and sale["brand"] is not None:
-        price *= levels.brands.get(brand, 1.0) / levels.brands.get(sale["brand"], 1.0)
+    sale_condition, sale_brand = _compared(sale["condition"]), _compared(sale["brand"])
+    if rules.adjust_condition and condition is not None and sale_condition is not None:
+        price *= levels.conditions.get(condition, 1.0) / levels.conditions.get(sale_condition, 1.0)
+    if rules.adjust_brand and brand is not None and sale_brand is not None:
+        price *= levels.brands.get(brand, 1.0) / levels.brands.get(sale_brand, 1.0)
     return price
+
+
+def _compared(name: str | None) -> str | None:
+    """A brand, condition or category as pricing compares it: without the spaces around it and
+    with each run of spaces inside one space, no-break spaces included; None when blank.
+
+    The table keeps names exactly as the source wrote them, so "Levi's", "Levi's " and
+    "Levi's\u00a0" may all be there: for a price they are one brand.
+    """
+    if name is None:
+        return None
+    return " ".join(name.split()) or None
+
+
+def _names(sales: pa.Table, column: str) -> list[str | None]:
+    return [_compared(name) for name in sales.column(column).to_pylist()]
 
 
 def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
