@@ -13,6 +13,10 @@ from smartgo_exporter.windows import Window, business_day
 WINDOW = business_day(date(2026, 10, 25), "Europe/London")
 """Clocks go back in London that night: a 25-hour day, 2026-10-24T23:00Z to 2026-10-26T00:00Z."""
 
+TITLE = "  Levi's\u00a0501  jeans\u00a0 "
+"""Spaces and no-break spaces around and inside, as a till's keyboard leaves a title: every
+source must hand it over, and the table keep it, byte for byte."""
+
 
 def read_all(
     source: Source,

@@ -110,6 +110,28 @@ def test_a_price_change_at_the_source_rewrites_exactly_that_row(workspace: DemoP
     assert unchanged_after.equals(unchanged_before)
 
 
+def test_a_title_changed_only_in_its_spaces_is_rewritten_as_given_and_keeps_its_embedding(
+    workspace: DemoPaths,
+) -> None:
+    """What a re-run does to rows stored before titles were kept byte for byte (trimmed then)."""
+    settings = settings_of(workspace)
+    export(settings, days())
+    with sqlite3.connect(workspace.sales_db) as db:
+        sale_id, title = db.execute(
+            "SELECT id, title FROM sales WHERE title IS NOT NULL AND photo_url IS NOT NULL"
+            " AND currency <> 'EUU' AND CAST(price AS REAL) > 0 ORDER BY id LIMIT 1"
+        ).fetchone()
+        spaced = " " + title.replace(" ", "\u00a0", 1) + "  "
+        db.execute("UPDATE sales SET title = ? WHERE id = ?", (spaced, sale_id))
+    records = export(settings, days())
+    rows = table_rows(settings)
+    assert sum(r.counts.written for r in records) == 1
+    assert sum(r.counts.embedded for r in records) == 0
+    changed = rows.filter(pc.equal(rows["sale_id"], str(sale_id)))
+    assert changed["title"].to_pylist() == [spaced]
+    assert changed["embedding_status"].to_pylist() == ["ok"]
+
+
 def test_broken_photos_and_bad_rows_are_recorded_and_the_rest_lands(
     workspace: DemoPaths, store: tuple[DemoPaths, DemoCatalog]
 ) -> None:

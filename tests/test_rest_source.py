@@ -28,7 +28,7 @@ from smartgo_exporter.errors import SourceError
 from smartgo_exporter.sales import Sale
 from smartgo_exporter.sources import SaleBatch
 from smartgo_exporter.sources.rest import RestSource
-from tests.sales import WINDOW, ids, read_all
+from tests.sales import TITLE, WINDOW, ids, read_all
 
 TOKEN = "sgx-test-token-3f9a1c"
 CURSOR_PAGE_SIZE = 4
@@ -303,6 +303,17 @@ def test_nested_fields_are_mapped_by_dotted_path(
         image_url="https://photos.example/S-1.jpg",
         source_updated_at=datetime(2026, 10, 25, 13, 0, tzinfo=UTC),
     )
+
+
+def test_descriptive_text_comes_back_byte_for_byte(
+    pos_api: FakePosApi, open_source: SourceFactory
+) -> None:
+    product = {"sku": "SKU-1", "title": TITLE, "brand": "Levi's  ", "category": ""}
+    pos_api.sales = [api_sale("S-1", WINDOW.start, product=product)]
+
+    (sale,), _ = read_all(open_source())
+
+    assert (sale.title, sale.brand, sale.category, sale.condition) == (TITLE, "Levi's  ", "", None)
 
 
 def test_bad_items_are_rejected_naming_the_field_and_the_rest_are_read(

@@ -9,6 +9,7 @@ import pytest
 
 from smartgo_exporter.errors import InvalidSale
 from smartgo_exporter.sales import Sale, parse_sale
+from tests.sales import TITLE
 
 NOW = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
 
@@ -81,6 +82,23 @@ def test_a_row_without_sale_id_is_named_by_its_position() -> None:
     with pytest.raises(InvalidSale) as raised:
         parse(row(sale_id=None))
     assert (raised.value.row, raised.value.field) == ("7", "sale_id")
+
+
+def test_descriptive_text_is_kept_exactly_as_the_source_wrote_it() -> None:
+    sale = parse(row(title=TITLE, brand="Levi's ", category="", condition=None))
+    assert (sale.title, sale.brand, sale.category, sale.condition) == (TITLE, "Levi's ", "", None)
+
+
+def test_ids_are_keys_without_the_padding_a_char_column_adds() -> None:
+    sale = parse(row(sale_id="1001      ", tenant_id="\u00a0store-paris", product_id=" SKU-1 "))
+    assert sale.key == ("store-paris", "1001")
+    assert sale.product_id == "SKU-1"
+
+
+def test_a_photo_url_is_fetched_and_kept_without_the_spaces_around_it() -> None:
+    sale = parse(row(image_url=" https://photos.example/1.jpg\u00a0"))
+    assert sale.image_url == sale.fetch_url == "https://photos.example/1.jpg"
+    assert parse(row(image_url="  ")).image_url is None
 
 
 def test_currency_case_and_spaces_are_normalised() -> None:

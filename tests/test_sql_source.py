@@ -21,7 +21,7 @@ from smartgo_exporter.errors import ConfigError, SourceError
 from smartgo_exporter.sales import Sale
 from smartgo_exporter.sources import SaleBatch
 from smartgo_exporter.sources.sql import SqlSource
-from tests.sales import WINDOW, ids, read_all
+from tests.sales import TITLE, WINDOW, ids, read_all
 
 if TYPE_CHECKING:
     from conftest import SalesDatabase
@@ -180,6 +180,36 @@ def test_bad_rows_are_rejected_naming_the_field_and_the_rest_are_read(
         ("odd-money", "currency"),
         ("5", "sale_id"),
     ]
+
+
+# --- text as the database holds it ---------------------------------------------------------
+
+
+def test_descriptive_text_comes_back_byte_for_byte(
+    sales_db: SalesDatabase, open_source: SourceFactory
+) -> None:
+    sales_db.insert(sales_db.row(title=TITLE, brand="Levi's  ", category="", item_condition=None))
+
+    (sale,), _ = read_all(open_source())
+
+    assert (sale.title, sale.brand, sale.category, sale.condition) == (TITLE, "Levi's  ", "", None)
+
+
+def test_an_id_padded_by_a_char_column_is_the_same_key_as_without(
+    sales_db: SalesDatabase, open_source: SourceFactory
+) -> None:
+    """PostgreSQL returns a CHAR(n) value padded with spaces to n; the sale is still S-1."""
+    sales_db.insert(sales_db.row(id="S-1"))
+    query = (
+        "SELECT CAST(id AS CHAR(12)) AS padded_id, sales.* FROM sales"
+        " WHERE sold_at >= :start AND sold_at < :end"
+    )
+
+    (sale,), _ = read_all(
+        open_source(query=query, columns={**sales_db.columns, "sale_id": "padded_id"})
+    )
+
+    assert sale.key == ("1", "S-1")
 
 
 # --- what to read -----------------------------------------------------------------------------

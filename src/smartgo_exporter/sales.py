@@ -3,6 +3,19 @@
 The SQL and REST sources both turn their rows into `Sale` here, so they reject bad rows the
 same way, with the same field named. `public_url` is the one redactor of photo URLs: what the
 table, the run record and the logs keep of a URL the source gave.
+
+Text is kept as the source wrote it, with two kinds of field:
+
+- Descriptive text (title, brand, category, condition) is stored byte for byte: spaces, no-break
+  spaces and all; NULL stays None and an empty string stays empty, since NULL and '' are two
+  things a source can say and a reader can fold them together but not tell them apart again.
+  Whoever compares such text (pricing's brand matching) trims it for the comparison only.
+- Ids (sale_id, tenant_id, product_id), the currency code and the photo URL are trimmed, and
+  blank is missing. An id is a key, not text: a CHAR(n) column pads it with spaces on
+  PostgreSQL, and "S-1" there and "S-1" in a VARCHAR must be one sale (the table has always been
+  keyed on trimmed ids, so keeping the padding would store every such sale a second time).
+  Whitespace around a URL is not part of it (RFC 3986, appendix C), and readers of the table
+  open the URL it keeps.
 """
 
 from __future__ import annotations
@@ -111,13 +124,13 @@ def parse_sale(
     cent amount, is an error rather than a rounding.
     """
     row = str(position)
-    sale_id = _text(raw.get("sale_id"))
+    sale_id = _trimmed(raw.get("sale_id"))
     if sale_id is None:
         raise InvalidSale(row, "sale_id", "missing")
     row = sale_id
 
     def required_text(name: str) -> str:
-        value = _text(raw.get(name))
+        value = _trimmed(raw.get(name))
         if value is None:
             raise InvalidSale(row, name, "missing")
         return value
@@ -138,7 +151,7 @@ def parse_sale(
     currency = currency.upper() if currency.isascii() else currency
     if currency not in ISO_4217:
         raise InvalidSale(row, "currency", f"not an ISO 4217 code: {currency[:8]!r}")
-    image_url = _text(raw.get("image_url"))
+    image_url = _trimmed(raw.get("image_url"))
     return Sale(
         sale_id=sale_id,
         tenant_id=tenant_id,
@@ -147,10 +160,10 @@ def parse_sale(
         sale_price=sale_price,
         currency=currency,
         list_price=_money(raw.get("list_price"), row, "list_price"),
-        title=_text(raw.get("title")),
-        brand=_text(raw.get("brand")),
-        category=_text(raw.get("category")),
-        condition=_text(raw.get("condition")),
+        title=_exact(raw.get("title")),
+        brand=_exact(raw.get("brand")),
+        category=_exact(raw.get("category")),
+        condition=_exact(raw.get("condition")),
         image_url=public_url(image_url) if image_url else None,
         source_updated_at=_timestamp(
             raw.get("source_updated_at"), row, "source_updated_at", naive_tz
@@ -188,15 +201,23 @@ def _is_signing_parameter(name: str) -> bool:
     return name in _SIGNING_PARAMETERS or name.startswith(("x-amz-", "x-goog-"))
 
 
-def _text(value: Any) -> str | None:
+def _exact(value: Any) -> str | None:
+    """Descriptive text exactly as the source gave it; None only for NULL."""
     if value is None:
         return None
     if isinstance(value, bytes):
         value = value.decode("utf-8", errors="replace")
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    text = str(value).strip()
-    return text or None
+    return str(value)
+
+
+def _trimmed(value: Any) -> str | None:
+    """An id, a code or a URL without the whitespace around it; None when nothing is left."""
+    text = _exact(value)
+    if text is None:
+        return None
+    return text.strip() or None
 
 
 def _money(value: Any, row: str, field: str) -> Decimal | None:

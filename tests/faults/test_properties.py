@@ -25,6 +25,7 @@ from smartgo_exporter.config import Settings
 from smartgo_exporter.config_loader import load_config
 from smartgo_exporter.errors import ConfigError, InvalidSale
 from smartgo_exporter.sales import MONEY_PRECISION, MONEY_SCALE, SALE_FIELDS, Sale, parse_sale
+from tests.sales import TITLE
 
 BOUNDED = settings(
     max_examples=150,
@@ -347,6 +348,16 @@ def test_a_price_written_as_text_is_plain_ascii_digits_or_refused(text: str) -> 
     else:
         assert text.strip().isascii()
         assert sale.sale_price == Decimal(text.strip())
+
+
+@BOUNDED
+@given(field=st.sampled_from(["title", "brand", "category", "condition"]), text=st.text())
+@example(field="title", text=TITLE)
+@example(field="brand", text="")
+def test_descriptive_text_is_kept_exactly_as_the_source_wrote_it(field: str, text: str) -> None:
+    sale = parse(valid_row(**{field: text}))
+    assert isinstance(sale, Sale)
+    assert getattr(sale, field) == text
 
 
 @BOUNDED

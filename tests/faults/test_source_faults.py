@@ -4,7 +4,8 @@ checked and a re-run must converge, through `fault_report`.
 
 Faults of a server (a connection killed mid-stream, a statement timeout, a wrong password) are
 injected into PostgreSQL and MariaDB; faults of the data itself (a bad mapping, bad rows,
-duplicate and moving sale ids) into SQLite, where the source reads them the same way.
+duplicate and moving sale ids) into SQLite, where the source reads them the same way; text that
+must land byte for byte into all three, whose drivers each hand text over their own way.
 
 The sales of these days have no photos, so each export is about the source and the table.
 """
@@ -35,6 +36,7 @@ from smartgo_exporter.sales import Key
 from smartgo_exporter.sinks.iceberg import SalesTable
 from tests.conftest import SALES_COLUMNS, pos_row
 from tests.faults.conftest import FaultReport, key_counts, read_table
+from tests.sales import TITLE
 
 if TYPE_CHECKING:
     from tests.conftest import SalesDatabase
@@ -387,6 +389,37 @@ def test_a_bad_row_is_rejected_by_sale_and_field_and_the_rest_lands_partial(
         records=records,
         expect_status="PARTIAL",
     )
+
+
+# --- text as the source wrote it ------------------------------------------------------------
+
+
+def test_a_title_with_spaces_and_no_break_spaces_lands_byte_for_byte(
+    sales_db: SalesDatabase, tmp_path: Path, fault_report: FaultReport
+) -> None:
+    rows = day_of_sales(10)
+    rows[0] = {**rows[0], "title": TITLE, "brand": "Levi's  ", "category": ""}
+    sales_db.insert(*rows)
+    settings = export_settings(tmp_path, sales_db.url)
+
+    records = export(settings, [DAY])
+
+    table = read_table(settings)
+    [stored] = table.filter(pc.equal(table["sale_id"], rows[0]["id"])).to_pylist()
+    assert (stored["title"], stored["brand"], stored["category"]) == (TITLE, "Levi's  ", "")
+    outcome = fault_report.record(
+        fault="source: title with spaces and NBSP",
+        injected=(
+            "a title with spaces and no-break spaces around and inside, a brand with trailing"
+            " spaces and an empty category, on SQLite, PostgreSQL and MariaDB"
+        ),
+        settings=settings,
+        source_sales=keys_of(rows),
+        records=records,
+        expect_status="SUCCEEDED",
+    )
+    # Kept as the source holds it, the row is the source's row: a re-run has nothing to rewrite.
+    assert [r.counts.written for r in outcome.rerun_records] == [0]
 
 
 # --- one sale id twice in a day -------------------------------------------------------------
