@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 from datetime import date, timedelta
@@ -86,7 +87,10 @@ def test_without_a_terminal_a_run_prints_a_line_as_each_day_finishes(
     lines = output.splitlines()
     finished = [line for line in lines if re.match(r"\d{4}-\d\d-\d\d  [A-Z]+ +\d+ sales", line)]
     assert [line[:10] for line in finished] == ["2026-10-05", "2026-10-06", "2026-10-07"]
-    counts = r"\d+ sales, \d+ written, \d+ embedded, \d+ reused, \d+ failed, \d+ rejected"
+    counts = (
+        r"\d+ sales, \d+ written, \d+ embedded, \d+ reused, \d+ failed, \d+ rejected,"
+        r" \d+ normalised"
+    )
     for number, line in enumerate(finished, start=1):
         assert re.match(rf"\S+  (SUCCEEDED|PARTIAL  )  {counts}  \({number} of 3 days\)", line)
     # As the days finish: before the table that ends the run.
@@ -103,6 +107,31 @@ def test_history_lists_runs_and_one_days_errors(exported: DemoPaths) -> None:
     assert re.search(rf"run {FIRST_DAY:%Y%m%d}-[0-9a-f]{{12}}: (PARTIAL|SUCCEEDED)", output)
     assert "source:" in output
     assert "photo:http_404" in output
+
+
+def test_history_counts_the_sales_whose_currency_was_upper_cased_and_names_them(
+    workspace: DemoPaths,
+) -> None:
+    with sqlite3.connect(workspace.sales_db) as db:
+        (sale_id,) = db.execute(
+            "SELECT id FROM sales WHERE currency <> 'EUU' AND sold_at >= ? AND sold_at < ?"
+            " ORDER BY id LIMIT 1",
+            (f"{FIRST_DAY} 06:00:00", f"{FIRST_DAY} 18:00:00"),
+        ).fetchone()
+        db.execute("UPDATE sales SET currency = lower(currency) WHERE id = ?", (sale_id,))
+    config = str(workspace.config)
+    assert invoke("run", "--config", config, "--date", str(FIRST_DAY))[0] == 0
+
+    code, output = invoke("history", "--config", config)
+    assert code == 0
+    lines = [line.split() for line in output.splitlines()]
+    [header] = [cells for cells in lines if cells[:2] == ["day", "status"]]
+    [row] = [cells for cells in lines if cells[:1] == [str(FIRST_DAY)]]
+    # At the 80 columns of a test's console, rich shortens the headers: "normal…".
+    assert "normalised".startswith(header[-1].rstrip("…"))
+    assert row[-1] == "1"
+    code, output = invoke("history", "--config", config, "--date", str(FIRST_DAY))
+    assert f"sale {sale_id} [source:currency_normalised]" in output
 
 
 def test_history_of_a_day_without_runs_says_so(workspace: DemoPaths) -> None:
@@ -233,7 +262,7 @@ def test_the_demo_run_twice_writes_nothing_the_second_time(
     assert first.count("SUCCEEDED") + first.count("PARTIAL") == 30
     assert "rows written" in first
     assert "Nothing changed in the table" in second
-    sales, _written, embedded, _reused, _failed, _rejected = _totals(first)
+    sales, _written, embedded, _reused, _failed, _rejected, _normalised = _totals(first)
     assert _totals(second)[:4] == [sales, 0, 0, embedded]
 
 

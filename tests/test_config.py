@@ -33,6 +33,7 @@ def test_a_minimal_file_gets_the_documented_defaults(tmp_path: Path) -> None:
     assert settings.retention_days == 90
     assert settings.table.namespace == "pricing_intelligence"
     assert settings.table.name == "smartgo_sales"
+    assert settings.source.currency_case == "normalise"
 
 
 def test_aws_regions_default_to_aws_region_which_botocore_does_not_read(
@@ -73,6 +74,7 @@ def test_environment_variables_override_the_file(
         ("[photos]\nconcurrency = 0", "photos.concurrency"),
         ("[photos]\nconcurency = 4", "photos.concurency"),
         ('[source.columns]\nprice = "p"', "source.columns"),
+        ('currency_case = "normalize"', "source.currency_case"),
     ],
 )
 def test_an_invalid_setting_is_reported_by_its_key(tmp_path: Path, extra: str, key: str) -> None:

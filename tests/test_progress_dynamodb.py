@@ -15,9 +15,15 @@ from smartgo_exporter.config import DynamoProgressConfig
 from smartgo_exporter.config_loader import load_config
 from smartgo_exporter.progress import load_progress_store
 from smartgo_exporter.progress.dynamodb import DynamoProgressStore
-from smartgo_exporter.run_records import RunStatus
+from smartgo_exporter.run_records import RunRecord, RunStatus
 from tests.servers.moto import MotoServer
 from tests.test_progress_stores import record
+
+
+def item_key(saved: RunRecord) -> dict[str, Any]:
+    """The DynamoDB key of a saved run."""
+    started = saved.started_at.isoformat(timespec="microseconds")
+    return {"pk": {"S": f"DAY#{saved.business_date}"}, "sk": {"S": f"{started}#{saved.run_id}"}}
 
 
 @pytest.fixture
@@ -60,14 +66,27 @@ def test_a_run_is_stored_with_numbers_and_an_epoch_ttl(
     store.save(saved)
     item = client.get_item(
         TableName=store.table,
-        Key={
-            "pk": {"S": "DAY#2026-11-01"},
-            "sk": {"S": f"{saved.started_at.isoformat(timespec='microseconds')}#r1"},
-        },
+        Key=item_key(saved),
     )["Item"]
     assert item["expires_at"] == {"N": str(math.ceil(saved.expires_at.timestamp()))}
     assert item["run"]["M"]["counts"]["M"]["written"] == {"N": "8"}
     assert item["run"]["M"]["status"] == {"S": "SUCCEEDED"}
+
+
+def test_a_run_saved_before_counts_had_normalised_reads_back_with_none(
+    client: Any, store: DynamoProgressStore
+) -> None:
+    saved = record("r1", date(2026, 11, 1))
+    store.save(saved)
+    client.update_item(
+        TableName=store.table,
+        Key=item_key(saved),
+        UpdateExpression="REMOVE #run.counts.normalised",
+        ExpressionAttributeNames={"#run": "run"},
+    )
+    [read] = store.runs_on(date(2026, 11, 1))
+    assert (read.counts.normalised, read.counts.written) == (0, 8)
+    assert store.summary().rows_written == 8
 
 
 def test_day_history_summary_and_last_success_are_served_by_queries_never_scans(

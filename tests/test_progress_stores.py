@@ -37,7 +37,9 @@ def record(
         status=status,
         started_at=started,
         expires_at=expires or NOW + timedelta(days=90),
-        counts=RunCounts(sales=10, written=8, embedded=6, reused=2, failed=1, rejected=1),
+        counts=RunCounts(
+            sales=10, written=8, embedded=6, reused=2, failed=1, rejected=1, normalised=1
+        ),
     )
 
 

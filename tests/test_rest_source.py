@@ -316,6 +316,20 @@ def test_descriptive_text_comes_back_byte_for_byte(
     assert (sale.title, sale.brand, sale.category, sale.condition) == (TITLE, "Levi's  ", "", None)
 
 
+def test_a_lower_case_currency_is_rejected_when_the_source_says_reject(
+    pos_api: FakePosApi, open_source: SourceFactory
+) -> None:
+    pos_api.sales = [
+        api_sale("S-1", WINDOW.start, price={"amount": 5, "currency": "gbp"}),
+        api_sale("S-2", WINDOW.start),
+    ]
+
+    sales, rejected = read_all(open_source(currency_case="reject"))
+
+    assert ids(sales) == ["S-2"]
+    assert [(r.row, r.field) for r in rejected] == [("S-1", "currency")]
+
+
 def test_bad_items_are_rejected_naming_the_field_and_the_rest_are_read(
     pos_api: FakePosApi, open_source: SourceFactory
 ) -> None:

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from smartgo_exporter.errors import InvalidSale
-from smartgo_exporter.sales import Sale, parse_sale
+from smartgo_exporter.sales import CurrencyCase, Sale, SaleWarning, parse_sale
 from tests.sales import TITLE
 
 NOW = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
@@ -101,5 +101,47 @@ def test_a_photo_url_is_fetched_and_kept_without_the_spaces_around_it() -> None:
     assert parse(row(image_url="  ")).image_url is None
 
 
-def test_currency_case_and_spaces_are_normalised() -> None:
-    assert parse(row(currency=" gbp ")).currency == "GBP"
+def parse_noting(raw: dict[str, Any], case: CurrencyCase) -> tuple[Sale, list[SaleWarning]]:
+    warnings: list[SaleWarning] = []
+    sale = parse_sale(raw, position=7, naive_tz=UTC, currency_case=case, warnings=warnings, now=NOW)
+    return sale, warnings
+
+
+def test_a_lower_case_currency_is_upper_cased_with_a_warning_naming_both() -> None:
+    sale, warnings = parse_noting(row(currency=" gbp "), "normalise")
+    assert sale.currency == "GBP"
+    assert warnings == [
+        SaleWarning("store-paris", "1001", "currency_normalised", "'gbp' written as 'GBP'")
+    ]
+
+
+def test_an_upper_case_currency_padded_by_its_column_is_no_warning() -> None:
+    sale, warnings = parse_noting(row(currency="EUR  "), "normalise")
+    assert (sale.currency, warnings) == ("EUR", [])
+
+
+def test_a_lower_case_currency_is_rejected_as_invalid_when_the_source_says_reject() -> None:
+    with pytest.raises(InvalidSale) as raised:
+        parse_noting(row(currency="Eur"), "reject")
+    assert (raised.value.row, raised.value.field) == ("1001", "currency")
+    assert raised.value.reason == "not an ISO 4217 code: 'Eur' is not upper case"
+
+
+def test_a_lower_case_unknown_currency_is_rejected_as_unknown_without_a_warning() -> None:
+    warnings: list[SaleWarning] = []
+    with pytest.raises(InvalidSale, match="not an ISO 4217 code: 'euu'"):
+        parse_sale(row(currency="euu"), position=7, naive_tz=UTC, warnings=warnings, now=NOW)
+    assert warnings == []
+
+
+def test_a_row_rejected_for_a_later_field_leaves_no_currency_warning() -> None:
+    warnings: list[SaleWarning] = []
+    with pytest.raises(InvalidSale, match="list_price"):
+        parse_sale(
+            row(currency="eur", list_price="lots"),
+            position=7,
+            naive_tz=UTC,
+            warnings=warnings,
+            now=NOW,
+        )
+    assert warnings == []

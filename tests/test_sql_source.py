@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 
 from smartgo_exporter.config import SqlSourceConfig
 from smartgo_exporter.errors import ConfigError, SourceError
-from smartgo_exporter.sales import Sale
+from smartgo_exporter.sales import Sale, SaleWarning
 from smartgo_exporter.sources import SaleBatch
 from smartgo_exporter.sources.sql import SqlSource
 from tests.sales import TITLE, WINDOW, ids, read_all
@@ -210,6 +210,33 @@ def test_an_id_padded_by_a_char_column_is_the_same_key_as_without(
     )
 
     assert sale.key == ("1", "S-1")
+
+
+def test_a_lower_case_currency_is_read_upper_cased_with_a_warning(
+    sales_db: SalesDatabase, open_source: SourceFactory
+) -> None:
+    sales_db.insert(sales_db.row(id="S-1", currency="gbp"), sales_db.row(id="S-2"))
+
+    [batch] = open_source().read(WINDOW, 10, [])
+
+    assert [(sale.sale_id, sale.currency) for sale in batch.sales] == [
+        ("S-1", "GBP"),
+        ("S-2", "EUR"),
+    ]
+    assert batch.warnings == [
+        SaleWarning("1", "S-1", "currency_normalised", "'gbp' written as 'GBP'")
+    ]
+
+
+def test_a_lower_case_currency_is_rejected_when_the_source_says_reject(
+    sales_db: SalesDatabase, open_source: SourceFactory
+) -> None:
+    sales_db.insert(sales_db.row(id="S-1", currency="gbp"), sales_db.row(id="S-2"))
+
+    sales, rejected = read_all(open_source(currency_case="reject"))
+
+    assert ids(sales) == ["S-2"]
+    assert [(r.row, r.field) for r in rejected] == [("S-1", "currency")]
 
 
 # --- what to read -----------------------------------------------------------------------------

@@ -173,12 +173,18 @@ def select_sales(
 ) -> tuple[list[Sale], RunCounts, list[RunError]]:
     """The batch's valid sales, one per key (the source's later row wins), of the configured
     tenants only; with the batch's counts so far and the errors to record (rejected rows,
-    duplicate sale ids)."""
-    counts = RunCounts(sales=len(batch.sales) + len(batch.rejected), rejected=len(batch.rejected))
+    duplicate sale ids, and the warnings of the tenants' sales written otherwise than given)."""
+    allowed = set(tenant_ids)
+    warnings = [w for w in batch.warnings if not allowed or w.tenant_id in allowed]
+    counts = RunCounts(
+        sales=len(batch.sales) + len(batch.rejected),
+        rejected=len(batch.rejected),
+        normalised=len(warnings),
+    )
     errors = [
         RunError(invalid.row, "source", invalid.field, invalid.reason) for invalid in batch.rejected
     ]
-    allowed = set(tenant_ids)
+    errors += [RunError(w.sale_id, "source", w.reason, w.detail) for w in warnings]
     by_key: dict[Key, Sale] = {}
     for sale in batch.sales:
         if allowed and sale.tenant_id not in allowed:

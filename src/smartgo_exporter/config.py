@@ -19,7 +19,7 @@ from pydantic import model_validator as model_check
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from smartgo_exporter.address_guard import AllowedHost
-from smartgo_exporter.sales import SALE_FIELDS
+from smartgo_exporter.sales import SALE_FIELDS, CurrencyCase
 
 
 def _aws_region() -> str | None:
@@ -72,7 +72,17 @@ class ExportConfig(_Section):
     _check_zone = field_validator("timezone")(_zone)
 
 
-class SqlSourceConfig(_Section):
+class _SourceSection(_Section):
+    """What every source's section says of how its rows are read."""
+
+    currency_case: CurrencyCase = "normalise"
+    """A valid currency code the source writes in lower or mixed case ("eur"): "normalise"
+    writes the sale with "EUR" and records a `source:currency_normalised` warning in the run
+    (counted as `normalised`; the run still SUCCEEDS, nothing being lost); "reject" rejects the
+    row as an invalid currency (counted as `rejected`; the run is PARTIAL)."""
+
+
+class SqlSourceConfig(_SourceSection):
     type: Literal["sql"] = "sql"
     url: SecretStr = SecretStr("")
     """SQLAlchemy URL, e.g. postgresql+psycopg://exporter@db/smartgo; may be a secret reference.
@@ -116,7 +126,7 @@ class SqlSourceConfig(_Section):
         return self
 
 
-class RestSourceConfig(_Section):
+class RestSourceConfig(_SourceSection):
     type: Literal["rest"] = "rest"
     url: str
     """The sales endpoint; the window goes in the `start_param`/`end_param` query parameters."""

@@ -24,6 +24,8 @@ class RunError:
 
     `stage` is where it happened (source, photo, embedding, table, run) and `reason` a short
     stable slug (`sale_price`, `http_404`, `decode_failed`) to count by; `detail` is for people.
+    A warning is recorded the same way: a sale landed, but otherwise than the source gave it
+    (`currency_normalised`).
     """
 
     sale_id: str
@@ -48,6 +50,10 @@ class RunCounts:
     no_image: int = 0
     failed: int = 0
     """Sales written without an embedding because the photo or the model failed."""
+    normalised: int = 0
+    """Rows whose currency code was written upper-cased (`source.currency_case = "normalise"`),
+    each with a `source:currency_normalised` warning in `errors`. A warning loses nothing, so
+    it leaves the run SUCCEEDED. Absent from records written before it existed: read as 0."""
 
     def add(self, other: RunCounts) -> None:
         for field in dataclasses.fields(self):

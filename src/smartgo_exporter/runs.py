@@ -111,7 +111,8 @@ class DayRun:
         """Record the outcome, save it and let go of the day.
 
         FAILED with `failure`'s detail; else SUCCEEDED when no row was rejected and nothing
-        stopped the run early (which leaves a `message`), PARTIAL otherwise.
+        stopped the run early (which leaves a `message`), PARTIAL otherwise. Errors that lost
+        no sale (a photo that failed, a currency normalised) leave a run SUCCEEDED.
         """
         record = self.record
         if failure is not None:

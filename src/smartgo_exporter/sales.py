@@ -16,6 +16,9 @@ Text is kept as the source wrote it, with two kinds of field:
   keyed on trimmed ids, so keeping the padding would store every such sale a second time).
   Whitespace around a URL is not part of it (RFC 3986, appendix C), and readers of the table
   open the URL it keeps.
+
+A currency code in the wrong case ("eur") is a valid code written wrongly: `currency_case`
+decides whether it is upper-cased, with a `SaleWarning`, or rejected.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from smartgo_exporter.errors import InvalidSale
@@ -44,8 +47,8 @@ _SIGNING_PARAMETERS = frozenset(
 """Query parameters of a signed or credentialed URL (S3 SigV2, CloudFront, GCS, Azure SAS, API
 keys), lower-cased; every `x-amz-*` and `x-goog-*` parameter counts too (SigV4 presigning)."""
 
-# Active ISO 4217 codes. A typo such as "EUR " or "eur" is normalised; "EUU" is rejected, because a
-# price in an unknown currency cannot be compared with anything.
+# Active ISO 4217 codes. "EUU" is rejected, because a price in an unknown currency cannot be
+# compared with anything; "EUR " is padding, trimmed; "eur" is up to `CurrencyCase`.
 ISO_4217 = frozenset(
     """AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BRL BSD BTN BWP
     BYN BZD CAD CDF CHF CLP CNY COP CRC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB EUR FJD FKP GBP
@@ -78,6 +81,25 @@ REQUIRED_SALE_FIELDS = ("sale_id", "tenant_id", "product_id", "sold_at", "sale_p
 
 Key = tuple[str, str]
 """(tenant_id, sale_id): a sale's identity within one source."""
+
+CurrencyCase = Literal["normalise", "reject"]
+"""What becomes of a valid currency code not written in upper case ("eur", "Eur"): "normalise"
+writes the sale with the upper-case code and a SaleWarning; "reject" rejects the row as an
+invalid currency."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SaleWarning:
+    """A sale written with another value than its source gave: it lands, and the run says so.
+
+    `reason` is a short stable slug to count by (`currency_normalised`); `detail` names the
+    value the source gave and the one written.
+    """
+
+    tenant_id: str
+    sale_id: str
+    reason: str
+    detail: str
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -114,14 +136,21 @@ class Sale:
 
 
 def parse_sale(
-    raw: Mapping[str, Any], *, position: int, naive_tz: tzinfo, now: datetime | None = None
+    raw: Mapping[str, Any],
+    *,
+    position: int,
+    naive_tz: tzinfo,
+    currency_case: CurrencyCase = "normalise",
+    warnings: list[SaleWarning] | None = None,
+    now: datetime | None = None,
 ) -> Sale:
     """Turn one source row (already mapped onto SALE_FIELDS) into a Sale, or raise InvalidSale.
 
     `position` identifies the row in errors when it has no usable sale id. Naive timestamps are
     read in `naive_tz`, the zone the source database keeps its wall-clock times in. Nothing is
     coerced silently: a price with more than two decimals, or a float that is not exactly a
-    cent amount, is an error rather than a rounding.
+    cent amount, is an error rather than a rounding; a value written otherwise than the source
+    gave it (a currency code upper-cased, under `currency_case`) is appended to `warnings`.
     """
     row = str(position)
     sale_id = _trimmed(raw.get("sale_id"))
@@ -146,13 +175,10 @@ def parse_sale(
     sale_price = _money(raw.get("sale_price"), row, "sale_price")
     if sale_price is None:
         raise InvalidSale(row, "sale_price", "missing")
-    currency = required_text("currency")
-    # Only ASCII is upper-cased: "ısk".upper() is "ISK", a code nobody wrote.
-    currency = currency.upper() if currency.isascii() else currency
-    if currency not in ISO_4217:
-        raise InvalidSale(row, "currency", f"not an ISO 4217 code: {currency[:8]!r}")
+    written_currency = required_text("currency")
+    currency = _currency(written_currency, row, currency_case)
     image_url = _trimmed(raw.get("image_url"))
-    return Sale(
+    sale = Sale(
         sale_id=sale_id,
         tenant_id=tenant_id,
         product_id=product_id,
@@ -170,6 +196,11 @@ def parse_sale(
         ),
         fetch_url=image_url,
     )
+    # Only once the row is a sale: a row rejected for a later field lands with no warning.
+    if currency != written_currency and warnings is not None:
+        detail = f"{written_currency!r} written as {currency!r}"
+        warnings.append(SaleWarning(tenant_id, sale_id, "currency_normalised", detail))
+    return sale
 
 
 def public_url(url: str) -> str:
@@ -199,6 +230,17 @@ def public_url(url: str) -> str:
 def _is_signing_parameter(name: str) -> bool:
     name = name.strip().lower()
     return name in _SIGNING_PARAMETERS or name.startswith(("x-amz-", "x-goog-"))
+
+
+def _currency(code: str, row: str, case: CurrencyCase) -> str:
+    """The ISO 4217 code `code` is, upper-cased when `case` allows it, or InvalidSale."""
+    # Only ASCII is upper-cased: "ısk".upper() is "ISK", a code nobody wrote.
+    upper = code.upper() if code.isascii() else code
+    if upper not in ISO_4217:
+        raise InvalidSale(row, "currency", f"not an ISO 4217 code: {code[:8]!r}")
+    if upper != code and case == "reject":
+        raise InvalidSale(row, "currency", f"not an ISO 4217 code: {code!r} is not upper case")
+    return upper
 
 
 def _exact(value: Any) -> str | None:

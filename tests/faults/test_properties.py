@@ -24,7 +24,15 @@ from hypothesis import strategies as st
 from smartgo_exporter.config import Settings
 from smartgo_exporter.config_loader import load_config
 from smartgo_exporter.errors import ConfigError, InvalidSale
-from smartgo_exporter.sales import MONEY_PRECISION, MONEY_SCALE, SALE_FIELDS, Sale, parse_sale
+from smartgo_exporter.sales import (
+    ISO_4217,
+    MONEY_PRECISION,
+    MONEY_SCALE,
+    SALE_FIELDS,
+    Sale,
+    SaleWarning,
+    parse_sale,
+)
 from tests.sales import TITLE
 
 BOUNDED = settings(
@@ -235,10 +243,11 @@ def valid_row(**changes: Any) -> dict[str, Any]:
     return raw
 
 
-def parse(raw: dict[str, Any], zone: str = "Europe/Paris") -> Sale | InvalidSale:
-    """The Sale a row becomes, or the InvalidSale saying why not; any other exception escapes."""
+def parse(raw: dict[str, Any], zone: str = "Europe/Paris", **options: Any) -> Sale | InvalidSale:
+    """The Sale a row becomes, or the InvalidSale saying why not; any other exception escapes.
+    `options` go to `parse_sale` (`currency_case`, `warnings`)."""
     try:
-        return parse_sale(raw, position=3, naive_tz=ZoneInfo(zone), now=NOW)
+        return parse_sale(raw, position=3, naive_tz=ZoneInfo(zone), now=NOW, **options)
     except InvalidSale as invalid:
         return invalid
 
@@ -358,6 +367,44 @@ def test_descriptive_text_is_kept_exactly_as_the_source_wrote_it(field: str, tex
     sale = parse(valid_row(**{field: text}))
     assert isinstance(sale, Sale)
     assert getattr(sale, field) == text
+
+
+CODES_IN_ANY_CASE = st.tuples(
+    st.sampled_from(sorted(ISO_4217)), st.lists(st.booleans(), min_size=3, max_size=3)
+).map(
+    lambda drawn: (
+        drawn[0],
+        "".join(c.lower() if low else c for c, low in zip(*drawn, strict=True)),
+    )
+)
+"""(an ISO 4217 code, the code as a source may write it: some of its letters lower-cased)."""
+
+
+@BOUNDED
+@given(codes=CODES_IN_ANY_CASE)
+def test_a_valid_code_in_any_case_lands_upper_case_with_a_warning_if_it_was_not(
+    codes: tuple[str, str],
+) -> None:
+    code, written = codes
+    warnings: list[SaleWarning] = []
+    sale = parse(valid_row(currency=written), warnings=warnings)
+    assert isinstance(sale, Sale)
+    assert sale.currency == code
+    assert [w.reason for w in warnings] == (["currency_normalised"] if written != code else [])
+
+
+@BOUNDED
+@given(codes=CODES_IN_ANY_CASE)
+def test_with_reject_a_valid_code_lands_only_when_written_upper_case(
+    codes: tuple[str, str],
+) -> None:
+    code, written = codes
+    sale = parse(valid_row(currency=written), currency_case="reject")
+    if isinstance(sale, InvalidSale):
+        assert sale.field == "currency"
+        assert written != code
+    else:
+        assert sale.currency == written == code
 
 
 @BOUNDED

@@ -403,6 +403,21 @@ def test_the_pipeline_drops_other_tenants_even_from_a_source_that_ignores_the_fi
     assert tenants_in(settings) == {"1"}
 
 
+@pytest.mark.parametrize("sales_db", ["sqlite"], indirect=True)
+def test_another_tenants_sale_leaves_no_warning_in_the_run_even_from_a_source_that_ignores_it(
+    sales_db: SalesDatabase, tmp_path: Path
+) -> None:
+    rows = day_of_sales(4)
+    rows[1]["currency"] = "gbp"  # a sale of tenant 2, whose currency would be normalised
+    sales_db.insert(*rows)
+    settings = export_settings(tmp_path, sales_db.url, export={"tenant_ids": ["1"]})
+
+    with contextlib.closing(TenantBlindSource(load_source(settings.source))) as source:
+        [record] = export(settings, [DAY], source=source)
+
+    assert (record.counts.normalised, record.errors) == (0, [])
+
+
 # --- hostile names and values in the configuration -------------------------------------------
 
 HOSTILE: dict[str, tuple[dict[str, Any], str]] = {

@@ -422,6 +422,68 @@ def test_a_title_with_spaces_and_no_break_spaces_lands_byte_for_byte(
     assert [r.counts.written for r in outcome.rerun_records] == [0]
 
 
+def lower_case_currency_row() -> dict[str, Any]:
+    """A sale of DAY, LOWER-1, whose currency the till wrote "gbp"."""
+    return pos_row(
+        id="LOWER-1", sold_at=datetime(2026, 10, 25, 9, 0), currency="gbp", photo_url=None
+    )
+
+
+@pytest.mark.parametrize("sales_db", ["sqlite"], indirect=True)
+def test_a_lower_case_currency_lands_upper_cased_with_a_warning_and_the_run_succeeds(
+    sales_db: SalesDatabase, tmp_path: Path, fault_report: FaultReport
+) -> None:
+    rows = [*day_of_sales(10), lower_case_currency_row()]
+    sales_db.insert(*rows)
+    settings = export_settings(tmp_path, sales_db.url)
+
+    records = export(settings, [DAY])
+
+    record = only_record(records)
+    assert (record.counts.normalised, record.counts.rejected) == (1, 0)
+    assert [(e.sale_id, e.stage, e.reason, e.detail) for e in record.errors] == [
+        ("LOWER-1", "source", "currency_normalised", "'gbp' written as 'GBP'")
+    ]
+    table = read_table(settings)
+    assert key_counts(table) == dict.fromkeys(keys_of(rows), 1)
+    assert table.filter(pc.equal(table["sale_id"], "LOWER-1"))["currency"].to_pylist() == ["GBP"]
+    fault_report.record(
+        fault="source: lower-case currency, normalised",
+        injected='one of 11 rows of the day has currency "gbp"; source.currency_case = "normalise"',
+        settings=settings,
+        source_sales=keys_of(rows),
+        records=records,
+        expect_status="SUCCEEDED",
+    )
+
+
+@pytest.mark.parametrize("sales_db", ["sqlite"], indirect=True)
+def test_a_lower_case_currency_is_rejected_when_the_source_says_reject(
+    sales_db: SalesDatabase, tmp_path: Path, fault_report: FaultReport
+) -> None:
+    rows, lower = day_of_sales(10), lower_case_currency_row()
+    sales_db.insert(*rows, lower)
+    settings = export_settings(tmp_path, sales_db.url, source={"currency_case": "reject"})
+
+    records = export(settings, [DAY])
+
+    record = only_record(records)
+    assert record.status is RunStatus.PARTIAL
+    assert (record.counts.normalised, record.counts.rejected) == (0, 1)
+    assert [(e.sale_id, e.stage, e.reason) for e in record.errors] == [
+        ("LOWER-1", "source", "currency")
+    ]
+    assert set(key_counts(read_table(settings))) == set(keys_of(rows))
+    fault_report.record(
+        fault="source: lower-case currency, rejected",
+        injected='one of 11 rows of the day has currency "gbp"; source.currency_case = "reject"',
+        settings=settings,
+        source_sales=keys_of([*rows, lower]),
+        records=records,
+        expect_status="PARTIAL",
+    )
+
+
 # --- one sale id twice in a day -------------------------------------------------------------
 
 PAID_SALES = (

@@ -13,7 +13,7 @@ from datetime import tzinfo
 from typing import TYPE_CHECKING, Any, Protocol
 
 from smartgo_exporter.errors import InvalidSale
-from smartgo_exporter.sales import Sale, parse_sale
+from smartgo_exporter.sales import CurrencyCase, Sale, SaleWarning, parse_sale
 from smartgo_exporter.windows import Window
 
 if TYPE_CHECKING:
@@ -22,10 +22,12 @@ if TYPE_CHECKING:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SaleBatch:
-    """Up to `batch_size` source rows: those that validated, and those that did not (with why)."""
+    """Up to `batch_size` source rows: those that validated, and those that did not (with why);
+    `warnings` name the sales written with another value than the source gave."""
 
     sales: list[Sale]
     rejected: list[InvalidSale]
+    warnings: list[SaleWarning] = dataclasses.field(default_factory=list)
 
 
 class Source(Protocol):
@@ -34,9 +36,10 @@ class Source(Protocol):
     `read(window, batch_size, tenant_ids)` yields SaleBatch objects whose sales have
     `window.start <= sold_at < window.end` (as the source decides it) and, when `tenant_ids` is
     not empty, only those tenants. A row that cannot become a Sale is yielded in `rejected`,
-    never raised. A source that cannot be read at all (unreachable, wrong credentials, a query
-    the database refuses) raises SourceError, whose message carries no secret. `close()`
-    releases connections.
+    never raised; a sale written otherwise than the source gave it (a currency upper-cased, as
+    the source's `currency_case` allows) is named in `warnings`. A source that cannot be read
+    at all (unreachable, wrong credentials, a query the database refuses) raises SourceError,
+    whose message carries no secret. `close()` releases connections.
 
         source = load_source(settings.source)
         for batch in source.read(business_day(date(2026, 11, 26), "Europe/London"), 500, []):
@@ -51,7 +54,10 @@ class Source(Protocol):
 
 
 def parse_batches(
-    rows: Iterator[tuple[int, Mapping[str, Any] | InvalidSale]], batch_size: int, naive_tz: tzinfo
+    rows: Iterator[tuple[int, Mapping[str, Any] | InvalidSale]],
+    batch_size: int,
+    naive_tz: tzinfo,
+    currency_case: CurrencyCase,
 ) -> Generator[SaleBatch, None, None]:
     """Validate (position, row) pairs into batches of at most `batch_size` rows.
 
@@ -60,22 +66,29 @@ def parse_batches(
     found unusable arrives as an InvalidSale. Closing the batches closes `rows`, so a source's
     cursor or paging stops on the thread that closes them.
     """
-    sales: list[Sale] = []
-    rejected: list[InvalidSale] = []
+    batch = SaleBatch([], [])
     try:
         for position, raw in rows:
             if isinstance(raw, InvalidSale):
-                rejected.append(raw)
+                batch.rejected.append(raw)
             else:
                 try:
-                    sales.append(parse_sale(raw, position=position, naive_tz=naive_tz))
+                    sale = parse_sale(
+                        raw,
+                        position=position,
+                        naive_tz=naive_tz,
+                        currency_case=currency_case,
+                        warnings=batch.warnings,
+                    )
                 except InvalidSale as invalid:
-                    rejected.append(invalid)
-            if len(sales) + len(rejected) == batch_size:
-                yield SaleBatch(sales, rejected)
-                sales, rejected = [], []
-        if sales or rejected:
-            yield SaleBatch(sales, rejected)
+                    batch.rejected.append(invalid)
+                else:
+                    batch.sales.append(sale)
+            if len(batch.sales) + len(batch.rejected) == batch_size:
+                yield batch
+                batch = SaleBatch([], [])
+        if batch.sales or batch.rejected:
+            yield batch
     finally:
         close = getattr(rows, "close", None)
         if close is not None:

@@ -79,7 +79,8 @@ class RestSource:
         """Batches of at most `batch_size` items, built as pages arrive; closing it stops paging."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
-        return parse_batches(self._rows(window, set(tenant_ids)), batch_size, self._zone)
+        rows = self._rows(window, set(tenant_ids))
+        return parse_batches(rows, batch_size, self._zone, self._config.currency_case)
 
     def _rows(
         self, window: Window, tenants: set[str]

@@ -115,7 +115,10 @@ class SqlSource:
                 )
                 result = streaming.execute(plan.statement, plan.params)
                 yield from parse_batches(
-                    self._rows(result, plan, set(tenant_ids)), batch_size, self._zone
+                    self._rows(result, plan, set(tenant_ids)),
+                    batch_size,
+                    self._zone,
+                    self._config.currency_case,
                 )
         except sa_exc.SQLAlchemyError as error:
             raise SourceError(self._describe(error)) from None
