@@ -18,7 +18,13 @@ from smartgo_exporter.errors import ConfigError, SinkError
 from smartgo_exporter.sinks import compaction
 from smartgo_exporter.sinks.compaction import COMPACTION_PROPERTY, compact
 from smartgo_exporter.sinks.iceberg import SalesTable
-from tests.test_iceberg_sink import batch, config, sale
+from tests.test_iceberg_sink import (
+    batch,
+    config,
+    failed_batch,
+    previous_version_table,
+    sale,
+)
 
 __all__ = ["config"]
 
@@ -111,6 +117,22 @@ def test_compaction_keeps_every_row_exactly_once(config: TableConfig) -> None:
     assert len(set(keys(after))) == after.num_rows
     assert after.equals(before)
     assert sum(p.rows for p in report.compacted) == 70
+
+
+def test_files_from_before_and_after_the_table_gained_columns_compact_into_one(
+    config: TableConfig,
+) -> None:
+    previous_version_table(config, [sale(n, day=NOVEMBER) for n in range(5)])
+    table = SalesTable.open(config, source="smartgo")  # adds the photo failure columns
+    table.upsert(failed_batch([sale(n, day=NOVEMBER) for n in range(5, 8)], 3), run_id="run-2")
+    before = rows_by_key(reloaded(table))
+
+    compact(config)
+
+    assert files_by_partition(reloaded(table)) == {A_NOVEMBER: 1}
+    after = rows_by_key(reloaded(table))
+    assert after.equals(before)
+    assert after["photo_failures"].to_pylist() == [None] * 5 + [3] * 3
 
 
 def test_a_rewrite_that_would_lose_a_row_commits_nothing(

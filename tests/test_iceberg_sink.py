@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from pyiceberg.schema import Schema
+from structlog.testing import capture_logs
 
 from smartgo_exporter.config import TableConfig
 from smartgo_exporter.sales import Sale
@@ -21,7 +22,14 @@ from smartgo_exporter.schema import (
     rows_to_arrow,
 )
 from smartgo_exporter.sinks.catalog import open_catalog
-from smartgo_exporter.sinks.iceberg import RUN_ID_PROPERTY, SalesTable
+from smartgo_exporter.sinks.iceberg import (
+    PARTITION_SPEC,
+    RUN_ID_PROPERTY,
+    SORT_ORDER,
+    TABLE_PROPERTIES,
+    SalesTable,
+    add_missing_columns,
+)
 
 DAY = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 
@@ -53,6 +61,34 @@ def batch(sales: Sequence[Sale], run_id: str = "run-1") -> pa.Table:
     vector = np.full(8, 1 / np.sqrt(8), dtype=np.float32)
     rows = [
         SaleRow(s, EmbeddingStatus.OK, Embedding(vector, "model-a", "00" * 32, 64, 64))
+        for s in sales
+    ]
+    return rows_to_arrow(rows, source="smartgo", run_id=run_id, exported_at=DAY)
+
+
+PHOTO_FAILURE_COLUMNS = ["photo_failures", "photo_failed_at"]
+"""The columns this version added: a table of the previous version lacks them."""
+
+
+def previous_version_table(config: TableConfig, sales: Sequence[Sale]) -> None:
+    """The table as the previous version created and wrote it: without the photo failure
+    columns, holding these sales (in one data file)."""
+    catalog = open_catalog(config)
+    catalog.create_namespace(config.namespace)
+    older = Schema(*[f for f in ICEBERG_SCHEMA.fields if f.name not in PHOTO_FAILURE_COLUMNS])
+    table = catalog.create_table(
+        (config.namespace, config.name),
+        schema=older,
+        partition_spec=PARTITION_SPEC,
+        sort_order=SORT_ORDER,
+        properties=TABLE_PROPERTIES,
+    )
+    table.append(batch(sales, run_id="previous").drop_columns(PHOTO_FAILURE_COLUMNS))
+
+
+def failed_batch(sales: Sequence[Sale], failures: int, run_id: str = "run-1") -> pa.Table:
+    rows = [
+        SaleRow(s, EmbeddingStatus.failed("http_404"), failures=failures, failed_at=DAY)
         for s in sales
     ]
     return rows_to_arrow(rows, source="smartgo", run_id=run_id, exported_at=DAY)
@@ -191,3 +227,48 @@ def test_an_older_table_gains_new_columns_without_rewriting_data(config: TableCo
     table = SalesTable.open(config, source="smartgo")
     assert "source_updated_at" in table.table.schema().column_names
     assert table.table.current_snapshot() is None
+
+
+def test_a_table_of_the_previous_version_gains_the_photo_failure_columns_and_keeps_its_rows(
+    config: TableConfig,
+) -> None:
+    previous_version_table(config, [sale(i) for i in range(5)])
+
+    table = SalesTable.open(config, source="smartgo")
+
+    assert set(PHOTO_FAILURE_COLUMNS) <= set(table.table.schema().column_names)
+    table.upsert(failed_batch([sale(3), sale(7)], failures=2), run_id="run-2")
+    rows = all_rows(table).sort_by("sale_id")
+    assert rows["sale_id"].to_pylist() == ["0", "1", "2", "3", "4", "7"]
+    assert rows["photo_failures"].to_pylist() == [None, None, None, 2, None, 2]
+    stored = table.stored([("store-a", "1"), ("store-a", "3")])
+    assert stored.row(("store-a", "1"))["photo_failures"] is None
+    assert stored.row(("store-a", "3"))["photo_failed_at"] == DAY
+
+
+def test_two_runs_adding_the_same_columns_at_once_both_go_on(config: TableConfig) -> None:
+    previous_version_table(config, [sale(0)])
+    catalog = open_catalog(config)
+    first, second = (catalog.load_table((config.namespace, config.name)) for _ in range(2))
+
+    add_missing_columns(first)
+    # `second` read the table before `first` changed its schema: its own change loses the race.
+    with capture_logs() as logs:
+        add_missing_columns(second)
+
+    assert [entry["event"] for entry in logs] == ["schema_update_conflict"]
+    assert set(PHOTO_FAILURE_COLUMNS) <= set(second.schema().column_names)
+    reloaded = catalog.load_table((config.namespace, config.name))
+    assert len(reloaded.schemas()) == 2  # the previous version's, and one evolution
+
+
+def test_sql_reads_a_table_whose_files_predate_the_new_columns(config: TableConfig) -> None:
+    previous_version_table(config, [sale(i) for i in range(3)])
+    table = SalesTable.open(config, source="smartgo")
+    table.upsert(failed_batch([sale(9)], failures=1), run_id="run-2")
+
+    result = table.query(
+        "SELECT count(*) AS n, count(photo_failures) AS failed FROM sales"
+    ).to_pylist()
+
+    assert result == [{"n": 4, "failed": 1}]

@@ -18,6 +18,7 @@ from smartgo_exporter.index import SalesIndex, sync_indexes
 from smartgo_exporter.sales import Sale
 from smartgo_exporter.schema import Embedding, SaleRow, rows_to_arrow
 from smartgo_exporter.sinks.iceberg import SalesTable
+from tests.test_iceberg_sink import batch, failed_batch, previous_version_table, sale
 
 DIM = 16
 MODEL = "test-model"
@@ -142,3 +143,32 @@ def test_an_index_stored_with_another_precision_is_rebuilt_not_misread(
     assert len(SalesIndex.load(halved, table_config, "t1", MODEL, DIM)) == 0
     [report] = sync_indexes(halved, table_config, sales.table, MODEL, DIM)
     assert report.added == 10
+
+
+def test_an_index_follows_a_table_whose_older_files_lack_the_photo_failure_columns(
+    tmp_path: Path,
+) -> None:
+    config = TableConfig(
+        catalog={
+            "type": "sql",
+            "uri": f"sqlite:///{tmp_path / 'catalog.db'}",
+            "warehouse": f"file://{tmp_path / 'warehouse'}",
+        }
+    )
+    previous_version_table(config, [sale(n) for n in range(4)])
+    sales = SalesTable.open(config, source="smartgo")
+    sales.upsert(batch([sale(n) for n in range(10, 13)]), run_id="r2")
+    sales.upsert(failed_batch([sale(20)], failures=1), run_id="r3")
+
+    index = SalesIndex.empty(IndexConfig(dtype="f32"), "store-a", "model-a", 8)
+    index.sync(sales.table)
+
+    assert sorted(index.sales["sale_id"].to_pylist(), key=int) == [
+        "0",
+        "1",
+        "2",
+        "3",
+        "10",
+        "11",
+        "12",
+    ]

@@ -56,11 +56,18 @@ class Embedding:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SaleRow:
-    """A sale with the outcome of its photo: an embedding, or the status that says why not."""
+    """A sale with the outcome of its photo: an embedding, or the status that says why not.
+
+    A failed photo also carries what its retry schedule needs (`photo_retries`): `failures`,
+    how many fetches in a row failed it for this reason, and `failed_at`, the start of the
+    last run that failed it; 0 and None otherwise, stored as nulls.
+    """
 
     sale: Sale
     status: str
     embedding: Embedding | None = None
+    failures: int = 0
+    failed_at: datetime | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +131,9 @@ ICEBERG_SCHEMA = Schema(
     NestedField(21, "source_updated_at", TimestamptzType(), required=False),
     NestedField(22, "export_run_id", StringType(), required=False),
     NestedField(23, "exported_at", TimestamptzType(), required=False),
+    # Ids after the embedding's element (24); older tables gain these columns when opened.
+    NestedField(25, "photo_failures", IntegerType(), required=False),
+    NestedField(26, "photo_failed_at", TimestamptzType(), required=False),
     identifier_field_ids=[],
 )
 
@@ -150,6 +160,8 @@ def rows_to_arrow(
         columns["source"].append(source)
         columns["export_run_id"].append(run_id)
         columns["exported_at"].append(exported_at)
+        columns["photo_failures"].append(row.failures or None)
+        columns["photo_failed_at"].append(row.failed_at)
     return pa.table(
         {name: _column(name, values) for name, values in columns.items()}, schema=ARROW_SCHEMA
     )

@@ -101,7 +101,7 @@ def create_table(config: TableConfig) -> Table:
                 properties=TABLE_PROPERTIES,
             )
     with _table_errors(identifier, "add new columns to", config.catalog):
-        return _evolve_schema(table)
+        return add_missing_columns(table)
 
 
 @contextlib.contextmanager
@@ -376,12 +376,30 @@ def _read_file(table: Table, task: FileScanTask) -> pa.Table:
     ).to_table(tasks=[task])
 
 
-def _evolve_schema(table: Table) -> Table:
-    """Add columns this version writes that an older table lacks; data files are not rewritten."""
-    missing = {field.name for field in ICEBERG_SCHEMA.fields} - {
-        field.name for field in table.schema().fields
-    }
-    if missing:
-        with table.update_schema() as update:
-            update.union_by_name(ICEBERG_SCHEMA)
-    return table
+SCHEMA_UPDATE_ATTEMPTS = 4
+"""Tries at adding missing columns: each lost race leaves fewer (most often none) to add."""
+
+
+def add_missing_columns(table: Table) -> Table:
+    """Add columns this version writes that an older table lacks; data files are not rewritten.
+
+    Two runs of a new version may open an older table at once: both find the columns missing,
+    and the second to commit fails its check that the schema is still the one it read
+    (CommitFailedException). It then reads the table again, and adds what is still missing,
+    which is nothing when the other run added the same columns.
+    """
+    attempt = 1
+    while True:
+        present = {field.name for field in table.schema().fields}
+        if {field.name for field in ICEBERG_SCHEMA.fields} <= present:
+            return table
+        try:
+            with table.update_schema() as update:
+                update.union_by_name(ICEBERG_SCHEMA)
+            return table
+        except CommitFailedException as error:
+            if attempt >= SCHEMA_UPDATE_ATTEMPTS:
+                raise
+            log.warning("schema_update_conflict", attempt=attempt, error=first_line(error))
+            table.refresh()
+            attempt += 1
