@@ -12,12 +12,13 @@ import contextlib
 import shutil
 import socket
 from collections.abc import Iterator
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from pyiceberg.expressions import NotNull
 
 import smartgo_exporter.demo
 from smartgo_exporter.config import Settings
@@ -112,3 +113,17 @@ def distinct_keys(rows: pa.Table) -> int:
     separator = pa.scalar("/", pa.large_string())
     keys = pc.binary_join_element_wise(rows["tenant_id"], rows["sale_id"], separator)
     return int(pc.count_distinct(keys).as_py())
+
+
+def age_photo_failures(settings: Settings, by: timedelta) -> int:
+    """Move every photo failure the table records `by` into the past, as if the runs that
+    failed them had run that much earlier, so a test of the retry schedule need not wait days;
+    the number of rows moved."""
+    table = SalesTable.open(settings.table, source=settings.export.source_name)
+    failed = table.table.scan(row_filter=NotNull("photo_failed_at")).to_arrow()
+    if failed.num_rows:
+        aged = pc.subtract(failed["photo_failed_at"], pa.scalar(by, pa.duration("us")))
+        position = failed.schema.get_field_index("photo_failed_at")
+        failed = failed.set_column(position, "photo_failed_at", aged)
+        table.upsert(failed, run_id="test-aged-failures")
+    return failed.num_rows

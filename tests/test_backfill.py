@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import ray
 
@@ -45,9 +46,10 @@ COMPARED_COLUMNS = (
     "embedding_dim",
     "embedding_status",
     "source",
+    "photo_failures",
 )
 """Every column but the embedding (compared within float tolerance) and the run's own id
-and time."""
+and times (`photo_failed_at` is a run's start: only whether it is set is compared)."""
 
 
 @pytest.fixture(scope="session")
@@ -113,6 +115,7 @@ def test_ray_writes_the_table_the_local_runner_writes(
     assert on_ray.num_rows == local.num_rows > 0
     for column in COMPARED_COLUMNS:
         assert on_ray[column].to_pylist() == local[column].to_pylist(), column
+    assert pc.is_null(on_ray["photo_failed_at"]).equals(pc.is_null(local["photo_failed_at"]))
     for ours, theirs in zip(
         on_ray["embedding"].to_pylist(), local["embedding"].to_pylist(), strict=True
     ):
@@ -220,7 +223,9 @@ def test_a_broken_photo_is_recorded_on_ray_as_locally(
     assert sum(r.failures.get("photo:http_404", 0) for r in on_ray.values()) == photo_errors
 
 
-def test_a_rerun_on_ray_reuses_every_embedding_and_writes_nothing(by_ray: Backfilled) -> None:
+def test_a_rerun_on_ray_reuses_every_embedding_defers_every_failed_photo_and_writes_nothing(
+    by_ray: Backfilled,
+) -> None:
     table = SalesTable.open(by_ray.settings.table, source="smartgo").table
     snapshots = len(table.snapshots())
     again = backfill(by_ray.settings, FIRST_DAY, LAST_DAY, runner="ray")
@@ -228,10 +233,23 @@ def test_a_rerun_on_ray_reuses_every_embedding_and_writes_nothing(by_ray: Backfi
     assert embedded > 0
     assert sum(record.counts.embedded for record in again) == 0
     assert sum(record.counts.reused for record in again) == embedded
+    failed = sum(record.counts.failed for record in by_ray.records)
+    assert sum(record.counts.deferred for record in again) == failed > 0
+    assert sum(record.counts.failed for record in again) == 0
     assert sum(record.counts.written for record in again) == 0
     assert [r.status for r in again] == [r.status for r in by_ray.records]
     table.refresh()
     assert len(table.snapshots()) == snapshots
+
+
+def test_retry_failed_on_ray_fetches_every_failed_photo_again(by_ray: Backfilled) -> None:
+    failed = sum(record.counts.failed for record in by_ray.records)
+    forced = backfill(by_ray.settings, FIRST_DAY, LAST_DAY, runner="ray", retry_failed=True)
+    assert sum(record.counts.deferred for record in forced) == 0
+    assert sum(record.counts.failed for record in forced) == failed > 0
+    rows = table_rows(by_ray.settings)
+    failures = rows.filter(pc.is_valid(rows["photo_failures"]))["photo_failures"]
+    assert failures.to_pylist() == [2] * failed  # the same 404s, a second time in a row
 
 
 def test_a_day_another_run_holds_is_left_alone_and_the_others_run(

@@ -4,6 +4,7 @@ real Iceberg table. These tests state the guarantees of DESIGN.md.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -12,9 +13,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 import structlog
@@ -28,7 +31,7 @@ from smartgo_exporter.pipeline import export
 from smartgo_exporter.progress.sqlite import SqliteProgressStore
 from smartgo_exporter.run_records import RunStatus
 from smartgo_exporter.sinks.iceberg import RUN_ID_PROPERTY, SalesTable
-from tests.demo_store import DAYS, FIRST_DAY, distinct_keys, table_rows
+from tests.demo_store import DAYS, FIRST_DAY, age_photo_failures, distinct_keys, table_rows
 
 
 def settings_of(paths: DemoPaths, **overrides: object) -> Settings:
@@ -152,23 +155,83 @@ def test_broken_photos_and_bad_rows_are_recorded_and_the_rest_lands(
     assert failed["embedding"].null_count == failed.num_rows
 
 
-def test_a_photo_that_failed_is_embedded_by_a_later_run(
+def photos_fetched(logs: list[dict[str, object]]) -> int:
+    return sum(int(str(entry["photos"])) for entry in logs if entry["event"] == "photos_fetching")
+
+
+def gone(settings: Settings) -> pa.Table:
+    rows = table_rows(settings)
+    return rows.filter(pc.equal(rows["embedding_status"], "failed:http_404"))
+
+
+@contextlib.contextmanager
+def photo_restored(store: tuple[DemoPaths, DemoCatalog], url: str) -> Iterator[None]:
+    """The photo at `url`, which was gone (404), served again while the block runs."""
+    photo = Path(store[0].photos, url.rsplit("/", 1)[1])
+    shutil.copy(next(store[0].photos.glob("*.jpg")), photo)
+    try:
+        yield
+    finally:
+        photo.unlink()
+
+
+def test_a_photo_that_is_gone_is_not_fetched_again_by_a_rerun_before_its_back_off(
+    workspace: DemoPaths,
+) -> None:
+    settings = settings_of(workspace)
+    first = export(settings, days())
+    failed = gone(settings)
+    assert failed.num_rows == sum(r.counts.failed for r in first) > 0
+
+    with structlog.testing.capture_logs() as logs:
+        second = export(settings, days())
+
+    assert photos_fetched(logs) == 0  # every other photo is embedded already
+    assert sum(r.counts.deferred for r in second) == failed.num_rows
+    assert sum(r.counts.failed for r in second) == 0
+    assert sum(r.counts.written for r in second) == 0
+    assert gone(settings).sort_by("sale_id").equals(failed.sort_by("sale_id"))
+    assert set(failed["photo_failures"].to_pylist()) == {1}
+    assert set(failed["photo_failed_at"].to_pylist()) <= {r.started_at for r in first}
+
+
+def test_a_photo_that_is_gone_is_fetched_again_once_its_back_off_has_passed(
     workspace: DemoPaths, store: tuple[DemoPaths, DemoCatalog]
 ) -> None:
     settings = settings_of(workspace)
     export(settings, days())
+    failed = gone(settings)
+    restored = failed["image_url"][0].as_py()
+    assert age_photo_failures(settings, timedelta(days=1)) == failed.num_rows
+
+    with photo_restored(store, restored):
+        again = export(settings, days())
+
     rows = table_rows(settings)
-    failed = rows.filter(pc.equal(rows["embedding_status"], "failed:http_404")).to_pylist()[0]
-    photo = Path(store[0].photos, failed["image_url"].rsplit("/", 1)[1])
-    shutil.copy(next(store[0].photos.glob("*.jpg")), photo)
-    try:
-        export(settings, days())
-    finally:
-        photo.unlink()
-    rows = table_rows(settings)
-    fixed = rows.filter(pc.equal(rows["image_url"], failed["image_url"]))
+    fixed = rows.filter(pc.equal(rows["image_url"], restored))
     assert set(fixed["embedding_status"].to_pylist()) == {"ok"}
-    assert fixed["embedding"].null_count == 0
+    assert fixed["photo_failures"].null_count == fixed["photo_failed_at"].null_count == len(fixed)
+    still_gone = gone(settings)
+    assert still_gone.num_rows == failed.num_rows - fixed.num_rows
+    assert set(still_gone["photo_failures"].to_pylist()) == {2}
+    assert set(still_gone["photo_failed_at"].to_pylist()) <= {r.started_at for r in again}
+    assert sum(r.counts.deferred for r in again) == 0
+
+
+def test_retry_failed_fetches_a_photo_that_is_gone_before_its_back_off(
+    workspace: DemoPaths, store: tuple[DemoPaths, DemoCatalog]
+) -> None:
+    settings = settings_of(workspace)
+    export(settings, days())
+    restored = gone(settings)["image_url"][0].as_py()
+
+    with photo_restored(store, restored):
+        again = export(settings, days(), retry_failed=True)
+
+    rows = table_rows(settings)
+    fixed = rows.filter(pc.equal(rows["image_url"], restored))
+    assert set(fixed["embedding_status"].to_pylist()) == {"ok"}
+    assert sum(r.counts.deferred for r in again) == 0
 
 
 def test_files_are_parquet_partitioned_by_tenant_and_month(workspace: DemoPaths) -> None:

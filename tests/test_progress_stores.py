@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,6 +66,28 @@ def test_a_record_reads_back_as_it_was_saved(store: ProgressStore) -> None:
     store.save(saved)
     assert store.runs_on(date(2026, 11, 1)) == [saved]
     assert store.recent(1) == [saved]
+
+
+class EarlierVersionRecord(RunRecord):
+    """A record as a version before `RunCounts.deferred` saved it: its counts lack the field."""
+
+    def to_document(self) -> dict[str, Any]:
+        document = super().to_document()
+        del document["counts"]["deferred"]
+        return document
+
+
+def test_a_record_saved_before_the_deferred_count_existed_reads_back_with_none_deferred(
+    store: ProgressStore,
+) -> None:
+    saved = record("r1", date(2026, 11, 1))
+    store.save(
+        EarlierVersionRecord(**{f.name: getattr(saved, f.name) for f in dataclasses.fields(saved)})
+    )
+    [loaded] = store.runs_on(date(2026, 11, 1))
+    assert loaded == saved
+    assert loaded.counts.deferred == 0
+    assert store.summary().rows_written == saved.counts.written
 
 
 def test_a_day_lists_only_its_own_runs_in_start_order(store: ProgressStore) -> None:

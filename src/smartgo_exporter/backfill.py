@@ -42,6 +42,7 @@ def backfill(
     ray_address: str | None = None,
     on_batch: ProgressCallback | None = None,
     on_day: DayCallback | None = None,
+    retry_failed: bool = False,
 ) -> list[RunRecord]:
     """Export every day from `start` to `end`, both included; one run record per day.
 
@@ -50,8 +51,8 @@ def backfill(
     goes (see `ray_runner.export_on_ray`). Without Ray installed it raises RunnerUnavailable, whose
     message says what to install. A `ray_address` without the Ray runner is a ConfigError,
     as is an unknown runner or a range that ends before it starts; a range reaching a day that
-    has not ended yet raises DayNotOver. `on_batch` and `on_day` report progress as in
-    `pipeline.export`.
+    has not ended yet raises DayNotOver. `on_batch`, `on_day` and `retry_failed` (fetch every
+    failed photo again, due or not) are as in `pipeline.export`.
     """
     if runner not in get_args(Runner):
         raise ConfigError("runner", f"unknown runner {runner!r}; use local or ray")
@@ -69,12 +70,20 @@ def backfill(
             trigger=TRIGGER,
             on_batch=on_batch,
             on_day=on_day,
+            retry_failed=retry_failed,
         )
         _sync_indexes(settings)
         return records
     if ray_address is not None:
         raise ConfigError("ray_address", "only the ray runner runs on a cluster")
-    return export(settings, selected, trigger=TRIGGER, on_batch=on_batch, on_day=on_day)
+    return export(
+        settings,
+        selected,
+        trigger=TRIGGER,
+        on_batch=on_batch,
+        on_day=on_day,
+        retry_failed=retry_failed,
+    )
 
 
 def _sync_indexes(settings: Settings) -> None:

@@ -6,14 +6,16 @@ must come out the same either way: the same sales kept, the same photo failures 
 the same reasons, each distinct photo embedded once, and the same rows committed. So both call
 the same three steps, and only decide where each runs:
 
-    steps = BatchSteps(settings.export, embedder.model_id, embedder.include_title)
-    prepared = await steps.prepare(batch, stored, fetcher)   # read side: table, photos
+    steps = BatchSteps(settings.export, embedder.model_id, embedder.include_title, retries)
+    prepared = await steps.prepare(batch, stored, fetcher, record.started_at)  # read side
     finished = steps.finish(prepared, embedder, run_id)      # model side: embed, diff
     gathering.add(finished); gathering.commit(table, record) # committer: one snapshot
 
 Each step returns the errors it found instead of recording them, since it may run off the
 thread (or in another process than) the one that owns the run record; the committer records
-them in batch order, so a run's errors read the same from either runner.
+them in batch order, so a run's errors read the same from either runner. Which failed photos
+are fetched again is decided here too (`photo_retries`, by the run's start), so both runners
+defer the same ones.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from smartgo_exporter.config import ExportConfig
 from smartgo_exporter.embedders import Embedder
 from smartgo_exporter.errors import EmbeddingError, PhotoError
 from smartgo_exporter.photo_fetcher import Photo, PhotoFetcher
+from smartgo_exporter.photo_retries import RetryPolicy, failed_row
 from smartgo_exporter.reuse import RecentEmbeddings, changed_rows, plan_batch
 from smartgo_exporter.run_records import RunCounts, RunError, RunRecord
 from smartgo_exporter.sales import Key, Sale, public_url
@@ -51,6 +54,8 @@ class PreparedBatch:
     stored: StoredRows
     counts: RunCounts
     errors: list[RunError]
+    started_at: datetime
+    """The run's start: the time its photo failures are recorded at."""
 
 
 @dataclasses.dataclass
@@ -69,6 +74,8 @@ class BatchSteps:
     export: ExportConfig
     model_id: str
     include_title: bool
+    retries: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
+    """Which failed photos `prepare` fetches again; `finish` does not need it."""
     recent: RecentEmbeddings = dataclasses.field(init=False)
     """Embeddings made earlier where these steps run. Where the two sides run in different
     processes (Ray), the read side knows none, so a photo seen earlier is fetched again, and
@@ -78,13 +85,22 @@ class BatchSteps:
         self.recent = RecentEmbeddings(include_title=self.include_title)
 
     async def prepare(
-        self, batch: SaleBatch, stored: StoredLookup, fetcher: PhotoFetcher
+        self, batch: SaleBatch, stored: StoredLookup, fetcher: PhotoFetcher, started_at: datetime
     ) -> PreparedBatch:
         """Keep the batch's valid sales, look up what the table holds for them, and fetch the
-        photos that neither the table nor this run has embedded already."""
+        photos that neither the table nor this run has embedded already, but for failed ones
+        not due again at `started_at` (the run's start)."""
         sales, counts, errors = select_sales(batch, self.export.tenant_ids)
         rows = await stored([sale.key for sale in sales], sold_within(sales))
-        plan = plan_batch(sales, rows, self.model_id, counts, include_title=self.include_title)
+        plan = plan_batch(
+            sales,
+            rows,
+            self.model_id,
+            counts,
+            retries=self.retries,
+            now=started_at,
+            include_title=self.include_title,
+        )
         to_fetch: list[Sale] = []
         for sale in plan.to_fetch:
             if (embedding := self.recent.get(sale)) is None:
@@ -96,8 +112,10 @@ class BatchSteps:
         urls = sorted({sale.fetch_url for sale in to_fetch if sale.fetch_url})
         log.debug("photos_fetching", photos=len(urls))
         photos = dict(zip(urls, await fetcher.fetch_all(urls), strict=True))
-        fetched, failed, photo_errors = sort_photos(to_fetch, photos, counts)
-        return PreparedBatch(plan.settled + failed, fetched, rows, counts, errors + photo_errors)
+        fetched, failed, photo_errors = sort_photos(to_fetch, photos, rows, started_at, counts)
+        return PreparedBatch(
+            plan.settled + failed, fetched, rows, counts, errors + photo_errors, started_at
+        )
 
     def finish(self, prepared: PreparedBatch, embedder: Embedder, run_id: str) -> FinishedBatch:
         """Embed the fetched photos and keep the rows that differ from the table's.
@@ -116,7 +134,9 @@ class BatchSteps:
                 counts.embedded += 1
             else:
                 to_embed.append((sale, photo))
-        embedded, errors = embed_photos(embedder, to_embed, counts)
+        embedded, errors = embed_photos(
+            embedder, to_embed, prepared.stored, prepared.started_at, counts
+        )
         self.recent.remember(embedded)
         to_write = changed_rows(prepared.settled + reused + embedded, prepared.stored, counts)
         log.debug("batch_embedded", **dataclasses.asdict(counts))
@@ -207,17 +227,23 @@ def sold_within(sales: Sequence[Sale]) -> tuple[datetime, datetime] | None:
 
 
 def sort_photos(
-    to_fetch: Sequence[Sale], photos: Mapping[str, Photo | PhotoError], counts: RunCounts
+    to_fetch: Sequence[Sale],
+    photos: Mapping[str, Photo | PhotoError],
+    stored: StoredRows,
+    started_at: datetime,
+    counts: RunCounts,
 ) -> tuple[list[tuple[Sale, Photo]], list[SaleRow], list[RunError]]:
     """Pair each sale with its fetched photo; a sale whose photo failed becomes a row with
-    `failed:<reason>` and an error naming its URL as the table keeps it (`public_url`)."""
+    `failed:<reason>`, counted as one failure more than `stored` holds for it at `started_at`
+    (`photo_retries.failed_row`), and an error naming its URL as the table keeps it
+    (`public_url`)."""
     fetched: list[tuple[Sale, Photo]] = []
     failed: list[SaleRow] = []
     errors: list[RunError] = []
     for sale in to_fetch:
         photo = photos[str(sale.fetch_url)]
         if isinstance(photo, PhotoError):
-            failed.append(SaleRow(sale, EmbeddingStatus.failed(photo.reason)))
+            failed.append(failed_row(sale, photo.reason, stored, started_at))
             errors.append(RunError(sale.sale_id, "photo", photo.reason, _described(photo)))
             counts.failed += 1
         else:
@@ -226,10 +252,15 @@ def sort_photos(
 
 
 def embed_photos(
-    embedder: Embedder, fetched: Sequence[tuple[Sale, Photo]], counts: RunCounts
+    embedder: Embedder,
+    fetched: Sequence[tuple[Sale, Photo]],
+    stored: StoredRows,
+    started_at: datetime,
+    counts: RunCounts,
 ) -> tuple[list[SaleRow], list[RunError]]:
     """Embed each distinct photo once (several sales of one product share it), and return a
-    row per sale with the errors of those the model refused.
+    row per sale with the errors of those the model refused (counted as failures as in
+    `sort_photos`).
 
     It returns its errors rather than recording them, since it runs off the thread (or the
     process) that owns the run record.
@@ -253,7 +284,7 @@ def embed_photos(
         vector = vectors[key(sale, photo)]
         if isinstance(vector, EmbeddingError):
             reason = f"embedding_{vector.reason}"
-            rows.append(SaleRow(sale, EmbeddingStatus.failed(reason)))
+            rows.append(failed_row(sale, reason, stored, started_at))
             errors.append(RunError(sale.sale_id, "embedding", reason, vector.detail))
             counts.failed += 1
             continue

@@ -155,6 +155,8 @@ SourceConfig = Annotated[SqlSourceConfig | RestSourceConfig, Field(discriminator
 
 
 class PhotoConfig(_Section):
+    """How photos are fetched, and when a failed one is fetched again (`photo_retries`)."""
+
     concurrency: int = Field(8, ge=1, le=256)
     attempts: int = Field(3, ge=1, le=10)
     backoff_seconds: float = Field(1.0, ge=0)
@@ -174,6 +176,14 @@ class PhotoConfig(_Section):
     """CIDRs that may be fetched although private, loopback or link-local (e.g. 127.0.0.0/8),
     on every port: prefer `allow_hosts`, unless a whole range of photo hosts is meant."""
     user_agent: str = "smartgo-exporter"
+    retry_backoff_days: list[Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: [1.0, 2.0, 4.0, 8.0], max_length=64
+    )
+    """Days a photo that failed for good (404, 410, not an image, too large, a refused address)
+    waits before it is fetched again, after its 1st, 2nd, ... failure in a row; after the last,
+    it is fetched again only at a new URL or with `retry_failed`. Empty: never again. A failure
+    that may pass (a timeout, a 5xx, a reset) is fetched again on the next run whatever this
+    says."""
 
     @field_validator("allow_hosts")
     @classmethod

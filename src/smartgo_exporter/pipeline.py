@@ -34,6 +34,7 @@ from smartgo_exporter.embedders import Embedder, load_embedder
 from smartgo_exporter.errors import ExporterError
 from smartgo_exporter.index import sync_after_export
 from smartgo_exporter.photo_fetcher import PhotoFetcher
+from smartgo_exporter.photo_retries import RetryPolicy
 from smartgo_exporter.progress import NonFatalProgressStore, ProgressStore, load_progress_store
 from smartgo_exporter.run_records import RunRecord, RunStatus
 from smartgo_exporter.runs import (
@@ -126,6 +127,7 @@ def export(
     source: Source | None = None,
     embedder: Embedder | None = None,
     progress: ProgressStore | None = None,
+    retry_failed: bool = False,
 ) -> list[RunRecord]:
     """Export each day, one run (and one run record) per day, and return the records.
 
@@ -143,6 +145,10 @@ def export(
     `on_batch` hears of each committed batch, `on_day` of each run record as it is saved with
     its outcome (the records returned, one by one), for a progress display.
 
+    A photo that failed for good in an earlier run is fetched again only once its back-off
+    (`photos.retry_backoff_days`) has passed; `retry_failed` fetches every failed photo again
+    (see `photo_retries`).
+
     `source`, `embedder` and `progress` stand in for the stages the settings would open, as
     httpx takes a `transport=`: a wrapped source, a model already loaded, a store of the
     caller's. What is passed in is the caller's to close; what export opens, it closes.
@@ -157,7 +163,8 @@ def export(
     )
     try:
         records: list[RunRecord] = []
-        with _Stages.open(settings, source, embedder) as stages:
+        retries = RetryPolicy.of(settings.photos, retry_failed=retry_failed)
+        with _Stages.open(settings, source, embedder, retries) as stages:
             if days is None:
                 days = _days_due(settings, store, stages.table.last_exported_day)
             for number, day in enumerate(days):
@@ -208,7 +215,11 @@ class _Stages:
     @classmethod
     @contextlib.contextmanager
     def open(
-        cls, settings: Settings, source: Source | None, embedder: Embedder | None
+        cls,
+        settings: Settings,
+        source: Source | None,
+        embedder: Embedder | None,
+        retries: RetryPolicy,
     ) -> Iterator[_Stages]:
         # The model and the table are opened first: they fail fast on a bad install or catalog,
         # before the source is touched.
@@ -224,7 +235,7 @@ class _Stages:
                 sales,
                 model,
                 table,
-                BatchSteps(settings.export, model.model_id, model.include_title),
+                BatchSteps(settings.export, model.model_id, model.include_title, retries),
                 *threads,
             )
         finally:
@@ -298,7 +309,10 @@ class _DayExport:
         batches = stages.source.read(window, export.batch_size, export.tenant_ids)
         try:
             while (batch := await _on(stages.source_thread, next, batches, None)) is not None:
-                await queue.put(await stages.steps.prepare(batch, self._stored, fetcher))
+                prepared = await stages.steps.prepare(
+                    batch, self._stored, fetcher, record.started_at
+                )
+                await queue.put(prepared)
                 if self.should_stop is not None and self.should_stop():
                     # What was read is committed; the rest of the window waits for the next run.
                     record.message = (

@@ -42,6 +42,7 @@ from smartgo_exporter.embedders import load_embedder
 from smartgo_exporter.errors import ExporterError
 from smartgo_exporter.logs import configure_logging
 from smartgo_exporter.photo_fetcher import PhotoFetcher
+from smartgo_exporter.photo_retries import RetryPolicy
 from smartgo_exporter.progress import NonFatalProgressStore, load_progress_store
 
 # From ray_cluster, which says what to install when Ray is missing, rather than ImportError.
@@ -78,6 +79,8 @@ class _DayToRead:
 
     day: date
     run_id: str
+    started_at: datetime
+    """The run's start, by which its failed photos fall due again (as locally)."""
 
 
 @dataclasses.dataclass
@@ -119,6 +122,7 @@ def export_on_ray(
     trigger: str = "backfill",
     on_batch: ProgressCallback | None = None,
     on_day: DayCallback | None = None,
+    retry_failed: bool = False,
 ) -> list[RunRecord]:
     """Export each day on Ray, one run record per day, and return the records in day order.
 
@@ -128,8 +132,8 @@ def export_on_ray(
     instance), and disconnects again (stopping what it started) at the end; RunnerUnavailable
     when Ray cannot be reached or started. As in `pipeline.export`, a model, table or source
     that cannot even be opened fails the first day, and a day whose lease another run holds is
-    recorded FAILED and left alone. `on_batch` and `on_day` are called as by `pipeline.export`;
-    the days run at once, so they end in any order.
+    recorded FAILED and left alone. `on_batch` and `on_day` are called as by `pipeline.export`
+    (the days run at once, so they end in any order), and `retry_failed` is as there.
     """
     if not days:
         return []
@@ -151,7 +155,9 @@ def export_on_ray(
                 if on_day is not None:
                     on_day(DayDone(record, 1, len(days)))
                 return [record]
-            backfill = _Backfill(settings, progress, table, trigger, on_batch, on_day, len(days))
+            backfill = _Backfill(
+                settings, progress, table, trigger, on_batch, on_day, len(days), retry_failed
+            )
             return asyncio.run(backfill.run(days, embedder.model_id, embedder.include_title))
     finally:
         progress.close()
@@ -180,8 +186,10 @@ class _Backfill:
         on_batch: ProgressCallback | None,
         on_day: DayCallback | None,
         days_total: int,
+        retry_failed: bool,
     ) -> None:
         self.settings = settings
+        self.retry_failed = retry_failed
         self.progress = progress
         self.table = table
         self.trigger = trigger
@@ -229,7 +237,7 @@ class _Backfill:
         """Days -> batches with their photos (tasks) -> embedded rows (the model's actor pool)."""
         log_level = _log_level()
         orders = [
-            _pack(_DayToRead(day, running.run.record.run_id))
+            _pack(_DayToRead(day, running.run.record.run_id, running.run.record.started_at))
             for day, running in self.running.items()
         ]
         # One CPU is left to the reading tasks, so the actors can never take every CPU and
@@ -247,6 +255,7 @@ class _Backfill:
                     settings=self.settings,
                     model_id=model_id,
                     include_title=include_title,
+                    retry_failed=self.retry_failed,
                     log_level=log_level,
                 ),
                 num_cpus=READ_CPUS,
@@ -331,7 +340,13 @@ class _Backfill:
 
 
 def _read_day(
-    row: dict[str, Any], *, settings: Settings, model_id: str, include_title: bool, log_level: int
+    row: dict[str, Any],
+    *,
+    settings: Settings,
+    model_id: str,
+    include_title: bool,
+    retry_failed: bool,
+    log_level: int,
 ) -> Iterator[dict[str, bytes]]:
     """A Ray task: read one day's sales in batches and fetch each batch's missing photos, over
     one connection pool for the day.
@@ -341,7 +356,8 @@ def _read_day(
     order: _DayToRead = _unpack(row)
     configure_logging(logging.getLevelName(log_level))
     export = settings.export
-    steps = BatchSteps(export, model_id, include_title)
+    retries = RetryPolicy.of(settings.photos, retry_failed=retry_failed)
+    steps = BatchSteps(export, model_id, include_title, retries)
     sequence = 0
     failure: RunError | None = None
     with (
@@ -366,7 +382,7 @@ def _read_day(
             # Closed before the source, so a database cursor is not left to the collector.
             cleanup.callback(getattr(batches, "close", lambda: None))
             for batch in batches:
-                prepared = loop.run(steps.prepare(batch, stored, fetcher))
+                prepared = loop.run(steps.prepare(batch, stored, fetcher, order.started_at))
                 yield _pack(_Fetched(order.day, order.run_id, sequence, prepared))
                 sequence += 1
         except Exception as error:

@@ -2,9 +2,10 @@
 
 Embedding is the expensive part of a run, and re-runs are common (catch-up, fixes, a retried
 Lambda), so a sale whose photo URL is unchanged and that already has an embedding from the same
-model takes it from the table instead of fetching and embedding again; and a row that would be
-written exactly as it is stored is not written at all, so a re-run of an unchanged day commits
-nothing.
+model takes it from the table instead of fetching and embedding again; a sale whose photo
+failed for good is not fetched again before its retry is due (`photo_retries`); and a row that
+would be written exactly as it is stored is not written at all, so a re-run of an unchanged day
+commits nothing.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 
+from smartgo_exporter.photo_retries import RetryPolicy, kept_row, stored_failure
 from smartgo_exporter.run_records import RunCounts
 from smartgo_exporter.sales import SALE_FIELDS, Sale
 from smartgo_exporter.schema import Embedding, EmbeddingStatus, SaleRow, StoredRows
@@ -23,7 +26,8 @@ class BatchPlan:
     """A batch split by what each sale needs before it can be written."""
 
     settled: list[SaleRow] = dataclasses.field(default_factory=list)
-    """Rows complete already: an embedding taken from the table, or no photo to fetch."""
+    """Rows complete already: an embedding taken from the table, no photo to fetch, or a
+    failed photo whose retry is not due."""
     to_fetch: list[Sale] = dataclasses.field(default_factory=list)
 
 
@@ -33,11 +37,15 @@ def plan_batch(
     model_id: str,
     counts: RunCounts,
     *,
+    retries: RetryPolicy,
+    now: datetime,
     include_title: bool = False,
 ) -> BatchPlan:
     """Split sales into those complete already and those whose photo must be fetched, counting
-    the reused embeddings and the sales without a photo into `counts`.
+    the reused embeddings, the sales without a photo and the deferred retries into `counts`.
 
+    A stored failure of the same photo URL is fetched again only when `retries` says it is due
+    at `now` (the run's start); until then the sale keeps its stored status and failure count.
     With `include_title` (a model that embeds the title with the photo), a changed title also
     needs a new embedding.
     """
@@ -48,11 +56,16 @@ def plan_batch(
             counts.no_image += 1
             continue
         embedding = _stored_embedding(sale, stored, model_id, include_title)
-        if embedding is None:
-            plan.to_fetch.append(sale)
-        else:
+        if embedding is not None:
             plan.settled.append(SaleRow(sale, EmbeddingStatus.OK, embedding))
             counts.reused += 1
+            continue
+        failure = stored_failure(stored, sale)
+        if failure is not None and not retries.due(failure, now):
+            plan.settled.append(kept_row(sale, failure))
+            counts.deferred += 1
+        else:
+            plan.to_fetch.append(sale)
     return plan
 
 
@@ -97,6 +110,11 @@ def _same_as_stored(row: SaleRow, stored: StoredRows) -> bool:
     if any(getattr(row.sale, name) != current[name] for name in SALE_FIELDS):
         return False
     if row.status != current["embedding_status"]:
+        return False
+    # .get: a table not yet given the failure columns reads as one whose rows have none.
+    if row.failures != (current.get("photo_failures") or 0) or row.failed_at != current.get(
+        "photo_failed_at"
+    ):
         return False
     embedding = row.embedding
     model = embedding.model if embedding else None

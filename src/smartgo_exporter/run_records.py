@@ -54,6 +54,9 @@ class RunCounts:
     """Rows whose currency code was written upper-cased (`source.currency_case = "normalise"`),
     each with a `source:currency_normalised` warning in `errors`. A warning loses nothing, so
     it leaves the run SUCCEEDED. Absent from records written before it existed: read as 0."""
+    deferred: int = 0
+    """Sales whose photo failed for good in an earlier run and was not fetched again: its
+    retry is not due yet (`photo_retries`). Absent from records of earlier versions: 0."""
 
     def add(self, other: RunCounts) -> None:
         for field in dataclasses.fields(self):

@@ -38,9 +38,18 @@ class EmbeddingStatus:
     OK = "ok"
     NO_IMAGE = "no_image"
 
+    FAILED_PREFIX = "failed:"
+
     @staticmethod
     def failed(reason: str) -> str:
-        return f"failed:{reason}"
+        return f"{EmbeddingStatus.FAILED_PREFIX}{reason}"
+
+    @staticmethod
+    def failure_reason(status: str) -> str | None:
+        """The reason of a `failed:<reason>` status; None for any other status."""
+        if not status.startswith(EmbeddingStatus.FAILED_PREFIX):
+            return None
+        return status.removeprefix(EmbeddingStatus.FAILED_PREFIX)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

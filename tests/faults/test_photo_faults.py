@@ -5,7 +5,10 @@ This test's copy of the demo store points all its photos at a fault server (aioh
 127.0.0.3), and points one sale per fault at a route that misbehaves in that one way: 500s,
 429s, resets, trickles, endless and huge bodies, bombs, odd and broken image formats, and URLs
 that must never be fetched. One export runs them all together, as a real night would meet them;
-then the server heals and a re-run (the next night) must fill in every embedding it now can.
+then the server heals. A re-run the next night fetches again the photos whose failure may pass
+(a 500, a reset, a timeout) and fills them in, but requests none of those that failed for good
+(a 404, a 410, not an image, too large): they wait out their back-off. A run once it has passed
+(the recorded failures aged by a day, so the test need not wait one) fills those in too.
 
 The exporter may connect to the fault server's host and port only (`photos.allow_hosts`, as
 the demo's config allows its own photo server). Listeners on the same port at 127.0.0.1,
@@ -33,7 +36,7 @@ import uuid
 import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import date
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +54,7 @@ from smartgo_exporter.embedders import local as local_embedder
 from smartgo_exporter.pipeline import export
 from smartgo_exporter.run_records import RunError, RunRecord, RunStatus
 from smartgo_exporter.sales import Key
+from tests.demo_store import age_photo_failures
 from tests.faults.conftest import (
     FaultReport,
     Outcome,
@@ -186,6 +190,9 @@ def _fault_app(server: FaultServer) -> web.Application:
     async def status_500(request: web.Request) -> web.Response:
         return web.Response(status=500, text="upstream broke")
 
+    async def status(request: web.Request) -> web.Response:
+        return web.Response(status=int(request.match_info["status"]), text="no such photo")
+
     async def busy_once(request: web.Request) -> web.Response:
         if server.requests[request.path] == 1:
             return web.Response(status=429, headers={"Retry-After": "1"})
@@ -248,6 +255,7 @@ def _fault_app(server: FaultServer) -> web.Application:
             web.get("/photos/{name}", photo),
             web.get("/fault/image/{name}/{key}", image),
             web.get("/fault/500/{key}", status_500),
+            web.get("/fault/status/{status}/{key}", status),
             web.get("/fault/429/{key}", busy_once),
             web.get("/fault/reset/{key}", reset),
             web.get("/fault/trickle/{key}", trickle),
@@ -333,6 +341,10 @@ FAULTS = {
     f.name: f
     for f in (
         Fault("photo server: 500s", "HTTP 500 on every attempt", path="/fault/500/{key}"),
+        Fault("photo server: 404, then the photo back", "HTTP 404; healed, the photo",
+              path="/fault/status/404/{key}"),
+        Fault("photo server: 410, then the photo back", "HTTP 410; healed, the photo",
+              path="/fault/status/410/{key}"),
         Fault("photo server: 429 with Retry-After", "429, Retry-After: 1, then the photo",
               path="/fault/429/{key}"),
         Fault("photo server: connection reset", "TCP RST after 1 KB of a 100 KB body",
@@ -405,6 +417,11 @@ class FaultyExport:
     before: pa.Table
     """The table after the faulty export, before the re-run."""
     after: pa.Table
+    """The table after the re-run of the next night, the server healed."""
+    due: pa.Table
+    """The table after a run once the back-off of every failure had passed."""
+    requests: list[Counter[str]]
+    """Requests per path during each run: the faulty one, the next night's, the one once due."""
     outcomes: dict[str, Outcome]
 
     def row(self, fault: str, table: pa.Table | None = None) -> dict[str, Any]:
@@ -415,6 +432,17 @@ class FaultyExport:
         ).to_pylist()
         assert len(match) == 1, f"{fault}: {len(match)} rows for sale {sale}"
         return match[0]
+
+    def started(self, fault: str) -> datetime:
+        """When the faulty export's run of this fault's day started."""
+        day = self.source[self.sales[fault]]
+        [record] = [r for r in self.records if r.business_date == day]
+        return record.started_at
+
+    def requested(self, fault: str) -> list[int]:
+        """How often each run requested this fault's photo."""
+        path = _path(self, fault)
+        return [during[path] for during in self.requests]
 
     def errors(self, fault: str) -> list[RunError]:
         sale = self.sales[fault][1]
@@ -478,6 +506,7 @@ def faulty(
         source = demo_source_sales(paths.sales_db)
         days = sorted(set(source.values()))
         records = export(settings, days)
+        requests = [server.requests.copy()]
         before = read_table(settings)
         measured = {
             name: measure_export(settings, {key: source[key]}, records, rows=before)
@@ -485,14 +514,21 @@ def faulty(
         }
         server.heal()
         again, seconds = rerun_export(settings, rerun_days(source, records))
+        requests.append(server.requests - requests[0])
         after = read_table(settings)
+        age_photo_failures(settings, timedelta(days=1))
+        export(settings, days)
+        requests.append(server.requests - requests[0] - requests[1])
+        due = read_table(settings)
         outcomes = {
             name: converged(
                 outcome, settings, {sales[name]: source[sales[name]]}, again, seconds, rows=after
             )
             for name, outcome in measured.items()
         }
-        yield FaultyExport(server, source, sales, urls, settings, records, before, after, outcomes)
+        yield FaultyExport(
+            server, source, sales, urls, settings, records, before, after, due, requests, outcomes
+        )
 
 
 def _cosine(a: list[float], b: list[float]) -> float:
@@ -513,14 +549,24 @@ def test_the_export_under_every_photo_fault_succeeds_and_lands_every_sale_once(
 
 
 def _failed_with(
-    faulty: FaultyExport, fault: str, reason: str, fault_report: FaultReport
+    faulty: FaultyExport, fault: str, reason: str, fault_report: FaultReport, *, for_good: bool
 ) -> dict[str, Any]:
+    """The sale landed `failed:<reason>`; with the fault gone, the next night fills its
+    embedding in, or, for a failure `for_good`, leaves its photo unrequested until its
+    back-off has passed, and the run after that fills it in."""
     row = faulty.row(fault)
     assert row["embedding_status"] == f"failed:{reason}"
     assert row["embedding"] is None
+    assert (row["photo_failures"], row["photo_failed_at"]) == (1, faulty.started(fault))
     assert [(e.stage, e.reason) for e in faulty.errors(fault)] == [("photo", reason)]
-    # The next night, with the fault gone, fills the embedding in.
-    assert faulty.row(fault, faulty.after)["embedding_status"] == "ok"
+    if for_good:
+        assert faulty.row(fault, faulty.after)["embedding_status"] == f"failed:{reason}"
+        assert faulty.requested(fault)[1] == 0
+        filled = faulty.row(fault, faulty.due)
+    else:
+        filled = faulty.row(fault, faulty.after)
+    assert filled["embedding_status"] == "ok"
+    assert (filled["photo_failures"], filled["photo_failed_at"]) == (None, None)
     faulty.report(fault_report, fault)
     return row
 
@@ -532,9 +578,18 @@ def _path(faulty: FaultyExport, fault: str) -> str:
 def test_a_server_answering_500_is_tried_every_attempt_then_the_sale_lands_failed_http_500(
     faulty: FaultyExport, fault_report: FaultReport
 ) -> None:
-    _failed_with(faulty, "photo server: 500s", "http_500", fault_report)
-    # Three attempts in the faulty run, one in the healed re-run.
-    assert faulty.server.requests[_path(faulty, "photo server: 500s")] == 3 + 1
+    _failed_with(faulty, "photo server: 500s", "http_500", fault_report, for_good=False)
+    # Three attempts in the faulty run, one in the healed re-run of the next night.
+    assert faulty.requested("photo server: 500s") == [3, 1, 0]
+
+
+@pytest.mark.parametrize("status", [404, 410])
+def test_a_photo_that_is_gone_is_not_requested_the_next_night_but_is_after_its_back_off(
+    faulty: FaultyExport, fault_report: FaultReport, status: int
+) -> None:
+    fault = f"photo server: {status}, then the photo back"
+    _failed_with(faulty, fault, f"http_{status}", fault_report, for_good=True)
+    assert faulty.requested(fault) == [1, 0, 1]
 
 
 def test_a_429_with_retry_after_is_waited_out_and_the_photo_embeds(
@@ -550,26 +605,29 @@ def test_a_429_with_retry_after_is_waited_out_and_the_photo_embeds(
 def test_a_connection_reset_mid_body_is_retried_then_lands_failed_connection_error(
     faulty: FaultyExport, fault_report: FaultReport
 ) -> None:
-    _failed_with(faulty, "photo server: connection reset", "connection_error", fault_report)
-    assert faulty.server.requests[_path(faulty, "photo server: connection reset")] == 3 + 1
+    fault = "photo server: connection reset"
+    _failed_with(faulty, fault, "connection_error", fault_report, for_good=False)
+    assert faulty.requested(fault) == [3, 1, 0]
 
 
 def test_a_trickle_below_any_sane_rate_ends_at_the_time_limit_as_failed_timeout(
     faulty: FaultyExport, fault_report: FaultReport
 ) -> None:
-    _failed_with(faulty, "photo server: slow trickle", "timeout", fault_report)
+    _failed_with(faulty, "photo server: slow trickle", "timeout", fault_report, for_good=False)
+    assert faulty.requested("photo server: slow trickle")[1:] == [1, 0]
 
 
 def test_a_body_that_never_ends_is_cut_off_at_max_bytes_as_failed_too_large(
     faulty: FaultyExport, fault_report: FaultReport
 ) -> None:
-    _failed_with(faulty, "photo server: body that never ends", "too_large", fault_report)
+    fault = "photo server: body that never ends"
+    _failed_with(faulty, fault, "too_large", fault_report, for_good=True)
 
 
 def test_a_50_mb_body_is_refused_from_its_content_length_as_failed_too_large(
     faulty: FaultyExport, fault_report: FaultReport
 ) -> None:
-    _failed_with(faulty, "photo server: 50 MB body", "too_large", fault_report)
+    _failed_with(faulty, "photo server: 50 MB body", "too_large", fault_report, for_good=True)
     [error] = faulty.errors("photo server: 50 MB body")
     assert "Content-Length" in error.detail
 
@@ -578,20 +636,20 @@ def test_a_decompression_bomb_is_refused_from_its_header_as_failed_too_many_pixe
     faulty: FaultyExport, fault_report: FaultReport
 ) -> None:
     fault = "photo: 20,000 x 20,000 PNG (decompression bomb)"
-    _failed_with(faulty, fault, "too_many_pixels", fault_report)
+    _failed_with(faulty, fault, "too_many_pixels", fault_report, for_good=True)
     assert "400000000 pixels" in faulty.errors(fault)[0].detail
 
 
 def test_a_file_that_is_not_an_image_lands_failed_not_an_image(
     faulty: FaultyExport, fault_report: FaultReport
 ) -> None:
-    _failed_with(faulty, "photo: not an image", "not_an_image", fault_report)
+    _failed_with(faulty, "photo: not an image", "not_an_image", fault_report, for_good=True)
 
 
 def test_a_truncated_jpeg_lands_failed_not_an_image(
     faulty: FaultyExport, fault_report: FaultReport
 ) -> None:
-    _failed_with(faulty, "photo: truncated JPEG", "not_an_image", fault_report)
+    _failed_with(faulty, "photo: truncated JPEG", "not_an_image", fault_report, for_good=True)
 
 
 # --- photos that are odd but good --------------------------------------------------------------
@@ -647,6 +705,10 @@ def test_an_image_the_model_cannot_decode_lands_failed_and_the_rest_of_its_batch
         ("embedding", "embedding_decode_failed")
     ]
     day_of_fault = faulty.before.filter(pc.equal(faulty.before["sale_id"], row["sale_id"]))
+    # The model refused the picture itself: with the photo fixed, it waits out its back-off.
+    assert faulty.row(fault, faulty.after)["embedding_status"] == "failed:embedding_decode_failed"
+    assert faulty.requested(fault) == [1, 0, 1]
+    assert faulty.row(fault, faulty.due)["embedding_status"] == "ok"
     same_batch = faulty.before.filter(
         pc.equal(
             pc.floor_temporal(faulty.before["sold_at"], unit="day"),
@@ -684,8 +746,11 @@ def test_a_photo_url_outside_the_allowed_host_is_refused_and_the_sale_still_land
     row = faulty.row(fault)
     assert row["embedding_status"] == f"failed:{reason}"
     assert [(e.stage, e.reason) for e in faulty.errors(fault)] == [("photo", reason)]
-    # Healing the server cannot make a forbidden URL fetchable: still refused, still one row.
+    # Healing the server cannot make a forbidden URL fetchable: still refused, still one row,
+    # left alone the next night, and refused again (a second time in a row) once due.
     assert faulty.row(fault, faulty.after)["embedding_status"] == f"failed:{reason}"
+    due = faulty.row(fault, faulty.due)
+    assert (due["embedding_status"], due["photo_failures"]) == (f"failed:{reason}", 2)
     faulty.report(fault_report, fault)
 
 
