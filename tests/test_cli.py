@@ -88,14 +88,34 @@ def test_without_a_terminal_a_run_prints_a_line_as_each_day_finishes(
     finished = [line for line in lines if re.match(r"\d{4}-\d\d-\d\d  [A-Z]+ +\d+ sales", line)]
     assert [line[:10] for line in finished] == ["2026-10-05", "2026-10-06", "2026-10-07"]
     counts = (
-        r"\d+ sales, \d+ written, \d+ embedded, \d+ reused, \d+ failed, \d+ rejected,"
-        r" \d+ normalised"
+        r"\d+ sales, \d+ written, \d+ embedded, \d+ reused, \d+ failed, \d+ deferred,"
+        r" \d+ rejected, \d+ normalised"
     )
     for number, line in enumerate(finished, start=1):
         assert re.match(rf"\S+  (SUCCEEDED|PARTIAL  )  {counts}  \({number} of 3 days\)", line)
     # As the days finish: before the table that ends the run.
     [title] = [number for number, line in enumerate(lines) if "Export runs" in line]
     assert lines.index(finished[-1]) < title
+
+
+def day_line(output: str) -> str:
+    [line] = [line for line in output.splitlines() if line.startswith(f"{FIRST_DAY}  ")]
+    return line
+
+
+def test_a_rerun_defers_the_photos_that_are_gone_and_retry_failed_fetches_them(
+    workspace: DemoPaths,
+) -> None:
+    run = ("run", "-c", str(workspace.config), "--date", str(FIRST_DAY))
+    first = re.search(r" (\d+) failed, 0 deferred,", day_line(invoke(*run)[1]))
+    assert first is not None
+    assert int(first[1]) > 0
+    code, output = invoke(*run)
+    assert code == 0, output
+    assert f" 0 failed, {first[1]} deferred," in day_line(output)
+    code, output = invoke(*run, "--retry-failed")
+    assert code == 0, output
+    assert f" {first[1]} failed, 0 deferred," in day_line(output)
 
 
 def test_history_lists_runs_and_one_days_errors(exported: DemoPaths) -> None:
@@ -262,8 +282,8 @@ def test_the_demo_run_twice_writes_nothing_the_second_time(
     assert first.count("SUCCEEDED") + first.count("PARTIAL") == 30
     assert "rows written" in first
     assert "Nothing changed in the table" in second
-    sales, _written, embedded, _reused, _failed, _rejected, _normalised = _totals(first)
-    assert _totals(second)[:4] == [sales, 0, 0, embedded]
+    sales, _written, embedded, _reused, failed, _deferred, _rejected, _normalised = _totals(first)
+    assert _totals(second)[:6] == [sales, 0, 0, embedded, 0, failed]
 
 
 def _totals(output: str) -> list[int]:

@@ -23,6 +23,15 @@ from smartgo_exporter.pipeline import export
 from smartgo_exporter.run_records import RunRecord, RunStatus
 from smartgo_exporter.windows import days
 
+RetryFailed = Annotated[
+    bool,
+    typer.Option(
+        "--retry-failed",
+        help="Fetch every failed photo again, also those whose retry is not due yet (after a "
+        "fix on the photo host, or a change of photos.allow_networks).",
+    ),
+]
+
 
 def run(
     config: ConfigOption = DEFAULT_CONFIG,
@@ -35,6 +44,7 @@ def run(
     last: Annotated[
         datetime | None, typer.Option("--to", formats=["%Y-%m-%d"], help="Last day of a range.")
     ] = None,
+    retry_failed: RetryFailed = False,
     log_level: LogLevel = "WARNING",
 ) -> None:
     """Export yesterday (business time zone), catching up missed days; or a day; or a range.
@@ -42,6 +52,9 @@ def run(
     SIGTERM or Ctrl-C stops it cleanly: the batches already read are committed, the day is
     recorded PARTIAL (a later run completes it), later days are left for the next run, and
     the exit status is that of the recorded runs. A second SIGTERM or Ctrl-C exits at once.
+
+    A photo that failed for good (404, not an image, ...) is fetched again only once its
+    back-off has passed (photos.retry_backoff_days); --retry-failed fetches it now.
 
     Example: `smartgo-exporter run --config smartgo-exporter.toml --from 2026-11-01 --to 2026-11-07`
     """
@@ -58,6 +71,7 @@ def run(
                 on_batch=progress.on_batch,
                 on_day=progress.on_day,
                 should_stop=stop.is_set,
+                retry_failed=retry_failed,
             )
         )
     _print_outcome(records)
@@ -85,6 +99,7 @@ def backfill_command(
             "started on this machine, or else a local Ray started for this backfill."
         ),
     ] = None,
+    retry_failed: RetryFailed = False,
     log_level: LogLevel = "WARNING",
 ) -> None:
     """Export every day of a range, each as its own run, on this machine or on a Ray cluster.
@@ -106,6 +121,7 @@ def backfill_command(
                 ray_address=ray_address,
                 on_batch=progress.on_batch,
                 on_day=progress.on_day,
+                retry_failed=retry_failed,
             )
         )
     _print_outcome(records)

@@ -27,7 +27,16 @@ if TYPE_CHECKING:
     from smartgo_exporter.progress import RunSummary
     from smartgo_exporter.sinks.compaction import CompactionReport
 
-COUNT_COLUMNS = ("sales", "written", "embedded", "reused", "failed", "rejected", "normalised")
+COUNT_COLUMNS = (
+    "sales",
+    "written",
+    "embedded",
+    "reused",
+    "failed",
+    "deferred",
+    "rejected",
+    "normalised",
+)
 
 
 def print_runs(records: Sequence[RunRecord]) -> None:
