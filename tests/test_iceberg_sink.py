@@ -30,6 +30,7 @@ from smartgo_exporter.sinks.iceberg import (
     SalesTable,
     add_missing_columns,
 )
+from smartgo_exporter.sinks.reconciliation import Reconciliation
 
 DAY = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 
@@ -272,3 +273,108 @@ def test_sql_reads_a_table_whose_files_predate_the_new_columns(config: TableConf
     ).to_pylist()
 
     assert result == [{"n": 4, "failed": 1}]
+
+
+# --- reconciling a day: the rows the source no longer returns leave the table ---------------
+
+WINDOW_START, WINDOW_END = DAY.replace(hour=0), DAY.replace(hour=0) + timedelta(days=1)
+
+
+def day_read(
+    returned: Sequence[Sale], tenants: Sequence[str] = (), rejected: Sequence[str] = ()
+) -> Reconciliation:
+    """What a complete read of DAY's window returned."""
+    return Reconciliation(
+        WINDOW_START,
+        WINDOW_END,
+        tuple(tenants),
+        frozenset(s.key for s in returned),
+        frozenset(rejected),
+    )
+
+
+def holding(config: TableConfig, sales: Sequence[Sale]) -> SalesTable:
+    """The table with these sales upserted by run-1."""
+    table = SalesTable.open(config, source="smartgo")
+    table.upsert(batch(sales), run_id="run-1")
+    return table
+
+
+def keys_in(table: SalesTable) -> set[tuple[str, str]]:
+    rows = all_rows(table)
+    return set(zip(rows["tenant_id"].to_pylist(), rows["sale_id"].to_pylist(), strict=True))
+
+
+def test_a_reconciled_commit_removes_the_days_rows_not_returned_and_says_how_many(
+    config: TableConfig,
+) -> None:
+    sales = [sale(i) for i in range(10)]
+    table = holding(config, sales)
+    still = [s for s in sales if s.sale_id not in {"2", "7"}]
+
+    removed = table.upsert(
+        batch([sale(4, price="4.00")]), run_id="run-2", reconcile=day_read(still)
+    )
+
+    assert removed == 2
+    assert keys_in(table) == {s.key for s in still}
+    assert len(table.table.snapshots()) == 2  # the upsert and the removal: one snapshot
+
+
+def test_reconciling_a_day_leaves_other_days_tenants_and_sources_alone(
+    config: TableConfig,
+) -> None:
+    table = SalesTable.open(config, source="smartgo")
+    other_source = SalesTable.open(config, source="another-pos")
+    on_the_day = [sale(1), sale(2, "store-b")]
+    before, after = sale(3, day=WINDOW_START - timedelta(minutes=10)), sale(4, day=WINDOW_END)
+    table.upsert(batch([*on_the_day, before, after]), run_id="run-1")
+    other_source.upsert(
+        rows_to_arrow(
+            [SaleRow(sale(5), "no_image")], source="another-pos", run_id="x", exported_at=DAY
+        ),
+        run_id="x",
+    )
+
+    removed = table.upsert(batch([]), run_id="run-2", reconcile=day_read([], ["store-a"]))
+
+    assert removed == 1
+    assert keys_in(table) == {("store-b", "2"), before.key, after.key, ("store-a", "5")}
+
+
+def test_a_rejected_rows_sale_is_kept_by_its_id(config: TableConfig) -> None:
+    table = holding(config, [sale(1), sale(2)])
+
+    removed = table.upsert(batch([]), run_id="run-2", reconcile=day_read([sale(1)], rejected=["2"]))
+
+    assert removed == 0
+    assert keys_in(table) == {sale(1).key, sale(2).key}
+
+
+def test_a_reconciliation_with_nothing_gone_and_nothing_to_write_commits_nothing(
+    config: TableConfig,
+) -> None:
+    sales = [sale(i) for i in range(5)]
+    table = holding(config, sales)
+
+    assert table.upsert(batch([]), run_id="run-2", reconcile=day_read(sales)) == 0
+
+    table.table.refresh()
+    assert len(table.table.snapshots()) == 1
+
+
+def test_a_reconciliation_that_loses_a_race_removes_what_is_gone_from_the_new_state(
+    config: TableConfig,
+) -> None:
+    ours = SalesTable.open(config, source="smartgo")
+    theirs = SalesTable.open(config, source="smartgo")
+    ours.upsert(batch([sale(i) for i in range(5)]), run_id="run-0")
+    theirs.table.refresh()
+    # Another writer rewrites the day's file meanwhile (a compaction, a run of another day).
+    theirs.upsert(batch([sale(3, price="3.00"), sale(30)], run_id="theirs"), run_id="theirs")
+    # `ours` still holds the metadata from before their commit.
+
+    removed = ours.upsert(batch([]), run_id="ours", reconcile=day_read([sale(0), sale(1)]))
+
+    assert removed == 4
+    assert keys_in(ours) == {sale(0).key, sale(1).key}

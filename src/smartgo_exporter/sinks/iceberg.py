@@ -6,8 +6,12 @@ is added, in the same commit. A re-run therefore replaces rows instead of adding
 before the commit leaves the table as it was, and a reader never sees a half-applied batch.
 The snapshot's summary carries the run id, so the table itself says which run wrote what.
 
+The last commit of a day read completely also removes, in its snapshot, the day's rows the
+source no longer returns (`sinks.reconciliation`).
+
 The catalog that holds the table is opened by `sinks.catalog`; the predicates that find a
-batch's keys in it are `sinks.key_filters`.
+batch's keys in it are `sinks.key_filters`, and the files a commit rewrites are planned by
+`sinks.rewrites`.
 """
 
 from __future__ import annotations
@@ -17,11 +21,9 @@ import itertools
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import sqlalchemy.exc
 import structlog
 from pyiceberg.exceptions import (
@@ -33,10 +35,8 @@ from pyiceberg.exceptions import (
     ServiceUnavailableError,
     ValidationException,
 )
-from pyiceberg.expressions import AlwaysTrue
-from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.partitioning import PartitionField, PartitionSpec
-from pyiceberg.table import FileScanTask, Table
+from pyiceberg.table import Table
 from pyiceberg.table.sorting import SortField, SortOrder
 from pyiceberg.transforms import IdentityTransform, MonthTransform
 
@@ -46,12 +46,9 @@ from smartgo_exporter.sales import Key
 from smartgo_exporter.schema import ARROW_SCHEMA, ICEBERG_SCHEMA, StoredRows
 from smartgo_exporter.sinks.catalog import open_catalog, redact
 from smartgo_exporter.sinks.data_files import write_data_files
-from smartgo_exporter.sinks.key_filters import (
-    key_filter,
-    key_mask,
-    sold_within_filter,
-    tenant_filter,
-)
+from smartgo_exporter.sinks.key_filters import key_filter, key_mask, sold_within_filter
+from smartgo_exporter.sinks.reconciliation import Reconciliation
+from smartgo_exporter.sinks.rewrites import plan_rewrites
 
 log = structlog.get_logger(__name__)
 
@@ -191,18 +188,29 @@ class SalesTable:
         }
         return StoredRows(found, index)
 
-    def upsert(self, rows: pa.Table, *, run_id: str, business_date: date | None = None) -> None:
-        """Replace any stored rows with these rows' keys by these rows, in one snapshot.
+    def upsert(
+        self,
+        rows: pa.Table,
+        *,
+        run_id: str,
+        business_date: date | None = None,
+        reconcile: Reconciliation | None = None,
+    ) -> int:
+        """Replace any stored rows with these rows' keys by these rows, in one snapshot; with
+        `reconcile`, also remove in it the window's rows the read did not return (see
+        `sinks.reconciliation`). Returns how many rows that removed.
 
         The snapshot's summary names `run_id`, this table's source and, when given, the
-        `business_date` whose sales the rows are (see `last_exported_day`).
+        `business_date` whose sales the rows are (see `last_exported_day`). With no rows and
+        nothing to remove, nothing is committed.
 
-        A concurrent commit that touches the same keys makes ours fail validation; the batch
-        is then re-planned against the new table state and committed again, up to
-        `commit_attempts` times, so neither writer's rows are lost or duplicated.
+        A concurrent commit that touches the same keys (or the reconciled window) makes ours
+        fail validation; the batch is then re-planned against the new table state and
+        committed again, up to `commit_attempts` times, so neither writer's rows are lost or
+        duplicated.
         """
-        if rows.num_rows == 0:
-            return
+        if rows.num_rows == 0 and reconcile is None:
+            return 0
         rows = rows.cast(ARROW_SCHEMA).sort_by(
             [("tenant_id", "ascending"), ("sold_at", "ascending")]
         )
@@ -213,18 +221,21 @@ class SalesTable:
                 strict=True,
             )
         )
-        for attempt in itertools.count(1):
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 if attempt > 1:
                     self.table.refresh()
-                self._commit(rows, keys, self._snapshot_properties(run_id, business_date))
-                return
+                properties = self._snapshot_properties(run_id, business_date)
+                return self._commit(rows, keys, properties, reconcile)
             # pyiceberg retries a bare catalog conflict itself; it raises ValidationException when
             # the other writer touched our keys, and then only re-planning from the new state
             # (which rows to rewrite) is right. A catalog or warehouse that cannot be reached
             # (connection refused or dropped, an I/O error) may well answer the next attempt;
             # and redoing a commit whose outcome is unknown is safe, since it replaces the same
-            # keys. Until the commit lands, the table shows none of the batch.
+            # keys and removes what is still gone (if the first landed, the count removed then
+            # says 0). Until the commit lands, the table shows none of the batch.
             except _RETRIED_AT_COMMIT as error:
                 if attempt >= self.commit_attempts:
                     raise SinkError(
@@ -290,8 +301,16 @@ class SalesTable:
             properties[BUSINESS_DATE_PROPERTY] = business_date.isoformat()
         return properties
 
-    def _commit(self, rows: pa.Table, keys: Sequence[Key], properties: dict[str, str]) -> None:
-        row_filter = key_filter(self.source, keys)
+    def _commit(
+        self,
+        rows: pa.Table,
+        keys: Sequence[Key],
+        properties: dict[str, str],
+        reconcile: Reconciliation | None,
+    ) -> int:
+        plan = plan_rewrites(self.table, self.source, keys, reconcile)
+        if rows.num_rows == 0 and not plan.files:
+            return 0  # nothing to write and nothing gone: no empty snapshot
         transaction = self.table.transaction()
         metadata = transaction.table_metadata
         commit_uuid = uuid.uuid4()
@@ -299,54 +318,26 @@ class SalesTable:
         with transaction.update_snapshot(snapshot_properties=properties).overwrite(
             commit_uuid=commit_uuid
         ) as snapshot:
-            # The predicate scopes pyiceberg's conflict check to our keys' partitions.
-            snapshot.delete_by_predicate(row_filter)
-            if self.table.current_snapshot() is not None:
-                for task in self._files_holding(keys):
-                    current = _read_file(self.table, task)
-                    keep = pc.invert(key_mask(current, self.source, keys))
-                    kept = current.filter(keep)
-                    if kept.num_rows == current.num_rows:
-                        continue
-                    snapshot.delete_data_file(task.file)
-                    if kept.num_rows:
-                        for data_file in write_data_files(
-                            metadata, kept, self.table.io, commit_uuid, counter
-                        ):
-                            snapshot.append_data_file(data_file)
-            for data_file in write_data_files(metadata, rows, self.table.io, commit_uuid, counter):
-                snapshot.append_data_file(data_file)
+            # The predicates scope pyiceberg's conflict check to our keys' partitions and the
+            # reconciled window, and say which manifests hold the files deleted here.
+            if keys:
+                snapshot.delete_by_predicate(key_filter(self.source, keys))
+            if reconcile is not None:
+                snapshot.delete_by_predicate(reconcile.row_filter(self.source))
+            for rewrite in plan.files:
+                snapshot.delete_data_file(rewrite.task.file)
+                if rewrite.kept.num_rows:
+                    for data_file in write_data_files(
+                        metadata, rewrite.kept, self.table.io, commit_uuid, counter
+                    ):
+                        snapshot.append_data_file(data_file)
+            if rows.num_rows:
+                for data_file in write_data_files(
+                    metadata, rows, self.table.io, commit_uuid, counter
+                ):
+                    snapshot.append_data_file(data_file)
         transaction.commit_transaction()
-
-    def _files_holding(self, keys: Sequence[Key]) -> list[FileScanTask]:
-        """The data files that hold any of `keys`, found by reading their key columns only.
-
-        Files are planned by tenant only, and the keys are looked for with Arrow: file
-        statistics cannot rule out most files (ids rarely sort with the files), and pyiceberg,
-        given the key set, binds it anew for every manifest and file, which made each commit
-        cost more as the table grew. Reading each candidate whole, embeddings included, to
-        learn that it holds none of the keys did too.
-        """
-        candidates = list(self.table.scan(row_filter=tenant_filter(self.source, keys)).plan_files())
-        if not candidates:
-            return []
-        key_columns = ArrowScan(
-            table_metadata=self.table.metadata,
-            io=self.table.io,
-            projected_schema=self.table.schema().select("source", "tenant_id", "sale_id"),
-            row_filter=AlwaysTrue(),
-        )
-
-        def holds_a_key(task: FileScanTask) -> bool:
-            columns = key_columns.to_table(tasks=[task])
-            return bool(pc.any(key_mask(columns, self.source, keys)).as_py())
-
-        with ThreadPoolExecutor(thread_name_prefix="key-scan") as pool:
-            return [
-                task
-                for task, holds in zip(candidates, pool.map(holds_a_key, candidates), strict=True)
-                if holds
-            ]
+        return plan.removed
 
 
 UNREACHABLE = (
@@ -365,15 +356,6 @@ def first_line(error: Exception) -> str:
     """The error's own words, without SQLAlchemy's trailing "(Background on this error...)"."""
     text = str(error).split("\n(Background on this error", 1)[0]
     return " ".join(text.split()) or type(error).__name__
-
-
-def _read_file(table: Table, task: FileScanTask) -> pa.Table:
-    return ArrowScan(
-        table_metadata=table.metadata,
-        io=table.io,
-        projected_schema=table.schema(),
-        row_filter=AlwaysTrue(),
-    ).to_table(tasks=[task])
 
 
 SCHEMA_UPDATE_ATTEMPTS = 4

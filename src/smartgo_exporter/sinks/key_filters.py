@@ -23,6 +23,7 @@ from pyiceberg.expressions import (
     EqualTo,
     GreaterThanOrEqual,
     In,
+    LessThan,
     LessThanOrEqual,
     Or,
 )
@@ -35,6 +36,7 @@ _equal_to = cast(Callable[[str, str], BooleanExpression], EqualTo)
 _in = cast(Callable[[str, set[str]], BooleanExpression], In)
 _at_least = cast(Callable[[str, str], BooleanExpression], GreaterThanOrEqual)
 _at_most = cast(Callable[[str, str], BooleanExpression], LessThanOrEqual)
+_before = cast(Callable[[str, str], BooleanExpression], LessThan)
 
 
 def tenant_filter(source: str, keys: Iterable[Key]) -> BooleanExpression:
@@ -80,6 +82,19 @@ def sold_within_filter(
         _at_least("sold_at", first.isoformat()),
         _at_most("sold_at", last.isoformat()),
     )
+
+
+def window_filter(
+    source: str, tenant_ids: Sequence[str], start: datetime, end: datetime
+) -> BooleanExpression:
+    """The files of `source` holding sales from `start` (included) to `end` (excluded), of these
+    tenants, or of every tenant when `tenant_ids` is empty: a day's files, by partition and by
+    the statistics of `sold_at`."""
+    either: Callable[[BooleanExpression, BooleanExpression], BooleanExpression] = Or
+    scope = _equal_to("source", source)
+    if tenant_ids:
+        scope = And(scope, reduce(either, [_equal_to("tenant_id", t) for t in set(tenant_ids)]))
+    return And(scope, _at_least("sold_at", start.isoformat()), _before("sold_at", end.isoformat()))
 
 
 def key_mask(table: pa.Table, source: str, keys: Sequence[Key]) -> pa.ChunkedArray:
