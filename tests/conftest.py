@@ -191,6 +191,13 @@ class SalesDatabase:
         with self.engine.begin() as conn:
             conn.execute(sa.insert(target), stored)
 
+    def update(self, sale_id: str, table: str = "sales", **values: Any) -> None:
+        """Set columns of the row with id `sale_id`, values written as `insert` writes them."""
+        target = sa.table(table, sa.column("id"), *(sa.column(name) for name in values))
+        stored = {name: self._stored(value) for name, value in values.items()}
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(target).where(target.c.id == sale_id).values(**stored))
+
     def count(self, table: str = "sales") -> int:
         with self.engine.connect() as conn:
             return int(

@@ -171,6 +171,8 @@ def test_each_invocation_prints_its_metrics_in_embedded_metric_format(
         "EmbeddingsCreated",
         "EmbeddingsReused",
         "EmbeddingsFailed",
+        "SalesVoided",
+        "RowsRemoved",
         "RunsFailed",
         "RunsPartial",
         "ExportDuration",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -108,9 +109,7 @@ def by_day(records: list[RunRecord]) -> dict[date, RunRecord]:
     return {record.business_date: record for record in records}
 
 
-def test_ray_writes_the_table_the_local_runner_writes(
-    by_local: Backfilled, by_ray: Backfilled
-) -> None:
+def assert_same_tables(by_local: Backfilled, by_ray: Backfilled) -> None:
     local, on_ray = sorted_rows(by_local.settings), sorted_rows(by_ray.settings)
     assert on_ray.num_rows == local.num_rows > 0
     for column in COMPARED_COLUMNS:
@@ -122,6 +121,22 @@ def test_ray_writes_the_table_the_local_runner_writes(
         assert (ours is None) == (theirs is None)
         if ours is not None:
             np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5)
+
+
+def assert_same_records(local_records: list[RunRecord], ray_records: list[RunRecord]) -> None:
+    """Every field of each day's record alike, but the run's own id and times."""
+    local, on_ray = by_day(local_records), by_day(ray_records)
+    assert list(on_ray) == list(local)
+    compared = [f.name for f in dataclasses.fields(RunRecord) if f.name not in RUN_OWN_FIELDS]
+    for day, record in on_ray.items():
+        for name in compared:
+            assert getattr(record, name) == getattr(local[day], name), (day, name)
+
+
+def test_ray_writes_the_table_the_local_runner_writes(
+    by_local: Backfilled, by_ray: Backfilled
+) -> None:
+    assert_same_tables(by_local, by_ray)
 
 
 def test_ray_and_the_local_runner_leave_the_same_similar_sales_index(
@@ -187,13 +202,9 @@ RUN_OWN_FIELDS = {"run_id", "started_at", "finished_at", "expires_at"}
 def test_both_runners_record_every_field_of_each_day_alike(
     by_local: Backfilled, by_ray: Backfilled
 ) -> None:
-    local, on_ray = by_day(by_local.records), by_day(by_ray.records)
-    assert sum(record.counts.rejected for record in local.values()) > 0
-    assert sum(record.counts.failed for record in local.values()) > 0
-    compared = [f.name for f in dataclasses.fields(RunRecord) if f.name not in RUN_OWN_FIELDS]
-    for day, record in on_ray.items():
-        for name in compared:
-            assert getattr(record, name) == getattr(local[day], name), (day, name)
+    assert sum(record.counts.rejected for record in by_local.records) > 0
+    assert sum(record.counts.failed for record in by_local.records) > 0
+    assert_same_records(by_local.records, by_ray.records)
 
 
 def test_each_ray_snapshot_names_its_run_and_business_day(by_ray: Backfilled) -> None:
@@ -250,6 +261,34 @@ def test_retry_failed_on_ray_fetches_every_failed_photo_again(by_ray: Backfilled
     rows = table_rows(by_ray.settings)
     failures = rows.filter(pc.is_valid(rows["photo_failures"]))["photo_failures"]
     assert failures.to_pylist() == [2] * failed  # the same 404s, a second time in a row
+
+
+def test_sales_voided_or_deleted_at_the_source_leave_both_runners_tables_alike(
+    store: tuple[DemoPaths, DemoCatalog], tmp_path: Path, ray_instance: None
+) -> None:
+    runs: dict[str, Backfilled] = {}
+    for runner in ("local", "ray"):
+        (tmp_path / runner).mkdir()
+        runs[runner] = backfilled(store, tmp_path / runner, runner)
+    rows = table_rows(runs["local"].settings)
+    voided, deleted = rows["sale_id"][0].as_py(), rows["sale_id"][1].as_py()
+    for run in runs.values():
+        # The POS gains a `voided` column, which the source reads under the field's own name.
+        with sqlite3.connect(run.paths.sales_db) as db:
+            db.execute("ALTER TABLE sales ADD COLUMN voided TEXT")
+            db.execute("UPDATE sales SET voided = 'Y' WHERE id = ?", (int(voided),))
+            db.execute("DELETE FROM sales WHERE id = ?", (int(deleted),))
+
+    again = {
+        runner: backfill(run.settings, FIRST_DAY, LAST_DAY, runner=runner)
+        for runner, run in runs.items()
+    }
+
+    assert sum(record.counts.removed for record in again["ray"]) == 2
+    assert sum(record.counts.voided for record in again["ray"]) == 1
+    assert_same_records(again["local"], again["ray"])
+    assert_same_tables(runs["local"], runs["ray"])
+    assert {voided, deleted} & set(table_rows(runs["ray"].settings)["sale_id"].to_pylist()) == set()
 
 
 def test_a_day_another_run_holds_is_left_alone_and_the_others_run(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import sqlite3
 from decimal import Decimal
 from pathlib import Path
 
@@ -143,6 +144,30 @@ def test_a_deleted_sale_is_never_returned(
     assert report.removed >= 1
     stored = SalesIndex.load(settings.index, settings.table, tenant, lookup.model, lookup.dim)
     assert sale not in stored.sales["sale_id"].to_pylist()
+
+
+def test_a_sale_voided_at_the_source_is_no_longer_returned_after_its_day_runs_again(
+    store: tuple[DemoPaths, DemoCatalog], tmp_path: Path
+) -> None:
+    paths = copy_of_store(store[0], tmp_path)
+    settings = _export(paths, LAST_DAY, LAST_DAY)
+    rows = table_rows(settings).filter(pc.is_valid(table_rows(settings)["embedding"]))
+    sale, tenant, url = (rows[name][0].as_py() for name in ("sale_id", "tenant_id", "image_url"))
+    photo = (store[0].photos / url.rsplit("/", 1)[1]).read_bytes()
+    lookup = Lookup(settings)
+    assert sale in {m.sale_id for m in lookup.similar(photo, tenant=tenant, k=5)}
+    # The POS gains a `voided` column, which the source reads under the field's own name.
+    with sqlite3.connect(paths.sales_db) as db:
+        db.execute("ALTER TABLE sales ADD COLUMN voided INTEGER")
+        db.execute("UPDATE sales SET voided = 1 WHERE id = ?", (int(sale),))
+
+    [record] = export(settings, [LAST_DAY])
+
+    assert (record.counts.voided, record.counts.removed) == (1, 1)
+    # The run's end brought the stored index along, before any lookup asked.
+    stored = SalesIndex.load(settings.index, settings.table, tenant, lookup.model, lookup.dim)
+    assert sale not in stored.sales["sale_id"].to_pylist()
+    assert sale not in {m.sale_id for m in Lookup(settings).similar(photo, tenant=tenant, k=50)}
 
 
 def test_an_index_update_reads_only_the_files_written_since(

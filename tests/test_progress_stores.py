@@ -165,6 +165,14 @@ def test_summary_counts_runs_statuses_rows_and_failures(store: ProgressStore) ->
     assert len(store.runs_on(date(2026, 11, 2))[0].errors) == 50
 
 
+def test_a_document_saved_before_sales_could_be_voided_or_removed_still_loads() -> None:
+    old = record("old", date(2026, 11, 1))
+    document = old.to_document()
+    for count in ("removed", "voided"):
+        del document["counts"][count]
+    assert RunRecord.from_document(document) == old
+
+
 def test_an_empty_store_summarises_to_nothing(store: ProgressStore) -> None:
     assert store.summary().runs == 0
     assert store.recent(5) == []

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from smartgo_exporter.errors import InvalidSale
-from smartgo_exporter.sales import CurrencyCase, Sale, SaleWarning, parse_sale
+from smartgo_exporter.sales import CurrencyCase, Sale, SaleWarning, is_voided, parse_sale
 from tests.sales import TITLE
 
 NOW = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
@@ -145,3 +145,25 @@ def test_a_row_rejected_for_a_later_field_leaves_no_currency_warning() -> None:
             now=NOW,
         )
     assert warnings == []
+
+
+@pytest.mark.parametrize(
+    "value", [True, 1, "Y", "yes", " TRUE ", "t", "1", "voided", datetime(2026, 11, 26, 18, 0)]
+)
+def test_a_row_marked_voided_by_a_flag_word_or_a_time_is_voided(value: object) -> None:
+    assert is_voided(row(voided=value), position=7)
+
+
+@pytest.mark.parametrize("value", [None, False, 0, "N", "no", "false", "F", "0", ""])
+def test_a_row_whose_voided_is_null_or_no_is_not_voided(value: object) -> None:
+    assert not is_voided(row(voided=value), position=7)
+    assert not is_voided(row(), position=7)
+
+
+@pytest.mark.parametrize("value", ["maybe", 2, "refunded?"])
+def test_a_voided_value_that_is_neither_yes_nor_no_is_refused_naming_the_sale(
+    value: object,
+) -> None:
+    with pytest.raises(InvalidSale) as error:
+        is_voided(row(voided=value), position=7)
+    assert (error.value.row, error.value.field) == ("1001", "voided")

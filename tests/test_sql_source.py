@@ -331,6 +331,24 @@ def test_a_full_query_is_run_with_the_window_bound_to_start_and_end(
     assert ids(read_all(source, tenants=["2"])[0]) == ["last-second"]
 
 
+def test_a_query_can_say_which_sales_are_voided_and_those_are_counted_not_read(
+    sales_db: SalesDatabase, open_source: SourceFactory
+) -> None:
+    kept = sales_db.row(id="kept", sold_at=london(2026, 10, 25, 10, 0))
+    # A voided sale need not be a sound one: nothing else of it is read.
+    sales_db.insert(kept, {**kept, "id": "refunded", "price": None})
+    query = (
+        "SELECT sales.*, CASE WHEN id = 'refunded' THEN 'Y' ELSE 'N' END AS is_void FROM sales"
+        " WHERE sold_at >= :start AND sold_at < :end ORDER BY sold_at"
+    )
+    source = open_source(query=query, columns={**sales_db.columns, "voided": "is_void"})
+
+    batches = list(source.read(WINDOW, 100, []))
+
+    assert [ids(batch.sales) for batch in batches] == [["kept"]]
+    assert [(batch.voided, batch.rejected) for batch in batches] == [(1, [])]
+
+
 def test_a_query_that_lacks_a_required_column_is_a_config_error(
     open_source: SourceFactory,
 ) -> None:

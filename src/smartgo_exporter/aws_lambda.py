@@ -71,6 +71,8 @@ COUNT_METRICS = {
     "EmbeddingsCreated": "embedded",
     "EmbeddingsReused": "reused",
     "EmbeddingsFailed": "failed",
+    "SalesVoided": "voided",
+    "RowsRemoved": "removed",
 }
 """Metric name -> the RunCounts field it totals over the invocation's runs."""
 RUN_METRICS = {"RunsFailed": RunStatus.FAILED, "RunsPartial": RunStatus.PARTIAL}

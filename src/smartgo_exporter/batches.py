@@ -10,6 +10,7 @@ the same three steps, and only decide where each runs:
     prepared = await steps.prepare(batch, stored, fetcher, record.started_at)  # read side
     finished = steps.finish(prepared, embedder, run_id)      # model side: embed, diff
     gathering.add(finished); gathering.commit(table, record) # committer: one snapshot
+    gathering.finish_day(table, record, tenant_ids)          # the last, after a complete read
 
 Each step returns the errors it found instead of recording them, since it may run off the
 thread (or in another process than) the one that owns the run record; the committer records
@@ -35,14 +36,33 @@ from smartgo_exporter.photo_retries import RetryPolicy, failed_row
 from smartgo_exporter.reuse import RecentEmbeddings, changed_rows, plan_batch
 from smartgo_exporter.run_records import RunCounts, RunError, RunRecord
 from smartgo_exporter.sales import Key, Sale, public_url
-from smartgo_exporter.schema import Embedding, EmbeddingStatus, SaleRow, StoredRows, rows_to_arrow
+from smartgo_exporter.schema import (
+    ARROW_SCHEMA,
+    Embedding,
+    EmbeddingStatus,
+    SaleRow,
+    StoredRows,
+    rows_to_arrow,
+)
 from smartgo_exporter.sinks.iceberg import SalesTable
+from smartgo_exporter.sinks.reconciliation import Reconciliation
 from smartgo_exporter.sources import SaleBatch
 
 log = structlog.get_logger(__name__)
 
 StoredLookup = Callable[[list[Key], tuple[datetime, datetime] | None], Awaitable[StoredRows]]
 """`SalesTable.stored(keys, sold_within=...)`, run wherever the runner keeps the table."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadKeys:
+    """What a batch's rows say the source still has, for the day's reconciliation."""
+
+    returned: frozenset[Key]
+    """The keys of its valid sales, changed or not, whatever their photo; not the voided."""
+    rejected_ids: frozenset[str]
+    """The ids of its rejected rows; the position of one that had none, which can at worst
+    keep a stored sale whose id happens to be that number."""
 
 
 @dataclasses.dataclass
@@ -56,6 +76,7 @@ class PreparedBatch:
     errors: list[RunError]
     started_at: datetime
     """The run's start: the time its photo failures are recorded at."""
+    read: ReadKeys
 
 
 @dataclasses.dataclass
@@ -65,6 +86,7 @@ class FinishedBatch:
     rows: pa.Table | None
     counts: RunCounts
     errors: list[RunError]
+    read: ReadKeys
 
 
 @dataclasses.dataclass
@@ -91,6 +113,10 @@ class BatchSteps:
         photos that neither the table nor this run has embedded already, but for failed ones
         not due again at `started_at` (the run's start)."""
         sales, counts, errors = select_sales(batch, self.export.tenant_ids)
+        read = ReadKeys(
+            frozenset(sale.key for sale in sales),
+            frozenset(invalid.row for invalid in batch.rejected),
+        )
         rows = await stored([sale.key for sale in sales], sold_within(sales))
         plan = plan_batch(
             sales,
@@ -114,7 +140,7 @@ class BatchSteps:
         photos = dict(zip(urls, await fetcher.fetch_all(urls), strict=True))
         fetched, failed, photo_errors = sort_photos(to_fetch, photos, rows, started_at, counts)
         return PreparedBatch(
-            plan.settled + failed, fetched, rows, counts, errors + photo_errors, started_at
+            plan.settled + failed, fetched, rows, counts, errors + photo_errors, started_at, read
         )
 
     def finish(self, prepared: PreparedBatch, embedder: Embedder, run_id: str) -> FinishedBatch:
@@ -147,17 +173,23 @@ class BatchSteps:
             if to_write
             else None
         )
-        return FinishedBatch(rows, counts, prepared.errors + errors)
+        return FinishedBatch(rows, counts, prepared.errors + errors, prepared.read)
 
 
 @dataclasses.dataclass
 class Gathering:
     """Finished batches gathered for one commit: a commit per `commit_rows` rows keeps the
-    files large and the snapshots few, while batches stay small enough to hold their photos."""
+    files large and the snapshots few, while batches stay small enough to hold their photos.
+
+    One per day: it also keeps every key the day's read returned, across its commits, for the
+    day's last one (`finish_day`); a set of a day's keys is a few megabytes at most.
+    """
 
     tables: list[pa.Table] = dataclasses.field(default_factory=list)
     counts: RunCounts = dataclasses.field(default_factory=RunCounts)
     rows: int = 0
+    returned: set[Key] = dataclasses.field(default_factory=set)
+    rejected_ids: set[str] = dataclasses.field(default_factory=set)
 
     def add(self, finished: FinishedBatch, record: RunRecord) -> None:
         """Gather a batch, recording its errors in the run's record."""
@@ -167,13 +199,43 @@ class Gathering:
             self.tables.append(finished.rows)
             self.rows += finished.rows.num_rows
         self.counts.add(finished.counts)
+        self.returned |= finished.read.returned
+        self.rejected_ids |= finished.read.rejected_ids
 
     def commit(self, table: SalesTable, record: RunRecord) -> RunCounts:
         """Upsert what was gathered in one snapshot, add its counts to the record, and start
-        gathering anew; returns the counts committed. Blocking: the runner picks the thread."""
-        if self.tables:
-            table.upsert(
-                last_per_key(self.tables), run_id=record.run_id, business_date=record.business_date
+        gathering anew; returns the counts committed. Blocking: the runner picks the thread.
+
+        For a day's last commit when its read failed or stopped early: what was read is kept,
+        and nothing is removed, since the sales not read may well be at the source still.
+        """
+        return self._commit(table, record, None)
+
+    def finish_day(
+        self, table: SalesTable, record: RunRecord, tenant_ids: Sequence[str]
+    ) -> RunCounts:
+        """The day's last commit, after a read of the whole day that did not fail: as `commit`,
+        and in the same snapshot the rows of the day (of `tenant_ids`, or of every tenant when
+        empty) that the read did not return are removed, counted as `removed`."""
+        reconcile = Reconciliation(
+            record.window_start,
+            record.window_end,
+            tuple(tenant_ids),
+            frozenset(self.returned),
+            frozenset(self.rejected_ids),
+        )
+        return self._commit(table, record, reconcile)
+
+    def _commit(
+        self, table: SalesTable, record: RunRecord, reconcile: Reconciliation | None
+    ) -> RunCounts:
+        if self.tables or reconcile is not None:
+            rows = last_per_key(self.tables) if self.tables else ARROW_SCHEMA.empty_table()
+            self.counts.removed += table.upsert(
+                rows,
+                run_id=record.run_id,
+                business_date=record.business_date,
+                reconcile=reconcile,
             )
         committed = self.counts
         record.counts.add(committed)
@@ -193,13 +255,15 @@ def select_sales(
 ) -> tuple[list[Sale], RunCounts, list[RunError]]:
     """The batch's valid sales, one per key (the source's later row wins), of the configured
     tenants only; with the batch's counts so far and the errors to record (rejected rows,
-    duplicate sale ids, and the warnings of the tenants' sales written otherwise than given)."""
+    duplicate sale ids, and the warnings of the tenants' sales written otherwise than given).
+    Voided rows are counted, and are no error: the source says so."""
     allowed = set(tenant_ids)
     warnings = [w for w in batch.warnings if not allowed or w.tenant_id in allowed]
     counts = RunCounts(
-        sales=len(batch.sales) + len(batch.rejected),
+        sales=len(batch.sales) + len(batch.rejected) + batch.voided,
         rejected=len(batch.rejected),
         normalised=len(warnings),
+        voided=batch.voided,
     )
     errors = [
         RunError(invalid.row, "source", invalid.field, invalid.reason) for invalid in batch.rejected

@@ -19,7 +19,7 @@ from pydantic import model_validator as model_check
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from smartgo_exporter.address_guard import AllowedHost
-from smartgo_exporter.sales import SALE_FIELDS, CurrencyCase
+from smartgo_exporter.sales import SOURCE_FIELDS, CurrencyCase
 
 
 def _aws_region() -> str | None:
@@ -42,9 +42,9 @@ def _zone(name: str) -> str:
 
 
 def _mapping(columns: dict[str, str]) -> dict[str, str]:
-    unknown = sorted(set(columns) - set(SALE_FIELDS))
+    unknown = sorted(set(columns) - set(SOURCE_FIELDS))
     if unknown:
-        raise ValueError(f"unknown sale fields {unknown}; known: {list(SALE_FIELDS)}")
+        raise ValueError(f"unknown sale fields {unknown}; known: {list(SOURCE_FIELDS)}")
     return columns
 
 
@@ -98,7 +98,10 @@ class SqlSourceConfig(_SourceSection):
     table: str | None = None
     db_schema: str | None = Field(None, alias="schema")
     columns: dict[str, str] = Field(default_factory=dict)
-    """Sale field -> source column; unmapped fields are looked up under their own name."""
+    """Sale field -> source column; unmapped fields are looked up under their own name. Besides
+    the table's fields, `voided` may name a column saying the sale was voided or refunded (a
+    boolean, 0/1, yes/no, or a timestamp; NULL is not voided): such a sale is not exported,
+    and removed from the table if it was."""
     query: str | None = None
     """A full SELECT with :start and :end bind parameters, instead of table + columns."""
     timezone: str = "UTC"
@@ -142,7 +145,7 @@ class RestSourceConfig(_SourceSection):
     items_field: str = "items"
     next_cursor_field: str = "next_cursor"
     columns: dict[str, str] = Field(default_factory=dict)
-    """Sale field -> JSON key (dotted for nested objects)."""
+    """Sale field -> JSON key (dotted for nested objects); `voided` as for the SQL source."""
     timezone: str = "UTC"
     timeout_seconds: float = Field(30, gt=0)
     attempts: int = Field(3, ge=1)

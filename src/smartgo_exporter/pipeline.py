@@ -36,7 +36,7 @@ from smartgo_exporter.index import sync_after_export
 from smartgo_exporter.photo_fetcher import PhotoFetcher
 from smartgo_exporter.photo_retries import RetryPolicy
 from smartgo_exporter.progress import NonFatalProgressStore, ProgressStore, load_progress_store
-from smartgo_exporter.run_records import RunRecord, RunStatus
+from smartgo_exporter.run_records import RunCounts, RunRecord, RunStatus
 from smartgo_exporter.runs import (
     BatchDone,
     DayCallback,
@@ -271,27 +271,32 @@ class _DayExport:
             return run.finish()
 
     async def _export_window(self, window: Window, record: RunRecord) -> None:
-        queue: asyncio.Queue[PreparedBatch | None] = asyncio.Queue(maxsize=1)
+        queue: asyncio.Queue[PreparedBatch | _ReadEnded] = asyncio.Queue(maxsize=1)
         gathering = Gathering()
         stages = self.stages
         async with PhotoFetcher(stages.settings.photos) as fetcher:
             producer = asyncio.create_task(self._produce(fetcher, window, record, queue))
             try:
-                while (prepared := await queue.get()) is not None:
+                while isinstance(item := await queue.get(), PreparedBatch):
                     finished = await _on(
                         stages.model_thread,
                         stages.steps.finish,
-                        prepared,
+                        item,
                         stages.embedder,
                         record.run_id,
                     )
                     gathering.add(finished, record)
                     if gathering.rows >= stages.settings.export.commit_rows:
-                        await self._commit(gathering, record)
+                        await self._commit(gathering.commit, record)
+                if item.complete:
+                    tenants = stages.settings.export.tenant_ids
+                    await self._commit(
+                        functools.partial(gathering.finish_day, tenant_ids=tenants), record
+                    )
                 # Also when the source failed midway (the producer ends the queue either way):
                 # the rows read before the failure are embedded already, and are kept.
-                if gathering.counts.sales:
-                    await self._commit(gathering, record)
+                elif gathering.counts.sales:
+                    await self._commit(gathering.commit, record)
             finally:
                 if not producer.done():
                     producer.cancel()
@@ -303,10 +308,11 @@ class _DayExport:
         fetcher: PhotoFetcher,
         window: Window,
         record: RunRecord,
-        queue: asyncio.Queue[PreparedBatch | None],
+        queue: asyncio.Queue[PreparedBatch | _ReadEnded],
     ) -> None:
         stages, export = self.stages, self.stages.settings.export
         batches = stages.source.read(window, export.batch_size, export.tenant_ids)
+        complete = False
         try:
             while (batch := await _on(stages.source_thread, next, batches, None)) is not None:
                 prepared = await stages.steps.prepare(
@@ -315,18 +321,18 @@ class _DayExport:
                 await queue.put(prepared)
                 if self.should_stop is not None and self.should_stop():
                     # What was read is committed; the rest of the window waits for the next run.
-                    record.message = (
-                        "stopped before the end of the window; a later run completes it"
-                    )
+                    record.message = STOPPED_EARLY
                     log.warning("run_stopped_early")
                     break
+            else:
+                complete = True
         finally:
             # Close the cursor on the thread that opened it: drivers and SQLite connections are
             # bound to their thread, and an abandoned generator would be closed by the collector.
             close = getattr(batches, "close", None)
             if close is not None:
                 await _on(stages.source_thread, close)
-            await queue.put(None)
+            await queue.put(_ReadEnded(complete))
 
     async def _stored(
         self, keys: list[Key], sold_within: tuple[datetime, datetime] | None
@@ -334,10 +340,18 @@ class _DayExport:
         stages = self.stages
         return await _on(stages.table_thread, stages.table.stored, keys, sold_within=sold_within)
 
-    async def _commit(self, gathering: Gathering, record: RunRecord) -> None:
-        committed = await _on(self.stages.table_thread, gathering.commit, self.stages.table, record)
+    async def _commit(self, commit: Callable[..., RunCounts], record: RunRecord) -> None:
+        """Run `commit` (a Gathering's `commit` or `finish_day`) on the table's thread."""
+        committed = await _on(self.stages.table_thread, commit, self.stages.table, record)
         if self.on_batch is not None:
             self.on_batch(BatchDone(record.business_date, committed, *self.position))
+
+
+@dataclasses.dataclass(frozen=True)
+class _ReadEnded:
+    """The producer's last item: whether it read the whole window (no failure, no stop)."""
+
+    complete: bool
 
 
 async def _on(

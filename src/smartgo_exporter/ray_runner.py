@@ -28,7 +28,7 @@ import dataclasses
 import functools
 import logging
 import pickle
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime
 from typing import Any
@@ -47,7 +47,7 @@ from smartgo_exporter.progress import NonFatalProgressStore, load_progress_store
 
 # From ray_cluster, which says what to install when Ray is missing, rather than ImportError.
 from smartgo_exporter.ray_cluster import ray, ray_session, without_ray_progress_bars
-from smartgo_exporter.run_records import RunError, RunRecord
+from smartgo_exporter.run_records import RunCounts, RunError, RunRecord
 from smartgo_exporter.runs import (
     BatchDone,
     DayCallback,
@@ -107,7 +107,8 @@ class _Embedded:
 
 @dataclasses.dataclass
 class _DayRead:
-    """A day's last item: how many batches came before it, and what stopped the reading early."""
+    """A day's last item: how many batches came before it, and what stopped the reading early;
+    without a failure, the day was read whole and its last commit reconciles it."""
 
     day: date
     sequence: int
@@ -301,9 +302,14 @@ class _Backfill:
     async def _take(self, day: _Day, item: _Embedded | _DayRead) -> None:
         """Gather a batch, committing every `commit_rows` rows; at the day's end, finish it."""
         if isinstance(item, _DayRead):
+            if item.failure is None:
+                tenants = self.settings.export.tenant_ids
+                await self._commit(
+                    day, functools.partial(day.gathering.finish_day, tenant_ids=tenants)
+                )
             # Also when reading failed midway: the batches read before are kept, as locally.
-            if day.gathering.counts.sales:
-                await self._commit(day)
+            elif day.gathering.counts.sales:
+                await self._commit(day, day.gathering.commit)
             self._finish(day, item.failure)
             return
         if item.finished is None:
@@ -312,12 +318,13 @@ class _Backfill:
             return
         day.gathering.add(item.finished, day.run.record)
         if day.gathering.rows >= self.settings.export.commit_rows:
-            await self._commit(day)
+            await self._commit(day, day.gathering.commit)
 
-    async def _commit(self, day: _Day) -> None:
+    async def _commit(self, day: _Day, commit: Callable[..., RunCounts]) -> None:
+        """Run `commit` (the day's Gathering's `commit` or `finish_day`) on the table's thread."""
         record = day.run.record
         committed = await asyncio.get_running_loop().run_in_executor(
-            self.table_thread, day.gathering.commit, self.table, record
+            self.table_thread, commit, self.table, record
         )
         if self.on_batch is not None:
             self.on_batch(

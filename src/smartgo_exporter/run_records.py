@@ -37,9 +37,11 @@ class RunError:
 @dataclasses.dataclass(slots=True)
 class RunCounts:
     sales: int = 0
-    """Rows the source returned for the window, valid or not."""
+    """Rows the source returned for the window, valid, voided or not."""
     rejected: int = 0
     """Rows not written because a required field was missing or malformed."""
+    voided: int = 0
+    """Rows the source marked voided: not sales, so not written."""
     written: int = 0
     """Rows upserted into the table (new or changed)."""
     unchanged: int = 0
@@ -57,6 +59,9 @@ class RunCounts:
     deferred: int = 0
     """Sales whose photo failed for good in an earlier run and was not fetched again: its
     retry is not due yet (`photo_retries`). Absent from records of earlier versions: 0."""
+    removed: int = 0
+    """Rows of the window removed from the table because the source no longer returns them
+    (voided or deleted there, or moved to another day); only a complete read removes any."""
 
     def add(self, other: RunCounts) -> None:
         for field in dataclasses.fields(self):

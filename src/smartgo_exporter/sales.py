@@ -74,7 +74,16 @@ SALE_FIELDS = (
     "image_url",
     "source_updated_at",
 )
-"""The fields a source maps its columns onto; REQUIRED_SALE_FIELDS must be present."""
+"""The sale's fields the table keeps, one column each; REQUIRED_SALE_FIELDS must be present."""
+
+SOURCE_FIELDS = (*SALE_FIELDS, "voided")
+"""The fields a source maps its columns onto: the sale's, and `voided`, which says the sale
+was voided, refunded or cancelled at the source (`is_voided`). A voided row is not a sale: it
+is not written, and a complete read of its day removes its sale from the table."""
+
+VOIDED_TEXT = frozenset({"true", "t", "yes", "y", "1", "voided", "void"})
+NOT_VOIDED_TEXT = frozenset({"false", "f", "no", "n", "0", ""})
+"""How `voided` may be written as text, lower-cased: anything else is refused, not guessed."""
 
 REQUIRED_SALE_FIELDS = ("sale_id", "tenant_id", "product_id", "sold_at", "sale_price", "currency")
 
@@ -144,13 +153,14 @@ def parse_sale(
     warnings: list[SaleWarning] | None = None,
     now: datetime | None = None,
 ) -> Sale:
-    """Turn one source row (already mapped onto SALE_FIELDS) into a Sale, or raise InvalidSale.
+    """Turn one source row (already mapped onto SOURCE_FIELDS) into a Sale, or raise InvalidSale.
 
     `position` identifies the row in errors when it has no usable sale id. Naive timestamps are
     read in `naive_tz`, the zone the source database keeps its wall-clock times in. Nothing is
     coerced silently: a price with more than two decimals, or a float that is not exactly a
     cent amount, is an error rather than a rounding; a value written otherwise than the source
     gave it (a currency code upper-cased, under `currency_case`) is appended to `warnings`.
+    `voided` is not read here: see `is_voided`, asked first.
     """
     row = str(position)
     sale_id = _trimmed(raw.get("sale_id"))
@@ -260,6 +270,34 @@ def _trimmed(value: Any) -> str | None:
     if text is None:
         return None
     return text.strip() or None
+
+
+def is_voided(raw: Mapping[str, Any], *, position: int) -> bool:
+    """Whether the source row (mapped onto SOURCE_FIELDS) marks its sale voided, or InvalidSale.
+
+    `voided` may be a boolean, 0 or 1, a yes/no word (VOIDED_TEXT, NOT_VOIDED_TEXT, any case),
+    or a timestamp (a `voided_at` column); NULL or an unmapped field means not voided. Anything
+    else is refused rather than guessed: a rejected row keeps its stored sale, where a wrong
+    guess would remove a sale or keep a refunded one. Asked before `parse_sale`, since nothing
+    else of a voided row is kept: a voided sale whose price was blanked is not a bad row.
+    """
+    value = raw.get("voided")
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, datetime):
+        return True
+    if isinstance(value, (int, float, Decimal)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in VOIDED_TEXT:
+            return True
+        if text in NOT_VOIDED_TEXT:
+            return False
+    row = _trimmed(raw.get("sale_id")) or str(position)
+    raise InvalidSale(row, "voided", f"not a yes/no value: {str(value)[:40]!r}")
 
 
 def _money(value: Any, row: str, field: str) -> Decimal | None:

@@ -61,6 +61,9 @@ from smartgo_exporter.run_records import RunRecord, RunStatus
 from smartgo_exporter.sales import Key
 from smartgo_exporter.sinks.iceberg import SalesTable
 
+# A fixture for the source's fault tests: a day streamed by a server that can kill the stream.
+from tests.faults.source_days import streamed  # noqa: F401
+
 ROW_PROPERTY = "fault_matrix_row"
 """The name of the JUnit XML property that carries one row of the matrix, as JSON."""
 

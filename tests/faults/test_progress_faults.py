@@ -33,7 +33,7 @@ from smartgo_exporter.runs import BatchDone
 from smartgo_exporter.sinks.iceberg import SalesTable
 from tests.conftest import SALES_COLUMNS
 from tests.faults.conftest import FaultReport, key_counts, read_table
-from tests.faults.test_source_faults import (
+from tests.faults.source_days import (
     DAY,
     day_of_sales,
     export_settings,

@@ -48,7 +48,7 @@ from smartgo_exporter.run_records import RunRecord, RunStatus
 from smartgo_exporter.sources import SaleBatch, Source, load_source
 from smartgo_exporter.windows import Window
 from tests.faults.conftest import key_counts, read_table
-from tests.faults.test_source_faults import (
+from tests.faults.source_days import (
     DAY,
     day_of_sales,
     export_settings,

@@ -4,8 +4,9 @@ checked and a re-run must converge, through `fault_report`.
 
 Faults of a server (a connection killed mid-stream, a statement timeout, a wrong password) are
 injected into PostgreSQL and MariaDB; faults of the data itself (a bad mapping, bad rows,
-duplicate and moving sale ids) into SQLite, where the source reads them the same way; text that
-must land byte for byte into all three, whose drivers each hand text over their own way.
+duplicate sale ids) into SQLite, where the source reads them the same way; text that must land
+byte for byte into all three, whose drivers each hand text over their own way. Sales that change
+at the source after their export (voided, deleted, moved, refunded late) are test_source_changes.
 
 The sales of these days have no photos, so each export is about the source and the table.
 """
@@ -13,11 +14,10 @@ The sales of these days have no photos, so each export is about the source and t
 from __future__ import annotations
 
 import contextlib
-import gc
 import secrets
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import UTC, date, datetime, timedelta
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,95 +28,27 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from smartgo_exporter.config import Settings
-from smartgo_exporter.config_loader import load_config
 from smartgo_exporter.pipeline import export
-from smartgo_exporter.run_records import RunRecord, RunStatus
-from smartgo_exporter.runs import BatchDone
-from smartgo_exporter.sales import Key
+from smartgo_exporter.run_records import RunStatus
 from smartgo_exporter.sinks.iceberg import SalesTable
 from tests.conftest import SALES_COLUMNS, pos_row
 from tests.faults.conftest import FaultReport, key_counts, read_table
+from tests.faults.source_days import (
+    DAY,
+    SERVERS,
+    StreamedDay,
+    day_of_sales,
+    export_killed_after_the_first_commit,
+    export_settings,
+    keys_of,
+    on_servers_that_kill,
+    only_record,
+    with_query,
+)
 from tests.sales import TITLE
 
 if TYPE_CHECKING:
     from tests.conftest import SalesDatabase
-
-DAY = date(2026, 10, 25)
-NEXT_DAY = date(2026, 10, 26)
-SERVERS = {"postgresql": "PostgreSQL", "mariadb": "MariaDB", "sqlite": "SQLite"}
-
-
-# --- a store's day, and an export of it ------------------------------------------------------
-
-
-def export_settings(
-    root: Path,
-    url: str,
-    *,
-    source: Mapping[str, Any] | None = None,
-    export: Mapping[str, Any] | None = None,
-    **sections: Any,
-) -> Settings:
-    """Settings for exporting the POS `sales` table at `url` into a warehouse under `root`.
-
-    `source` and `export` entries are added to (or replace) the defaults; a `query` in `source`
-    replaces the table. Other sections (`progress`, `embedder`, ...) are given whole.
-    """
-    source_section: dict[str, Any] = {
-        "type": "sql",
-        "url": url,
-        "table": "sales",
-        "columns": dict(SALES_COLUMNS),
-        "timezone": "UTC",
-        "connect_timeout_seconds": 5,
-        **(source or {}),
-    }
-    if "query" in source_section:
-        del source_section["table"]
-    sections.setdefault("progress", {"type": "sqlite", "path": str(root / "progress.db")})
-    return load_config(
-        None,
-        source=source_section,
-        export={"batch_size": 20, "commit_rows": 20, **(export or {})},
-        table={
-            "catalog": {
-                "type": "sql",
-                "uri": f"sqlite:///{root}/warehouse/catalog.db",
-                "warehouse": f"file://{root}/warehouse",
-            }
-        },
-        **sections,
-    )
-
-
-def day_of_sales(
-    count: int, day: date = DAY, *, prefix: str = "S", start: datetime | None = None
-) -> list[dict[str, Any]]:
-    """`count` valid rows of the POS `sales` table on `day`, two tenants, no photos."""
-    first = start or datetime.combine(day, datetime.min.time()).replace(hour=8)
-    return [
-        pos_row(
-            id=f"{prefix}-{number:04d}",
-            store_id=1 + number % 2,
-            sold_at=first + timedelta(seconds=30 * number),
-            photo_url=None,
-        )
-        for number in range(count)
-    ]
-
-
-def keys_of(rows: Sequence[Mapping[str, Any]], day: date = DAY) -> dict[Key, date]:
-    """The sales of `rows` as the fault matrix counts them: (tenant, sale id) -> business day."""
-    return {(str(row["store_id"]), str(row["id"])): day for row in rows}
-
-
-def only_record(records: Sequence[RunRecord]) -> RunRecord:
-    assert len(records) == 1, [str(r.status) for r in records]
-    return records[0]
-
-
-def with_query(url: str, **parameters: str) -> str:
-    return make_url(url).update_query_dict(parameters).render_as_string(hide_password=False)
 
 
 def snapshots_of(settings: Settings) -> int:
@@ -124,85 +56,22 @@ def snapshots_of(settings: Settings) -> int:
     return len(table.table.snapshots())
 
 
-# --- the connection drops in the middle of a day ------------------------------------------
-
-
-PADDED_DAY = (
-    "SELECT sales.*, REPEAT('x', 65536) AS padding FROM sales"
-    " WHERE sold_at >= :start AND sold_at < :end ORDER BY sold_at, id"
-)
-"""A day of 64 KB rows on the wire: far more than socket buffers hold, so MariaDB is still
-sending when its connection is killed (PyMySQL streams, but the server writes ahead)."""
-
-
-def streaming_source(
-    sales_db: SalesDatabase, request: pytest.FixtureRequest
-) -> tuple[str, dict[str, Any], Callable[[], int]]:
-    """(url, source settings, kill) where kill ends the exporter's connection from another one
-    and says how many it ended: by application name on PostgreSQL, by user on MariaDB."""
-    if sales_db.backend == "postgresql":
-        name = f"sgx-fault-{secrets.token_hex(3)}"
-
-        def kill_postgresql() -> int:
-            with sales_db.engine.connect() as conn:
-                ended = conn.execute(
-                    sa.text(
-                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                        " WHERE application_name = :name"
-                    ),
-                    {"name": name},
-                ).scalar_one()
-                conn.commit()
-            return int(ended)
-
-        url = with_query(sales_db.url, application_name=name)
-        return url, {"fetch_size": 5}, kill_postgresql
-
-    user, password = request.getfixturevalue("mariadb_user_with_password")
-
-    def kill_mariadb() -> int:
-        with sales_db.engine.connect() as conn:
-            ids = conn.execute(
-                sa.text("SELECT id FROM information_schema.processlist WHERE user = :user"),
-                {"user": user},
-            ).scalars()
-            ended = [conn.execute(sa.text(f"KILL CONNECTION {int(id_)}")) for id_ in ids]
-        return len(ended)
-
-    reader = make_url(sales_db.url).set(username=user, password=password)
-    return reader.render_as_string(hide_password=False), {"query": PADDED_DAY}, kill_mariadb
-
-
-@pytest.mark.parametrize("sales_db", ["postgresql", "mariadb"], indirect=True)
-# PyMySQL's cursor, collected after its connection died, fails to drain it: only noise.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@on_servers_that_kill
 def test_a_connection_killed_mid_stream_fails_the_day_and_a_rerun_completes_it(
-    sales_db: SalesDatabase,
-    request: pytest.FixtureRequest,
-    tmp_path: Path,
-    fault_report: FaultReport,
+    streamed: StreamedDay, fault_report: FaultReport
 ) -> None:
-    rows = day_of_sales(300)
-    sales_db.insert(*rows)
-    url, source, kill = streaming_source(sales_db, request)
-    settings = export_settings(tmp_path, url, source=source)
-    killed: list[int] = []
+    rows, settings, kill = streamed.rows, streamed.settings, streamed.kill
 
-    def kill_after_the_first_batch(done: BatchDone) -> None:
-        if not killed:
-            killed.append(kill())
-
-    records = export(settings, [DAY], on_batch=kill_after_the_first_batch)
-    gc.collect()
+    records = export_killed_after_the_first_commit(settings, kill)
 
     record = only_record(records)
-    assert killed[0] >= 1
     assert record.status is RunStatus.FAILED
     assert "cannot read sales from" in record.message
     assert 0 < read_table(settings).num_rows < len(rows)
-    how = "pg_terminate_backend" if sales_db.backend == "postgresql" else "KILL CONNECTION"
+    backend = streamed.sales_db.backend
+    how = "pg_terminate_backend" if backend == "postgresql" else "KILL CONNECTION"
     fault_report.record(
-        fault=f"source: connection killed mid-stream ({SERVERS[sales_db.backend]})",
+        fault=f"source: connection killed mid-stream ({SERVERS[backend]})",
         injected=f"{how} from another session after the first committed batch",
         settings=settings,
         source_sales=keys_of(rows),
@@ -548,58 +417,3 @@ def test_a_sale_id_twice_in_one_day_lands_once_even_in_different_batches(
 
     assert only_record(records).status is RunStatus.SUCCEEDED
     assert key_counts(read_table(settings)) == dict.fromkeys(keys_of(rows), 1)
-
-
-# --- a sale that moves to another day at the source ---------------------------------------
-
-
-@pytest.mark.parametrize("sales_db", ["sqlite"], indirect=True)
-def test_a_sale_moved_to_another_day_ends_up_once_on_its_new_day_with_its_new_data(
-    sales_db: SalesDatabase, tmp_path: Path, fault_report: FaultReport
-) -> None:
-    first_day, second_day = day_of_sales(4, DAY, prefix="A"), day_of_sales(4, NEXT_DAY, prefix="B")
-    sales_db.insert(*first_day, *second_day)
-    settings = export_settings(tmp_path, sales_db.url)
-    export(settings, [DAY, NEXT_DAY])
-    moved = first_day[1]
-    new_sold_at = datetime(2026, 10, 26, 18, 0)
-    with sales_db.engine.begin() as conn:
-        conn.execute(
-            sa.text("UPDATE sales SET sold_at = :sold_at, price = '99.00' WHERE id = :id"),
-            {"sold_at": f"{new_sold_at:%Y-%m-%d %H:%M:%S}", "id": moved["id"]},
-        )
-
-    def moved_rows() -> list[dict[str, Any]]:
-        rows = read_table(settings)
-        found: list[dict[str, Any]] = rows.filter(
-            pc.equal(rows["sale_id"], moved["id"])
-        ).to_pylist()
-        return found
-
-    # Its old day alone: the source no longer has it there, so the row is left as it is (not
-    # deleted) until its new day is exported.
-    old_day_again = export(settings, [DAY])
-    assert [row["sold_at"] for row in moved_rows()] == [
-        datetime.combine(DAY, datetime.min.time(), UTC).replace(hour=8, second=30)
-    ]
-    # Its new day: the one row now says what the source says.
-    records = export(settings, [NEXT_DAY])
-    assert [(row["sold_at"], row["sale_price"]) for row in moved_rows()] == [
-        (new_sold_at.replace(tzinfo=UTC), Decimal("99.00"))
-    ]
-    # Its old day once more: nothing resurrects the old version or deletes the new one.
-    records += export(settings, [DAY])
-    assert [(row["sold_at"], row["sale_price"]) for row in moved_rows()] == [
-        (new_sold_at.replace(tzinfo=UTC), Decimal("99.00"))
-    ]
-    assert {r.status for r in [*old_day_again, *records]} == {RunStatus.SUCCEEDED}
-    source_sales = {**keys_of(first_day, DAY), **keys_of(second_day, NEXT_DAY)}
-    source_sales[(str(moved["store_id"]), str(moved["id"]))] = NEXT_DAY
-    fault_report.record(
-        fault="source: sale id moves to another day",
-        injected="sold_at and price of an exported sale changed to the next day; both re-run",
-        settings=settings,
-        source_sales=source_sales,
-        records=records,
-        expect_status="SUCCEEDED",
-    )

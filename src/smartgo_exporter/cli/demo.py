@@ -101,14 +101,16 @@ def _what_changed(records: Sequence[RunRecord]) -> str:
     written = sum(record.counts.written for record in records)
     embedded = sum(record.counts.embedded for record in records)
     reused = sum(record.counts.reused for record in records)
-    if written == 0:
+    removed = sum(record.counts.removed for record in records)
+    if written == removed == 0:
         return (
             f"Nothing changed in the table: {reused} embeddings were reused from it and none"
             " was computed again."
         )
+    gone = f", {removed} removed (no longer at the source)" if removed else ""
     return (
-        f"{written} rows written; {embedded} sales embedded, {reused} embeddings reused from"
-        " the table."
+        f"{written} rows written{gone}; {embedded} sales embedded, {reused} embeddings reused"
+        " from the table."
     )
 
 

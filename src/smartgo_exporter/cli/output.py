@@ -35,6 +35,7 @@ COUNT_COLUMNS = (
     "failed",
     "deferred",
     "rejected",
+    "removed",
     "normalised",
 )
 

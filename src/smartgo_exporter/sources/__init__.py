@@ -13,7 +13,7 @@ from datetime import tzinfo
 from typing import TYPE_CHECKING, Any, Protocol
 
 from smartgo_exporter.errors import InvalidSale
-from smartgo_exporter.sales import CurrencyCase, Sale, SaleWarning, parse_sale
+from smartgo_exporter.sales import CurrencyCase, Sale, SaleWarning, is_voided, parse_sale
 from smartgo_exporter.windows import Window
 
 if TYPE_CHECKING:
@@ -22,11 +22,13 @@ if TYPE_CHECKING:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SaleBatch:
-    """Up to `batch_size` source rows: those that validated, and those that did not (with why);
+    """Up to `batch_size` source rows: those that validated, those that did not (with why), and
+    how many the source marked voided (`sales.is_voided`), which are no sales at all;
     `warnings` name the sales written with another value than the source gave."""
 
     sales: list[Sale]
     rejected: list[InvalidSale]
+    voided: int = 0
     warnings: list[SaleWarning] = dataclasses.field(default_factory=list)
 
 
@@ -36,10 +38,14 @@ class Source(Protocol):
     `read(window, batch_size, tenant_ids)` yields SaleBatch objects whose sales have
     `window.start <= sold_at < window.end` (as the source decides it) and, when `tenant_ids` is
     not empty, only those tenants. A row that cannot become a Sale is yielded in `rejected`,
-    never raised; a sale written otherwise than the source gave it (a currency upper-cased, as
-    the source's `currency_case` allows) is named in `warnings`. A source that cannot be read
-    at all (unreachable, wrong credentials, a query the database refuses) raises SourceError,
-    whose message carries no secret. `close()` releases connections.
+    never raised; a row marked voided is counted in `voided`; a sale written otherwise than the
+    source gave it (a currency upper-cased, as the source's `currency_case` allows) is named in
+    `warnings`. A source that cannot be read at all (unreachable, wrong credentials, a query the
+    database refuses) raises SourceError, whose message carries no secret. `close()` releases
+    connections.
+
+    A read that ends without raising has returned every sale of the window: the export then
+    removes from the table the window's sales it did not return (or marked voided).
 
         source = load_source(settings.source)
         for batch in source.read(business_day(date(2026, 11, 26), "Europe/London"), 500, []):
@@ -63,32 +69,38 @@ def parse_batches(
 
     Every source passes its rows, already mapped onto the sale fields, through here, so a row is
     judged, counted and batched the same way whichever backend read it; a row the source itself
-    found unusable arrives as an InvalidSale. Closing the batches closes `rows`, so a source's
-    cursor or paging stops on the thread that closes them.
+    found unusable arrives as an InvalidSale. A voided row is counted, not parsed. Closing the
+    batches closes `rows`, so a source's cursor or paging stops on the thread that closes them.
     """
-    batch = SaleBatch([], [])
+    sales: list[Sale] = []
+    rejected: list[InvalidSale] = []
+    warnings: list[SaleWarning] = []
+    voided = 0
     try:
         for position, raw in rows:
             if isinstance(raw, InvalidSale):
-                batch.rejected.append(raw)
+                rejected.append(raw)
             else:
                 try:
-                    sale = parse_sale(
-                        raw,
-                        position=position,
-                        naive_tz=naive_tz,
-                        currency_case=currency_case,
-                        warnings=batch.warnings,
-                    )
+                    if is_voided(raw, position=position):
+                        voided += 1
+                    else:
+                        sales.append(
+                            parse_sale(
+                                raw,
+                                position=position,
+                                naive_tz=naive_tz,
+                                currency_case=currency_case,
+                                warnings=warnings,
+                            )
+                        )
                 except InvalidSale as invalid:
-                    batch.rejected.append(invalid)
-                else:
-                    batch.sales.append(sale)
-            if len(batch.sales) + len(batch.rejected) == batch_size:
-                yield batch
-                batch = SaleBatch([], [])
-        if batch.sales or batch.rejected:
-            yield batch
+                    rejected.append(invalid)
+            if len(sales) + len(rejected) + voided == batch_size:
+                yield SaleBatch(sales, rejected, voided, warnings)
+                sales, rejected, warnings, voided = [], [], [], 0
+        if sales or rejected or voided:
+            yield SaleBatch(sales, rejected, voided, warnings)
     finally:
         close = getattr(rows, "close", None)
         if close is not None:

@@ -35,7 +35,7 @@ import httpx
 
 from smartgo_exporter.config import RestSourceConfig
 from smartgo_exporter.errors import ConfigError, InvalidSale, SourceError
-from smartgo_exporter.sales import SALE_FIELDS
+from smartgo_exporter.sales import SOURCE_FIELDS
 from smartgo_exporter.sources import SaleBatch, parse_batches
 from smartgo_exporter.windows import Window
 
@@ -85,7 +85,7 @@ class RestSource:
     def _rows(
         self, window: Window, tenants: set[str]
     ) -> Iterator[tuple[int, dict[str, Any] | InvalidSale]]:
-        fields = {field: self._config.columns.get(field, field) for field in SALE_FIELDS}
+        fields = {field: self._config.columns.get(field, field) for field in SOURCE_FIELDS}
         position = 0
         for items in self._pages(window):
             for item in items:

@@ -48,7 +48,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from smartgo_exporter.config import SqlSourceConfig
 from smartgo_exporter.errors import ConfigError, SourceError
-from smartgo_exporter.sales import REQUIRED_SALE_FIELDS, SALE_FIELDS
+from smartgo_exporter.sales import REQUIRED_SALE_FIELDS, SOURCE_FIELDS
 from smartgo_exporter.sources import SaleBatch, parse_batches
 from smartgo_exporter.windows import Window
 
@@ -168,7 +168,7 @@ class SqlSource:
     ) -> _Plan:
         table = self._reflect(conn, name)
         fields: dict[str, sa.ColumnElement[Any]] = {}
-        for field in SALE_FIELDS:
+        for field in SOURCE_FIELDS:
             column = _find_column(table, self._config.columns.get(field, field))
             if column is not None:
                 fields[field] = column
@@ -242,7 +242,7 @@ class SqlSource:
         start, end = self._bounds(window)
         if self._backend == "sqlite":
             start, end = f"{start:%Y-%m-%d %H:%M:%S}", f"{end:%Y-%m-%d %H:%M:%S}"
-        keys = {field: self._config.columns.get(field, field) for field in SALE_FIELDS}
+        keys = {field: self._config.columns.get(field, field) for field in SOURCE_FIELDS}
         required = frozenset(REQUIRED_SALE_FIELDS) | frozenset(self._config.columns)
         params = {"start": start, "end": end}
         return _Plan(sa.text(self._config.query), params, keys, required, filter_tenants=True)
