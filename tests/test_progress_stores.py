@@ -13,7 +13,13 @@ import pytest
 from smartgo_exporter.progress import NonFatalProgressStore, ProgressStore, RunSummary
 from smartgo_exporter.progress.dynamodb import DynamoProgressStore
 from smartgo_exporter.progress.sqlite import SqliteProgressStore
-from smartgo_exporter.run_records import RunCounts, RunError, RunRecord, RunStatus
+from smartgo_exporter.run_records import (
+    LOOKBACK_TRIGGER,
+    RunCounts,
+    RunError,
+    RunRecord,
+    RunStatus,
+)
 from smartgo_exporter.windows import business_day
 from tests.servers.moto import MotoServer
 
@@ -154,7 +160,10 @@ def test_summary_counts_runs_statuses_rows_and_failures(store: ProgressStore) ->
     assert summary == RunSummary(
         runs=2,
         by_status={"SUCCEEDED": 1, "PARTIAL": 1},
+        by_trigger={"test": 2},
         rows_written=16,
+        rows_removed=0,
+        late_changes=0,
         embedded=12,
         reused=4,
         failures_by_reason={"photo:http_404": 60},
@@ -163,6 +172,17 @@ def test_summary_counts_runs_statuses_rows_and_failures(store: ProgressStore) ->
     )
     assert summary.success_rate == 0.5
     assert len(store.runs_on(date(2026, 11, 2))[0].errors) == 50
+
+
+def test_the_summary_tells_lookback_runs_apart_from_first_exports(store: ProgressStore) -> None:
+    store.save(record("first", date(2026, 11, 4)))
+    again = record("again", date(2026, 11, 1))
+    again.trigger = LOOKBACK_TRIGGER
+    again.counts = RunCounts(sales=10, unchanged=7, written=2, removed=1)
+    store.save(again)
+    summary = store.summary()
+    assert summary.by_trigger == {"test": 1, LOOKBACK_TRIGGER: 1}
+    assert (summary.rows_written, summary.rows_removed, summary.late_changes) == (10, 1, 3)
 
 
 def test_a_document_saved_before_sales_could_be_voided_or_removed_still_loads() -> None:

@@ -5,14 +5,15 @@ The library is the product; the `smartgo-exporter` command is a thin layer over 
     from smartgo_exporter import export, load_config
 
     settings = load_config("smartgo-exporter.toml")
-    for record in export(settings):  # yesterday, plus any missed days
+    for record in export(settings):  # yesterday, any missed days, recent days again
         print(record.business_date, record.status, record.counts)
 """
 
 from smartgo_exporter.config import Settings
 from smartgo_exporter.config_loader import load_config
+from smartgo_exporter.day_plan import plan_days
 from smartgo_exporter.errors import ExporterError
-from smartgo_exporter.pipeline import export, plan_days
+from smartgo_exporter.pipeline import export
 from smartgo_exporter.run_records import RunRecord, RunStatus
 
 __all__ = [

@@ -8,8 +8,10 @@ Events (anything else is refused, with the field at fault named):
 
     {"source": "aws.events", "detail-type": "Scheduled Event", "time": "2026-11-27T03:00:00Z", ...}
         The EventBridge schedule: yesterday, as of the event's `time`, plus the days missed since
-        the last successful run; trigger "schedule". The schedule's time, not the moment the
-        code starts, decides the day, so a delayed or retried delivery exports the same day.
+        the last successful run; trigger "schedule". Then the `lookback_days` days before
+        yesterday that were exported already, read again for late changes; trigger "lookback".
+        The schedule's time, not the moment the code starts, decides the days, so a delayed or
+        retried delivery exports the same days.
     {"date": "2026-11-26"}                      that day; trigger "manual"
     {"from": "2026-11-01", "to": "2026-11-07"}  those days, both included (at most 366)
     {}                                          yesterday plus missed days, as of now
@@ -17,7 +19,8 @@ Events (anything else is refused, with the field at fault named):
 Response (JSON):
 
     {"ok": true, "trigger": "schedule", "request_id": "...",
-     "runs": [{"date": "2026-11-26", "status": "SUCCEEDED", "run_id": "20261126-...",
+     "runs": [{"date": "2026-11-26", "trigger": "schedule", "status": "SUCCEEDED",
+               "run_id": "20261126-...",
                "counts": {"sales": 41, "rejected": 0, "written": 41, ...},
                "error_count": 0, "message": ""}],
      "not_started": []}
@@ -46,9 +49,10 @@ import structlog
 from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
-from smartgo_exporter import pipeline
+from smartgo_exporter import day_plan
 from smartgo_exporter.config import Settings
 from smartgo_exporter.config_loader import load_config
+from smartgo_exporter.day_plan import DayPlan
 from smartgo_exporter.errors import ConfigError, DayNotOver, ExporterError
 from smartgo_exporter.logs import configure_logging
 from smartgo_exporter.pipeline import export
@@ -213,13 +217,14 @@ def parse_event(event: object) -> ExportRequest:
     return ExportRequest(MANUAL_TRIGGER, None)
 
 
-def days_due(settings: Settings, as_of: datetime | None = None) -> list[date]:
-    """Yesterday as of `as_of`, plus the days missed since the last successful run.
+def days_due(settings: Settings, as_of: datetime | None = None) -> DayPlan:
+    """Yesterday as of `as_of`, the days missed since the last successful run, and the recent
+    days read again (`lookback_days`).
 
     The same days `export(settings)` would choose, worked out here so that the schedule's time
     can anchor them and the response can tell which of them the time budget left out.
     """
-    return pipeline.days_due(settings, as_of)
+    return day_plan.days_due(settings, as_of)
 
 
 def publish_metrics(metrics: Metrics, records: Sequence[RunRecord], seconds: float) -> None:
@@ -241,16 +246,24 @@ def _export(runtime: Runtime, request: ExportRequest, context: LambdaContext) ->
     def out_of_time() -> bool:
         return context.get_remaining_time_in_millis() < margin_ms
 
-    days = request.days if request.days is not None else days_due(settings, request.as_of)
+    plan = DayPlan(request.days) if request.days is not None else days_due(settings, request.as_of)
+    days = plan.all_days
     log.info(
         "invocation_started",
         trigger=request.trigger,
-        days=[day.isoformat() for day in days],
+        days=[day.isoformat() for day in plan.days],
+        lookback=[day.isoformat() for day in plan.lookback],
         time_left_seconds=context.get_remaining_time_in_millis() / 1000,
     )
     started = time.monotonic()
     try:
-        records = export(settings, days, trigger=request.trigger, should_stop=out_of_time)
+        records = export(
+            settings,
+            plan.days,
+            lookback=plan.lookback,
+            trigger=request.trigger,
+            should_stop=out_of_time,
+        )
     except Exception:
         log.exception("invocation_crashed")
         raise
@@ -310,6 +323,7 @@ def _day(event: Mapping[Any, Any], field: str) -> date:
 def _run_summary(record: RunRecord) -> dict[str, Any]:
     return {
         "date": record.business_date.isoformat(),
+        "trigger": record.trigger,
         "status": str(record.status),
         "run_id": record.run_id,
         "counts": dataclasses.asdict(record.counts),

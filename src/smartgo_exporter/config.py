@@ -56,6 +56,11 @@ class ExportConfig(_Section):
     tenant_ids: list[str] = Field(default_factory=list)
     """Export only these tenants; empty means every tenant the source has."""
     catch_up_days: int = Field(7, ge=0, le=366)
+    lookback_days: int = Field(3, ge=0, le=366)
+    """Days before yesterday that a scheduled run (or `run` without a date) reads again,
+    after its first exports, for refunds, corrections and edits made since: each is a run of
+    its own with the trigger "lookback". An unchanged day costs a read of the source and a
+    table lookup (no photo, no model, no commit); 0 turns it off."""
     batch_size: int = Field(500, ge=1, le=100_000)
     """Sales read, looked up in the table and fetched together; two batches' photos are in
     memory at once, so this bounds the memory a run takes."""

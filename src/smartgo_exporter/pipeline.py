@@ -23,20 +23,21 @@ import dataclasses
 import functools
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any, TypeVar
 
 import structlog
 
 from smartgo_exporter.batches import BatchSteps, Gathering, PreparedBatch
 from smartgo_exporter.config import Settings
+from smartgo_exporter.day_plan import DayPlan, due_with
 from smartgo_exporter.embedders import Embedder, load_embedder
 from smartgo_exporter.errors import ExporterError
 from smartgo_exporter.index import sync_after_export
 from smartgo_exporter.photo_fetcher import PhotoFetcher
 from smartgo_exporter.photo_retries import RetryPolicy
 from smartgo_exporter.progress import NonFatalProgressStore, ProgressStore, load_progress_store
-from smartgo_exporter.run_records import RunCounts, RunRecord, RunStatus
+from smartgo_exporter.run_records import LOOKBACK_TRIGGER, RunCounts, RunRecord, RunStatus
 from smartgo_exporter.runs import (
     BatchDone,
     DayCallback,
@@ -49,7 +50,7 @@ from smartgo_exporter.sales import Key
 from smartgo_exporter.schema import StoredRows
 from smartgo_exporter.sinks.iceberg import SalesTable
 from smartgo_exporter.sources import Source, load_source
-from smartgo_exporter.windows import Window, business_day, catch_up, ensure_over, yesterday
+from smartgo_exporter.windows import Window, business_day, ensure_over, yesterday
 
 log = structlog.get_logger(__name__)
 
@@ -60,66 +61,11 @@ StopCheck = Callable[[], bool]
 """Asked before each new batch; True stops the run there (a time budget, a SIGTERM)."""
 
 
-def plan_days(
-    settings: Settings,
-    last_succeeded: date | None,
-    now: datetime | None = None,
-    *,
-    last_in_table: date | None = None,
-) -> list[date]:
-    """Yesterday, plus every day missed since `last_succeeded` (at most `catch_up_days`).
-
-    When the progress store knows of no successful run (it was unreachable, or its records
-    expired or were lost), `last_in_table`, the latest business day the table's snapshots
-    name, stands in: the days after it are caught up, and that day itself is exported again,
-    since the table cannot tell whether its run completed.
-    """
-    target = yesterday(settings.export.timezone, now)
-    if last_succeeded is None and last_in_table is not None:
-        last_succeeded = last_in_table - timedelta(days=1)
-    return catch_up(last_succeeded, target, settings.export.catch_up_days)
-
-
-def days_due(settings: Settings, now: datetime | None = None) -> list[date]:
-    """The days `export(settings)` would export at `now`: yesterday plus the missed days.
-
-    For callers that must know them first (the Lambda anchors them to its event's time and
-    reports which ones its time budget left out).
-    """
-    progress = NonFatalProgressStore.connect(
-        lambda: load_progress_store(settings.progress, retention_days=settings.retention_days)
-    )
-
-    def last_in_table() -> date | None:
-        try:
-            table = SalesTable.open(
-                settings.table, source=settings.export.source_name, create=False
-            )
-        except ExporterError:
-            return None
-        return table.last_exported_day()
-
-    try:
-        return _days_due(settings, progress, last_in_table, now)
-    finally:
-        progress.close()
-
-
-def _days_due(
-    settings: Settings,
-    progress: NonFatalProgressStore,
-    last_in_table: Callable[[], date | None],
-    now: datetime | None = None,
-) -> list[date]:
-    last_succeeded = progress.last_succeeded_day()
-    in_table = last_in_table() if last_succeeded is None else None
-    return plan_days(settings, last_succeeded, now, last_in_table=in_table)
-
-
 def export(
     settings: Settings,
     days: Sequence[date] | None = None,
     *,
+    lookback: Sequence[date] = (),
     trigger: str = "manual",
     on_batch: ProgressCallback | None = None,
     on_day: DayCallback | None = None,
@@ -133,7 +79,9 @@ def export(
 
     With no `days`, exports yesterday in the business time zone and catches up on the days
     missed since the last successful run (or, when the progress store knows of none, since the
-    last day the table's snapshots name; see `plan_days`). A run-wide failure (source
+    last day the table's snapshots name), then reads the `lookback_days` days before yesterday
+    again (see `day_plan.plan_days`). `lookback` days given with `days` run after them the
+    same way: with the trigger "lookback", each a run of its own. A run-wide failure (source
     unreachable, model or table unavailable) is recorded as FAILED and ends the export there:
     later days would fail alike, and as the last successful day has not moved, the next run
     catches them up. The caller decides from the statuses what to exit with.
@@ -153,7 +101,7 @@ def export(
     httpx takes a `transport=`: a wrapped source, a model already loaded, a store of the
     caller's. What is passed in is the caller's to close; what export opens, it closes.
     """
-    ensure_over(days or (), settings.export.timezone)
+    ensure_over([*(days or ()), *lookback], settings.export.timezone)
     store = (
         NonFatalProgressStore(progress)
         if progress is not None
@@ -165,15 +113,21 @@ def export(
         records: list[RunRecord] = []
         retries = RetryPolicy.of(settings.photos, retry_failed=retry_failed)
         with _Stages.open(settings, source, embedder, retries) as stages:
-            if days is None:
-                days = _days_due(settings, store, stages.table.last_exported_day)
-            for number, day in enumerate(days):
+            plan = (
+                due_with(settings, store, stages.table.last_exported_day)
+                if days is None
+                else DayPlan(list(days), list(lookback))
+            )
+            days = plan.all_days
+            runs = [(day, trigger) for day in plan.days]
+            runs += [(day, LOOKBACK_TRIGGER) for day in plan.lookback]
+            for number, (day, day_trigger) in enumerate(runs):
                 if records and should_stop is not None and should_stop():
                     break
-                day_export = _DayExport(stages, store, (number, len(days)), on_batch, should_stop)
-                records.append(asyncio.run(day_export.run(day, trigger)))
+                day_export = _DayExport(stages, store, (number, len(runs)), on_batch, should_stop)
+                records.append(asyncio.run(day_export.run(day, day_trigger)))
                 if on_day is not None:
-                    on_day(DayDone(records[-1], number + 1, len(days)))
+                    on_day(DayDone(records[-1], number + 1, len(runs)))
                 if records[-1].status is RunStatus.FAILED:
                     break
             sync_after_export(

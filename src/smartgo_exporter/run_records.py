@@ -16,6 +16,9 @@ class RunStatus(enum.StrEnum):
 
 
 MAX_RECORDED_ERRORS = 50
+LOOKBACK_TRIGGER = "lookback"
+"""The trigger of a run that read a day exported already again, for late changes
+(`export.lookback_days`); other triggers (schedule, manual, backfill) are first exports."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

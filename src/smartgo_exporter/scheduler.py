@@ -86,10 +86,11 @@ def run_schedule(
     """Export now, then at every time `cron` fires, until `stop_event` is set; then return.
 
     `cron` defaults to `settings.schedule.cron`. Each export is `exporter(settings, None, ...)`:
-    yesterday with catch-up, so a fire that was missed (the machine was off, an export ran past
-    the next fire time) is made up by the next one instead of being queued. An export that
-    raises is logged and the schedule goes on: tomorrow's run may well work, and catch-up will
-    include today's day. `wait` defaults to `stop_event.wait`.
+    yesterday with catch-up, then the lookback days read again (`day_plan`), so a fire that was
+    missed (the machine was off, an export ran past the next fire time) is made up by the next
+    one instead of being queued. An export that raises is logged and the schedule goes on:
+    tomorrow's run may well work, and catch-up will include today's day. `wait` defaults to
+    `stop_event.wait`.
     """
     cron = cron or settings.schedule.cron
     stop = stop_event or threading.Event()

@@ -1,7 +1,7 @@
-"""Sales that change at the source after their export: voided, deleted, moved to another day.
-Each change is made in a real database (SQLite, PostgreSQL, MariaDB) to a day exported already,
-and the day is exported again as a later run would; the table must then hold exactly the sales
-the source still has, each once, and the run record must say what left.
+"""Sales that change at the source after their export: voided, deleted, moved to another day,
+refunded days later. Each change is made in a real database (SQLite, PostgreSQL, MariaDB) to a
+day exported already, and the day is exported again as a later run would; the table must then
+hold exactly the sales the source still has, each once, and the run record must say what left.
 
 For the fault matrix a voided or deleted sale is no sale of the source's any more: "lost" counts
 only the sales the source still has (`source_sales` is given those), so a removal is never a
@@ -21,8 +21,9 @@ import pytest
 import sqlalchemy as sa
 
 from smartgo_exporter.config import Settings
+from smartgo_exporter.day_plan import days_due
 from smartgo_exporter.pipeline import export
-from smartgo_exporter.run_records import RunRecord, RunStatus
+from smartgo_exporter.run_records import LOOKBACK_TRIGGER, RunRecord, RunStatus
 from smartgo_exporter.sales import Key
 from tests.conftest import SALES_COLUMNS
 from tests.faults import source_days
@@ -178,3 +179,74 @@ def test_a_read_that_fails_part_way_removes_nothing_and_the_rerun_removes_what_i
     )
     assert sum(r.counts.removed for r in outcome.rerun_records) == 1
     assert copies_of(settings, deleted) == 0
+
+
+# --- late changes, picked up by the lookback ---------------------------------------------------
+
+
+def scheduled_export(settings: Settings, at: datetime) -> list[RunRecord]:
+    """The export a schedule firing at `at` makes: its days planned as of then."""
+    plan = days_due(settings, at)
+    return export(settings, plan.days, lookback=plan.lookback, trigger="schedule")
+
+
+def nightly_at(day: date) -> datetime:
+    """03:00 UTC on `day`: when the schedule exports the day before."""
+    return datetime.combine(day, datetime.min.time(), UTC).replace(hour=3)
+
+
+def test_a_lookback_run_picks_up_a_refund_made_three_days_later(
+    sales_db: SalesDatabase, tmp_path: Path, fault_report: FaultReport
+) -> None:
+    columns = with_void_column(sales_db)
+    days = [DAY + timedelta(days=n) for n in range(4)]
+    rows = {day: day_of_sales(6, day, prefix=f"D{n}") for n, day in enumerate(days)}
+    sales_db.insert(*(row for day_rows in rows.values() for row in day_rows))
+    settings = export_settings(
+        tmp_path, sales_db.url, source={"columns": columns}, export={"lookback_days": 3}
+    )
+    for day in days[:3]:
+        scheduled_export(settings, nightly_at(day + timedelta(days=1)))
+    refunded = key(rows[DAY][2])
+    # Refunded on the fourth day: the night after, its day is read again, three days back.
+    sales_db.update(refunded[1], is_void=True)
+
+    records = scheduled_export(settings, nightly_at(days[3] + timedelta(days=1)))
+
+    assert [(r.business_date, r.trigger) for r in records] == [
+        (days[3], "schedule"),
+        *((day, LOOKBACK_TRIGGER) for day in days[:3]),
+    ]
+    assert [r.counts.removed for r in records] == [0, 1, 0, 0]
+    assert [r.counts.written for r in records] == [len(rows[days[3]]), 0, 0, 0]
+    assert copies_of(settings, refunded) == 0
+    all_sales = {sale: day for day in days for sale in keys_of(rows[day], day)}
+    fault_report.record(
+        fault=f"source: refund three days after the sale ({SERVERS[sales_db.backend]})",
+        injected="is_void set three days after the sale; the nightly lookback re-reads its day",
+        settings=settings,
+        source_sales=without(all_sales, refunded),
+        records=records,
+        expect_status="SUCCEEDED",
+    )
+
+
+def test_a_lookback_run_writes_a_price_corrected_days_later(
+    sales_db: SalesDatabase, tmp_path: Path
+) -> None:
+    rows = day_of_sales(8)
+    sales_db.insert(*rows)
+    settings = export_settings(tmp_path, sales_db.url, export={"lookback_days": 3})
+    scheduled_export(settings, nightly_at(NEXT_DAY))
+    corrected = key(rows[4])
+    sales_db.update(corrected[1], price=Decimal("12.34"))
+
+    records = scheduled_export(settings, nightly_at(DAY + timedelta(days=3)))
+
+    lookback = [r for r in records if r.business_date == DAY]
+    assert [(r.trigger, r.counts.written, r.counts.unchanged) for r in lookback] == [
+        (LOOKBACK_TRIGGER, 1, len(rows) - 1)
+    ]
+    table = read_table(settings)
+    [price] = table.filter(pc.equal(table["sale_id"], corrected[1]))["sale_price"].to_pylist()
+    assert price == Decimal("12.34")

@@ -49,9 +49,11 @@ def run(
 ) -> None:
     """Export yesterday (business time zone), catching up missed days; or a day; or a range.
 
-    SIGTERM or Ctrl-C stops it cleanly: the batches already read are committed, the day is
-    recorded PARTIAL (a later run completes it), later days are left for the next run, and
-    the exit status is that of the recorded runs. A second SIGTERM or Ctrl-C exits at once.
+    Without a day, the last `lookback_days` days exported before are read again too, for late
+    refunds and corrections (trigger "lookback"). SIGTERM or Ctrl-C stops it cleanly: the
+    batches already read are committed, the day is recorded PARTIAL (a later run completes
+    it), later days are left for the next run, and the exit status is that of the recorded
+    runs. A second SIGTERM or Ctrl-C exits at once.
 
     A photo that failed for good (404, not an image, ...) is fetched again only once its
     back-off has passed (photos.retry_backoff_days); --retry-failed fetches it now.

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from smartgo_exporter.cli.edge import console, errors
-from smartgo_exporter.run_records import RunRecord, RunStatus
+from smartgo_exporter.run_records import LOOKBACK_TRIGGER, RunRecord, RunStatus
 from smartgo_exporter.runs import BatchDone, DayCallback, DayDone, ProgressCallback
 
 if TYPE_CHECKING:
@@ -82,6 +82,8 @@ def _runs_table(
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     table.add_column(heading, no_wrap=True)
     table.add_column("status", no_wrap=True)
+    # A lookback run reads an exported day again: its counts are late changes, not new sales.
+    table.add_column("trigger", no_wrap=True)
     for column in COUNT_COLUMNS:
         table.add_column(column, justify="right")
     totals = [0] * len(COUNT_COLUMNS)
@@ -89,10 +91,11 @@ def _runs_table(
         values = _counts(record)
         totals = [total + value for total, value in zip(totals, values, strict=True)]
         style = {RunStatus.FAILED: "red", RunStatus.PARTIAL: "yellow"}.get(record.status, "green")
-        table.add_row(first_cell(record), f"[{style}]{record.status}[/]", *map(str, values))
+        status = f"[{style}]{record.status}[/]"
+        table.add_row(first_cell(record), status, record.trigger, *map(str, values))
     if len(records) > 1:
         table.add_section()
-        table.add_row("total", "", *map(str, totals))
+        table.add_row("total", "", "", *map(str, totals))
     return table
 
 
@@ -108,7 +111,12 @@ def print_summary(summary: RunSummary) -> None:
     table.add_row("success rate", f"{summary.success_rate:.1%}")
     for status, count in sorted(summary.by_status.items()):
         table.add_row(f"  {status.lower()}", str(count))
+    table.add_row("by trigger", "")
+    for trigger, count in sorted(summary.by_trigger.items()):
+        table.add_row(f"  {trigger}", str(count))
     table.add_row("rows written", str(summary.rows_written))
+    table.add_row("rows removed", str(summary.rows_removed))
+    table.add_row("late changes (lookback)", str(summary.late_changes))
     table.add_row("embedded", str(summary.embedded))
     table.add_row("reused", str(summary.reused))
     console.print(table)
@@ -262,12 +270,16 @@ def progress_display() -> Iterator[ExportProgress]:
 
 def _print_day_done(done: DayDone) -> None:
     """`2026-11-01  SUCCEEDED  412 sales, 405 written, ...  (3 of 30 days)`, and the run's
-    message: a log then says how far an export got even if it never reaches its table."""
+    message: a log then says how far an export got even if it never reaches its table. A
+    lookback run says so after its day: `2026-10-29 (lookback)  SUCCEEDED ...`."""
     record = done.record
     counts = ", ".join(
         f"{value} {name}" for name, value in zip(COUNT_COLUMNS, _counts(record), strict=True)
     )
     status = str(record.status).ljust(max(map(len, RunStatus)))
-    line = f"{record.business_date}  {status}  {counts}  ({done.days_done} of"
+    day = f"{record.business_date}" + (
+        f" ({record.trigger})" if record.trigger == LOOKBACK_TRIGGER else ""
+    )
+    line = f"{day}  {status}  {counts}  ({done.days_done} of"
     line += f" {done.days_total} days)" + (f"  {record.message}" if record.message else "")
     console.print(line, markup=False, highlight=False, soft_wrap=True)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
-from smartgo_exporter.run_records import RunCounts, RunRecord, RunStatus
+from smartgo_exporter.run_records import LOOKBACK_TRIGGER, RunCounts, RunRecord, RunStatus
 
 if TYPE_CHECKING:
     from smartgo_exporter.config import ProgressConfig
@@ -30,7 +30,14 @@ class RunSummary:
 
     runs: int
     by_status: dict[str, int]
+    by_trigger: dict[str, int]
+    """Runs by what started them: first exports (schedule, manual, backfill) apart from the
+    re-reads of exported days (lookback)."""
     rows_written: int
+    rows_removed: int
+    late_changes: int
+    """Rows written or removed by lookback runs: the changes made at the source after a day's
+    first export, which only reading it again picked up."""
     embedded: int
     reused: int
     failures_by_reason: dict[str, int]
@@ -104,6 +111,9 @@ class RunOutcome(Protocol):
     def status(self) -> str: ...
 
     @property
+    def trigger(self) -> str: ...
+
+    @property
     def business_date(self) -> date: ...
 
     @property
@@ -120,10 +130,14 @@ def summarise(records: Sequence[RunOutcome]) -> RunSummary:
     for record in records:
         reasons.update(record.failures)
     days = [record.business_date for record in records]
+    lookback = [record for record in records if record.trigger == LOOKBACK_TRIGGER]
     return RunSummary(
         runs=len(records),
         by_status=dict(status),
+        by_trigger=dict(Counter(record.trigger for record in records)),
         rows_written=sum(record.counts.written for record in records),
+        rows_removed=sum(record.counts.removed for record in records),
+        late_changes=sum(record.counts.written + record.counts.removed for record in lookback),
         embedded=sum(record.counts.embedded for record in records),
         reused=sum(record.counts.reused for record in records),
         failures_by_reason=dict(reasons.most_common()),

@@ -18,11 +18,11 @@ and start never change, so its key is as stable as its run_id.
   Query can touch bounded by the retention window even if TTL were switched off, and at one
   partition per month no partition is ever hot.
 - Summary: the same index, one Query per month of the retention window (90 days: at most four
-  months), with a projection of only status, day, counts and failures, totalled client-side by
-  `summarise`. Counters kept in the table were the alternative; they would need every save to
-  add a run's difference from its previous version, and would go on counting runs after TTL
-  deleted them. At a handful of runs a day, reading at most a few hundred small projections is
-  cheaper than that bookkeeping is worth.
+  months), with a projection of only status, trigger, day, counts and failures, totalled
+  client-side by `summarise`. Counters kept in the table were the alternative; they would need
+  every save to add a run's difference from its previous version, and would go on counting
+  runs after TTL deleted them. At a handful of runs a day, reading at most a few hundred small
+  projections is cheaper than that bookkeeping is worth.
 - Last succeeded day: the `succeeded` index is sparse: only a SUCCEEDED run carries its keys
   (a put replaces the whole item, so a run that stops being SUCCEEDED leaves the index too). It
   holds only keys and `expires_at`, under one partition sorted by day, so the answer is the first
@@ -241,9 +241,13 @@ class DynamoProgressStore:
                 "KeyConditionExpression": "history_pk = :month",
                 "ExpressionAttributeValues": {":month": {"S": f"RUNS#{month}"}},
                 "ProjectionExpression": (
-                    "#run.#status, #run.business_date, #run.counts, #run.failures"
+                    "#run.#status, #run.#trigger, #run.business_date, #run.counts, #run.failures"
                 ),
-                "ExpressionAttributeNames": {"#run": "run", "#status": "status"},
+                "ExpressionAttributeNames": {
+                    "#run": "run",
+                    "#status": "status",
+                    "#trigger": "trigger",
+                },
             }
             outcomes.extend(_outcome(item) for item in self._unexpired(query))
         return summarise(outcomes)
@@ -382,6 +386,7 @@ class _Outcome:
     """A run as the summary projection returns it: only what `summarise` reads."""
 
     status: str
+    trigger: str
     business_date: date
     counts: RunCounts
     failures: dict[str, int]
@@ -400,6 +405,7 @@ def _outcome(item: dict[str, AttributeValueTypeDef]) -> _Outcome:
     document = _document(item)
     return _Outcome(
         status=document["status"],
+        trigger=document["trigger"],
         business_date=date.fromisoformat(document["business_date"]),
         counts=RunCounts(**document["counts"]),
         failures=document["failures"],
