@@ -11,6 +11,7 @@ database, a cache) that allowing the photo server's host and port must not open.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import socket
@@ -933,6 +934,53 @@ def test_fetch_all_never_has_more_than_concurrency_requests_in_flight(
 
     assert all(isinstance(result, Photo) for result in results)
     assert photo_host.most_in_flight[key] == 4
+
+
+def fetch_parts(urls: list[str], part_bytes: int, **config: Any) -> list[list[Photo | PhotoError]]:
+    async def run() -> list[list[Photo | PhotoError]]:
+        async with PhotoFetcher(_config(**config)) as fetcher:
+            return [part async for part in fetcher.fetch_parts(urls, part_bytes)]
+
+    return asyncio.run(run())
+
+
+def test_fetch_parts_ends_each_part_at_the_photo_that_brings_it_to_part_bytes(
+    photo_host: PhotoHost, key: str
+) -> None:
+    photo = len(IMAGES["jpeg"])
+    urls = [photo_host.url(f"/slowish/{key}/{index}") for index in range(7)]
+    urls.insert(1, photo_host.url(f"/status/404/{key}"))  # a failure weighs nothing
+
+    parts = fetch_parts(urls, part_bytes=2 * photo, concurrency=4)
+
+    assert [len(part) for part in parts] == [3, 2, 2, 1]
+    assert [result.url for part in parts for result in part] == urls
+
+
+def test_fetch_parts_starts_no_download_while_a_part_waits_for_its_caller(
+    photo_host: PhotoHost, key: str
+) -> None:
+    urls = [photo_host.url(f"/slowish/{key}/{index}") for index in range(20)]
+
+    def requested() -> int:
+        prefix = f"/slowish/{key}/"
+        return sum(count for path, count in photo_host.requests.items() if path.startswith(prefix))
+
+    async def run() -> tuple[int, int]:
+        async with PhotoFetcher(_config(concurrency=2)) as fetcher:
+            parts = fetcher.fetch_parts(urls, part_bytes=len(IMAGES["jpeg"]))
+            async with contextlib.aclosing(parts):
+                await anext(parts)
+                # Ample time for all 20 (50 ms each, 2 at a time) if nothing held them back.
+                await asyncio.sleep(1.0)
+                while_held = requested()
+                rest = [part async for part in parts]
+        return while_held, sum(map(len, rest))
+
+    while_held, later = asyncio.run(run())
+
+    assert while_held <= 1 + 2 * 2  # the part held, and at most a part per download slot
+    assert later == 19
 
 
 def test_the_concurrency_limit_is_shared_by_every_caller_of_a_fetcher(

@@ -174,6 +174,14 @@ class PhotoConfig(_Section):
     max_bytes: int = Field(10_000_000, ge=1)
     max_pixels: int = Field(40_000_000, ge=1)
     """Decompression-bomb limit: a larger image is refused before it is decoded."""
+    part_bytes: int = Field(64_000_000, ge=1)
+    """A batch's photos reach the model in parts of about this many bytes, and downloads pause
+    while a part's worth waits, so that camera-size photos cost memory by the part, not by the
+    batch: an export holds at most four parts (one being embedded, one queued, one handed
+    over, one downloading) and a photo per download in flight. Smaller is not better: the
+    local model embeds a part in batches of 4, a worker per core, so a part of fewer photos
+    than 4 per core leaves cores idle; on 2 cores, 300 camera photos (9 MB each) took 30 s at
+    16 MB and 19 s at 64 MB (benchmarks/bench_memory.py)."""
     allow_hosts: list[str] = Field(default_factory=list)
     """Photo hosts that may be fetched although private, loopback or link-local, each on one
     port: `10.0.0.5:8080` (http or https), `https://photos.internal:8443` (https only), or

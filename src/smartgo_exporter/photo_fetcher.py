@@ -20,11 +20,14 @@ stores as `failed:<reason>`, so one bad photo never stops a run:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import hashlib
 import io
 import random
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Final
@@ -135,20 +138,70 @@ class PhotoFetcher:
         Only as many workers as there are slots take URLs in turn, instead of one task per URL,
         so a batch of many thousand photos costs no more memory than a batch of a few.
         """
+        results: list[Photo | PhotoError] = []
+        async with contextlib.aclosing(self.fetch_parts(urls, part_bytes=sys.maxsize)) as parts:
+            async for part in parts:
+                results += part
+        return results
+
+    async def fetch_parts(
+        self, urls: Sequence[str], part_bytes: int | None = None
+    ) -> AsyncGenerator[list[Photo | PhotoError], None]:
+        """Fetch every URL as `fetch_all` does, handing the results over in order, in parts of
+        about `part_bytes` of photos (`config.part_bytes` by default).
+
+        A batch of camera-size photos then costs memory by the part, not by the batch: downloads
+        stop starting while the photos fetched and not yet handed over come to `part_bytes`. A
+        part ends at the first photo that brings it to `part_bytes` (or at the last URL), so
+        where parts end depends on the photos alone, not on which download finished first.
+        Use it in `contextlib.aclosing`, so that downloads stop when the caller does.
+        """
+        limit = self._config.part_bytes if part_bytes is None else part_bytes
         results: list[Photo | PhotoError | None] = [None] * len(urls)
+        sizes = [0] * len(urls)
         positions = iter(range(len(urls)))
+        held = 0
+        changed = asyncio.Condition()
+
+        def room() -> bool:
+            return held < limit
 
         async def work() -> None:
-            for position in positions:
+            nonlocal held
+            while True:
+                # Room is checked and a URL taken at once: so every URL before the last one
+                # taken is fetched or in flight, and the next part can always complete.
+                async with changed:
+                    await changed.wait_for(room)
+                    position = next(positions, None)
+                if position is None:
+                    return
                 try:
-                    results[position] = await self.fetch(urls[position])
+                    result: Photo | PhotoError = await self.fetch(urls[position])
                 except PhotoError as error:
-                    results[position] = error
+                    result = error
+                async with changed:
+                    results[position] = result
+                    if isinstance(result, Photo):
+                        sizes[position] = len(result.data)
+                        held += sizes[position]
+                    changed.notify_all()
 
         async with asyncio.TaskGroup() as group:
             for _ in range(min(self._config.concurrency, len(urls))):
                 group.create_task(work())
-        return [result for result in results if result is not None]
+            start = 0
+            while start < len(urls):
+                async with changed:
+                    end = await changed.wait_for(
+                        functools.partial(_part_end, results, sizes, start, limit)
+                    )
+                    part = [result for result in results[start:end] if result is not None]
+                    results[start:end] = [None] * (end - start)
+                    held -= sum(sizes[start:end])
+                    changed.notify_all()
+                start = end
+                yield part
 
     async def _download(self, url: str, target: URL) -> bytes:
         loop = asyncio.get_running_loop()
@@ -270,6 +323,22 @@ class PhotoFetcher:
                 raise PhotoError(url, "too_large", f"body over {limit} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _part_end(
+    results: Sequence[object | None], sizes: Sequence[int], start: int, limit: int
+) -> int:
+    """Where the part from `start` ends, once it is complete: after the photo that brings it to
+    `limit` bytes, or after the last URL; 0 (false, for `Condition.wait_for`) while a result it
+    needs is still missing."""
+    total = 0
+    for position in range(start, len(results)):
+        if results[position] is None:
+            return 0
+        total += sizes[position]
+        if total >= limit:
+            return position + 1
+    return len(results)
 
 
 class _Transient(Exception):
