@@ -5,6 +5,7 @@ real Iceberg table. These tests state the guarantees of DESIGN.md.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -31,7 +33,14 @@ from smartgo_exporter.pipeline import export
 from smartgo_exporter.progress.sqlite import SqliteProgressStore
 from smartgo_exporter.run_records import RunStatus
 from smartgo_exporter.sinks.iceberg import RUN_ID_PROPERTY, SalesTable
-from tests.demo_store import DAYS, FIRST_DAY, age_photo_failures, distinct_keys, table_rows
+from tests.demo_store import (
+    DAYS,
+    FIRST_DAY,
+    age_photo_failures,
+    copy_of_store,
+    distinct_keys,
+    table_rows,
+)
 
 
 def settings_of(paths: DemoPaths, **overrides: object) -> Settings:
@@ -87,6 +96,37 @@ def test_a_photo_embedded_earlier_in_the_run_is_not_downloaded_again(workspace: 
     downloads = sum(entry["photos"] for entry in logs if entry["event"] == "photos_fetching")
     failed = sum(record.counts.failed for record in records)  # a broken link is tried again
     assert downloads <= len(set(urls)) + failed
+
+
+def test_photos_handed_to_the_model_a_few_at_a_time_land_as_a_whole_batch_does(
+    workspace: DemoPaths, store: tuple[DemoPaths, DemoCatalog], tmp_path: Path
+) -> None:
+    """`photos.part_bytes` bounds memory only: one photo per part lands the same table."""
+    whole = export(settings_of(workspace), days())
+    (tmp_path / "split").mkdir()
+    split_paths = copy_of_store(store[0], tmp_path / "split")
+    split = export(settings_of(split_paths, photos={"part_bytes": 1}), days())
+
+    assert [r.counts for r in split] == [r.counts for r in whole]
+    assert [sorted(map(dataclasses.astuple, r.errors)) for r in split] == [
+        sorted(map(dataclasses.astuple, r.errors)) for r in whole
+    ]
+    by_key = [("tenant_id", "ascending"), ("sale_id", "ascending")]
+    expected = table_rows(settings_of(workspace)).sort_by(by_key)
+    got = table_rows(settings_of(split_paths)).sort_by(by_key)
+    runs_own = {"export_run_id", "exported_at", "photo_failed_at", "embedding"}
+    compared = [name for name in expected.column_names if name not in runs_own]
+    assert got.select(compared).equals(expected.select(compared))
+    assert got["embedding"].null_count == expected["embedding"].null_count
+    vectors = [
+        (a, b)
+        for a, b in zip(
+            got["embedding"].to_pylist(), expected["embedding"].to_pylist(), strict=True
+        )
+        if a is not None
+    ]
+    assert vectors
+    assert all(np.allclose(a, b, atol=1e-5) for a, b in vectors)
 
 
 def test_a_price_change_at_the_source_rewrites_exactly_that_row(workspace: DemoPaths) -> None:

@@ -7,10 +7,11 @@ the same reasons, each distinct photo embedded once, and the same rows committed
 the same three steps, and only decide where each runs:
 
     steps = BatchSteps(settings.export, embedder.model_id, embedder.include_title, retries)
-    prepared = await steps.prepare(batch, stored, fetcher, record.started_at)  # read side
-    finished = steps.finish(prepared, embedder, run_id)      # model side: embed, diff
-    gathering.add(finished); gathering.commit(table, record) # committer: one snapshot
-    gathering.finish_day(table, record, tenant_ids)          # the last, after a complete read
+    async for prepared in steps.prepare(batch, stored, fetcher, started_at):  # read side
+        finished = steps.finish(prepared, embedder, run_id)   # model side: embed, diff
+        gathering.add(finished, record)                       # committer: gathers parts,
+    gathering.commit(table, record)                           # then one snapshot of them
+    gathering.finish_day(table, record, tenant_ids)           # the last, after a complete read
 
 Each step returns the errors it found instead of recording them, since it may run off the
 thread (or in another process than) the one that owns the run record; the committer records
@@ -21,8 +22,9 @@ defer the same ones.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -63,6 +65,10 @@ class ReadKeys:
     rejected_ids: frozenset[str]
     """The ids of its rejected rows; the position of one that had none, which can at worst
     keep a stored sale whose id happens to be that number."""
+
+
+_NO_KEYS = ReadKeys(frozenset(), frozenset())
+"""The read keys of a batch's later parts: its first part carries them all."""
 
 
 @dataclasses.dataclass
@@ -108,10 +114,17 @@ class BatchSteps:
 
     async def prepare(
         self, batch: SaleBatch, stored: StoredLookup, fetcher: PhotoFetcher, started_at: datetime
-    ) -> PreparedBatch:
+    ) -> AsyncGenerator[PreparedBatch, None]:
         """Keep the batch's valid sales, look up what the table holds for them, and fetch the
         photos that neither the table nor this run has embedded already, but for failed ones
-        not due again at `started_at` (the run's start)."""
+        not due again at `started_at` (the run's start).
+
+        Yields the batch in parts of about `photos.part_bytes` of photos
+        (`PhotoFetcher.fetch_parts`), each to be finished on its own: the first part carries
+        the batch's counts, errors, read keys and the rows it settled without a photo; every
+        part its photos, and the rows and errors of the photos that failed among them. Use it
+        in `contextlib.aclosing`, so that its downloads stop when the caller does.
+        """
         sales, counts, errors = select_sales(batch, self.export.tenant_ids)
         read = ReadKeys(
             frozenset(sale.key for sale in sales),
@@ -137,11 +150,28 @@ class BatchSteps:
                 counts.embedded += 1
         urls = sorted({sale.fetch_url for sale in to_fetch if sale.fetch_url})
         log.debug("photos_fetching", photos=len(urls))
-        photos = dict(zip(urls, await fetcher.fetch_all(urls), strict=True))
-        fetched, failed, photo_errors = sort_photos(to_fetch, photos, rows, started_at, counts)
-        return PreparedBatch(
-            plan.settled + failed, fetched, rows, counts, errors + photo_errors, started_at, read
+        first: PreparedBatch | None = PreparedBatch(
+            plan.settled, [], rows, counts, errors, started_at, read
         )
+        done = 0
+        async with contextlib.aclosing(fetcher.fetch_parts(urls)) as parts:
+            async for part in parts:
+                photos = dict(zip(urls[done : done + len(part)], part, strict=True))
+                done += len(part)
+                if first is None:
+                    prepared = PreparedBatch([], [], rows, RunCounts(), [], started_at, _NO_KEYS)
+                else:
+                    prepared, first = first, None
+                part_sales = [sale for sale in to_fetch if sale.fetch_url in photos]
+                fetched, failed, photo_errors = sort_photos(
+                    part_sales, photos, rows, started_at, prepared.counts
+                )
+                prepared.fetched = fetched
+                prepared.settled += failed
+                prepared.errors += photo_errors
+                yield prepared
+        if first is not None:
+            yield first
 
     def finish(self, prepared: PreparedBatch, embedder: Embedder, run_id: str) -> FinishedBatch:
         """Embed the fetched photos and keep the rows that differ from the table's.

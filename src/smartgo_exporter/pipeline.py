@@ -5,9 +5,10 @@ call `export`. Within a window, work flows one way through two concurrent halves
 bounded queue: the first reads a batch of sales, looks up what the table already holds and
 fetches the photos still needed; the second embeds those photos and, every `commit_rows` rows
 and at the end of the window, commits what it gathered as one snapshot. So the next batch's
-photos download while this batch's are embedded, and at most two batches' photos are in memory
-however large the day. What a batch goes through is `batches.BatchSteps`, and a day's run from
-lease to outcome is `runs.DayRun`; the Ray runner calls the same, elsewhere.
+photos download while this batch's are embedded, and a few parts of a batch's photos are in
+memory however large the day and its photos (`photos.part_bytes`). What a batch goes through
+is `batches.BatchSteps`, and a day's run from lease to outcome is `runs.DayRun`; the Ray
+runner calls the same, elsewhere.
 
 Blocking work runs on dedicated single-thread executors (one for the source, one for the table,
 one for the model): database drivers and SQLite connections expect to stay on one thread, and
@@ -269,10 +270,10 @@ class _DayExport:
         complete = False
         try:
             while (batch := await _on(stages.source_thread, next, batches, None)) is not None:
-                prepared = await stages.steps.prepare(
-                    batch, self._stored, fetcher, record.started_at
-                )
-                await queue.put(prepared)
+                parts = stages.steps.prepare(batch, self._stored, fetcher, record.started_at)
+                async with contextlib.aclosing(parts):
+                    async for prepared in parts:
+                        await queue.put(prepared)
                 if self.should_stop is not None and self.should_stop():
                     # What was read is committed; the rest of the window waits for the next run.
                     record.message = STOPPED_EARLY

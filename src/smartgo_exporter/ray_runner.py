@@ -36,7 +36,13 @@ from typing import Any
 import numpy as np
 import structlog
 
-from smartgo_exporter.batches import BatchSteps, FinishedBatch, Gathering, PreparedBatch
+from smartgo_exporter.batches import (
+    BatchSteps,
+    FinishedBatch,
+    Gathering,
+    PreparedBatch,
+    StoredLookup,
+)
 from smartgo_exporter.config import EmbedderConfig, ExportConfig, LocalEmbedderConfig, Settings
 from smartgo_exporter.embedders import load_embedder
 from smartgo_exporter.errors import ExporterError
@@ -60,7 +66,7 @@ from smartgo_exporter.runs import (
 from smartgo_exporter.sales import Key
 from smartgo_exporter.schema import StoredRows
 from smartgo_exporter.sinks.iceberg import SalesTable
-from smartgo_exporter.sources import load_source
+from smartgo_exporter.sources import SaleBatch, load_source
 from smartgo_exporter.windows import business_day
 
 log = structlog.get_logger(__name__)
@@ -389,9 +395,10 @@ def _read_day(
             # Closed before the source, so a database cursor is not left to the collector.
             cleanup.callback(getattr(batches, "close", lambda: None))
             for batch in batches:
-                prepared = loop.run(steps.prepare(batch, stored, fetcher, order.started_at))
-                yield _pack(_Fetched(order.day, order.run_id, sequence, prepared))
-                sequence += 1
+                parts = loop.run(_parts(steps, batch, stored, fetcher, order.started_at))
+                for prepared in parts:
+                    yield _pack(_Fetched(order.day, order.run_id, sequence, prepared))
+                    sequence += 1
         except Exception as error:
             _log_if_unexpected(error)
             failure = run_failure(error)
@@ -422,6 +429,20 @@ class _ModelActor:
 
 
 # --- small helpers -------------------------------------------------------------------------------
+
+
+async def _parts(
+    steps: BatchSteps,
+    batch: SaleBatch,
+    stored: StoredLookup,
+    fetcher: PhotoFetcher,
+    started_at: datetime,
+) -> list[PreparedBatch]:
+    """A batch's parts, all at once: a read task hands items to Ray between `loop.run` calls,
+    each in a task of its own, and the fetcher's task group must end in the task it began in.
+    So a read task holds a whole batch's photos, as the object store does anyway."""
+    async with contextlib.aclosing(steps.prepare(batch, stored, fetcher, started_at)) as parts:
+        return [part async for part in parts]
 
 
 def _log_if_unexpected(error: Exception) -> None:
