@@ -50,6 +50,7 @@ from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 from smartgo_exporter import day_plan
+from smartgo_exporter.allocator import unmap_large_blocks
 from smartgo_exporter.config import Settings
 from smartgo_exporter.config_loader import load_config
 from smartgo_exporter.day_plan import DayPlan
@@ -165,6 +166,7 @@ def warm_runtime() -> Runtime:
     Not cached when loading fails (functools.cache keeps only results), so a container whose
     first attempt met a passing SSM error tries again on its next invocation.
     """
+    unmap_large_blocks()
     settings = load_settings()
     metrics = Metrics(namespace=settings.aws_lambda.metrics_namespace, service=SERVICE)
     metrics.set_default_dimensions(stage=settings.aws.stage)

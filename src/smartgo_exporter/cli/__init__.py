@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from smartgo_exporter.allocator import unmap_large_blocks
 from smartgo_exporter.cli import demo, export, history, lookup, table
 from smartgo_exporter.cli.edge import console
 
@@ -41,6 +42,7 @@ def main(
     ] = False,
 ) -> None:
     """Export SmartGo sales, with photo embeddings, into an Apache Iceberg table."""
+    unmap_large_blocks()
 
 
 # In the order `--help` lists them, as before the split.
