@@ -1,10 +1,13 @@
 """Sales with photos for the benchmarks: distinct JPEGs on disk, served by a fast local server.
 
 Every sale gets its own photo (an 800x800 JPEG of about 100 KiB, as product photos are), so no
-run can take a shortcut through identical photos. The photos are served by an aiohttp server in
-another process, from memory, so that the server takes no CPU from the process measured and
-`measure_server` can show it is not the bottleneck (`python -m http.server` is: one request at
-a time). The sales are `sales_data`'s, with each sale's photo URL filled in.
+run can take a shortcut through identical photos; or, for the memory benchmark, its own
+camera-size photo (`write_camera_photos`: a few are made, and each sale's is one of them with
+the sale's number in a comment, so its bytes are its own). The photos are served by an
+aiohttp server in another process, from memory, so that the server takes no CPU from the
+process measured and `measure_server` can show it is not the bottleneck (`python -m
+http.server` is: one request at a time). The sales are `sales_data`'s, with each sale's
+photo URL filled in.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 from aiohttp import web
+from PIL import Image, ImageDraw
 
 from bench_local_model import synthetic_photos
 from sales_data import write_sales_database
@@ -42,6 +47,33 @@ def _write_chunk(folder: Path, start: int, stop: int) -> None:
         range(start, stop), synthetic_photos(stop - start, seed=start), strict=True
     ):
         (folder / f"{number}.jpg").write_bytes(photo)
+
+
+CAMERA_SIZE = (4032, 3024)
+"""A 12-megapixel phone camera's photo, as shops upload them unresized."""
+
+
+def write_camera_photos(folder: Path, count: int = 8) -> list[Path]:
+    """`count` distinct camera-size JPEGs of about 9.5 MB (camera-0.jpg, ...), made on every
+    core: items on a backdrop under sensor noise, which is what keeps camera JPEGs large."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with multiprocessing.get_context("spawn").Pool() as pool:
+        pool.starmap(_write_camera_photo, [(folder, number) for number in range(count)])
+    return [folder / f"camera-{number}.jpg" for number in range(count)]
+
+
+def _write_camera_photo(folder: Path, number: int) -> None:
+    rng = np.random.default_rng(number)
+    width, height = CAMERA_SIZE
+    image = Image.new("RGB", CAMERA_SIZE, tuple(int(v) for v in 180 + rng.integers(0, 60, 3)))
+    draw = ImageDraw.Draw(image)
+    for _ in range(6):
+        x, y = int(rng.integers(0, width // 2)), int(rng.integers(0, height // 2))
+        box = (x, y, x + int(rng.integers(500, 2000)), y + int(rng.integers(500, 1500)))
+        draw.ellipse(box, fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    noisy = np.asarray(image, dtype=np.int16) + rng.integers(-42, 43, (height, width, 3))
+    photo = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+    photo.save(folder / f"camera-{number}.jpg", "JPEG", quality=95)
 
 
 def write_sales_with_photos(database: Path, sales: int, photo_base_url: str) -> None:
@@ -73,9 +105,13 @@ def serve_photos(folder: Path) -> Iterator[str]:
 
 def _serve(folder: Path) -> None:
     photos = {path.name: path.read_bytes() for path in folder.glob("*.jpg")}
+    cameras = [body for name, body in sorted(photos.items()) if name.startswith("camera-")]
 
     async def photo(request: web.Request) -> web.Response:
-        body = photos.get(request.match_info["name"])
+        name = request.match_info["name"]
+        body = photos.get(name)
+        if body is None and cameras and name.removesuffix(".jpg").isdigit():
+            body = _camera_shot(cameras, int(name.removesuffix(".jpg")))
         if body is None:
             raise web.HTTPNotFound()
         return web.Response(body=body, content_type="image/jpeg")
@@ -93,6 +129,15 @@ def _serve(folder: Path) -> None:
             await asyncio.sleep(3600)
 
     asyncio.run(start())
+
+
+def _camera_shot(cameras: list[bytes], number: int) -> bytes:
+    """Sale N's own camera photo: one of the few made, with N in a JPEG comment, so that every
+    sale's photo has its own bytes (and hash) to fetch, decode and embed, as in a real shop."""
+    base = cameras[number % len(cameras)]
+    comment = f"sale {number}".encode()
+    segment = b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment
+    return base[:2] + segment + base[2:]  # just after the start-of-image marker
 
 
 def measure_server(urls: list[str]) -> float:

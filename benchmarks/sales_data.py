@@ -21,6 +21,7 @@ import pyarrow as pa
 from pyiceberg.catalog import load_catalog
 
 from smartgo_exporter import export
+from smartgo_exporter.allocator import unmap_large_blocks
 from smartgo_exporter.config import Settings
 from smartgo_exporter.config_loader import load_config
 from smartgo_exporter.demo.store import INSERT_SALE, SALE_COLUMNS, SALES_TABLE, SCHEMA
@@ -90,14 +91,18 @@ def _rows(sales: int, day: date, rng: random.Random) -> Iterator[tuple[Any, ...]
         )
 
 
-def exporter_settings(database: Path, work: Path, **export: Any) -> Settings:
+def exporter_settings(
+    database: Path, work: Path, photos: dict[str, Any] | None = None, **export: Any
+) -> Settings:
     """Settings that export `database` into a local SQL catalog and file:// warehouse in `work`.
 
-    `export` overrides keys of the `[export]` section (batch_size, ...). The business day runs
-    in UTC, as the stored timestamps do, so the window is exactly the generated day.
+    `export` overrides keys of the `[export]` section (batch_size, ...), `photos` those of the
+    `[photos]` section. The business day runs in UTC, as the stored timestamps do, so the
+    window is exactly the generated day.
     """
     return load_config(
         export={"timezone": "UTC", **export},
+        photos=photos or {},
         source={
             "type": "sql",
             "url": f"sqlite:///{database.resolve()}",
@@ -116,14 +121,17 @@ def exporter_settings(database: Path, work: Path, **export: Any) -> Settings:
     )
 
 
-def export_day(database: Path, work: Path, **export_options: Any) -> dict[str, Any]:
+def export_day(
+    database: Path, work: Path, photos: dict[str, Any] | None = None, **export_options: Any
+) -> dict[str, Any]:
     """Export the generated day with the exporter, as `export` runs it; what the run reported.
 
     `seconds` is the wall time of the `export` call, model loading and table opening included:
     what a nightly run pays.
     """
     configure_logging("WARNING")
-    settings = exporter_settings(database, work, **export_options)
+    unmap_large_blocks()  # as the CLI does, which owns the process a nightly run is
+    settings = exporter_settings(database, work, photos, **export_options)
     start = perf_counter()
     [record] = export(settings, [BUSINESS_DAY])
     seconds = perf_counter() - start
@@ -133,6 +141,8 @@ def export_day(database: Path, work: Path, **export_options: Any) -> dict[str, A
         "seconds": seconds,
         "written": record.counts.written,
         "unchanged": record.counts.unchanged,
+        "embedded": record.counts.embedded,
+        "failed": record.counts.failed,
         "batch_size": settings.export.batch_size,
         "commit_rows": settings.export.commit_rows,
     }

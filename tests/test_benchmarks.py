@@ -79,8 +79,21 @@ def test_the_memory_benchmark_prints_a_row_per_window() -> None:
 
     assert "peak RSS" in output
     rows = [line.split() for line in output.splitlines() if line.strip()[:1].isdigit()]
-    assert [row[0] for row in rows] == ["300", "1,000"]
-    assert all(row[2] != "-" and row[4] == "MiB" for row in rows)  # rows/s, then peak RSS
+    assert [row[:2] for row in rows] == [["300", "sales"], ["1,000", "sales"]]
+    assert all(row[3] != "-" and row[5] == "MiB" for row in rows)  # sales/s, then peak RSS
+
+
+def test_the_memory_benchmark_prints_a_row_per_part_size_with_camera_photos() -> None:
+    output = run_benchmark(
+        "bench_memory.py", "--camera-photos", "6", "--part-bytes", "20000000", str(sys.maxsize)
+    )
+
+    assert "each with its own 4032x3024 JPEG" in output
+    rows = [line.split() for line in output.splitlines() if line.strip().startswith("6 camera")]
+    assert len(rows) == 2
+    assert all(row[4] != "-" and row[6] == "MiB" for row in rows)
+    assert "part_bytes 20,000,000; embedded 6, failed 0" in " ".join(rows[0])
+    assert "whole batches; embedded 6, failed 0" in " ".join(rows[1])
 
 
 def test_the_fit_benchmark_prints_retrieval_and_classification_for_pad_and_crop() -> None:
