@@ -233,7 +233,8 @@ class _Backfill:
             self.table_thread.shutdown(wait=True, cancel_futures=True)
 
     async def _start(self, day: date) -> RunRecord:
-        run = await DayRun.start(self.settings, self.progress, day, self.trigger, runner="ray")
+        run = DayRun.planned(self.settings, self.progress, day, self.trigger, runner="ray")
+        await run.begin()
         if run.record.finished:
             self._day_done(run.record)
         else:

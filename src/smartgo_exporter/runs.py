@@ -6,7 +6,8 @@ same day closed, the lease renewed while the run lives, and at the end one outco
 saved and the lease let go. That lifecycle is `DayRun`; what the runners report as they go is
 `BatchDone` after each commit and `DayDone` at each day's end.
 
-    run = await DayRun.start(settings, progress, day, trigger="manual")
+    run = DayRun.planned(settings, progress, day, trigger="manual")
+    await run.begin()  # the day's lease and a RUNNING record; or locked out, finished
     if not run.record.finished:
         ...  # export the window
         run.finish()
@@ -23,7 +24,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import structlog
 
-from smartgo_exporter.config import Settings
+from smartgo_exporter.config import ExportConfig, Settings
 from smartgo_exporter.errors import ExporterError
 from smartgo_exporter.progress import NonFatalProgressStore
 from smartgo_exporter.run_records import RunCounts, RunError, RunRecord, RunStatus
@@ -68,10 +69,12 @@ class DayRun:
     lease: DayLease
     progress: NonFatalProgressStore
     log: structlog.typing.FilteringBoundLogger
+    export: ExportConfig
+    log_fields: dict[str, str] = dataclasses.field(default_factory=dict)
     keep_alive: asyncio.Task[None] | None = None
 
     @classmethod
-    async def start(
+    def planned(
         cls,
         settings: Settings,
         progress: NonFatalProgressStore,
@@ -79,27 +82,36 @@ class DayRun:
         trigger: str,
         **log_fields: str,
     ) -> DayRun:
-        """Take the day's lease and save the run as RUNNING; or, when another run holds the
-        day past `lock_wait_seconds`, save it FAILED as locked out (`record.finished` then)."""
+        """The run with its record made, but nothing taken or saved until `begin`: so that a
+        runner may read the day ahead (the local runner does, while the day before is still
+        embedded) and drop it unrecorded if the day before fails, as if it had not started."""
         export = settings.export
         record = new_run_record(settings, business_day(day, export.timezone), trigger)
-        run = cls(
+        return cls(
             record,
             DayLease(progress, lease_name(settings, day), record.run_id),
             progress,
             log.bind(run_id=record.run_id, day=day.isoformat()),
+            export,
+            log_fields,
         )
-        if not await run.lease.acquire(export.lease_seconds, export.lock_wait_seconds):
+
+    async def begin(self) -> None:
+        """Take the day's lease and save the run as RUNNING; or, when another run holds the
+        day past `lock_wait_seconds`, save it FAILED as locked out (`record.finished` then)."""
+        record, export = self.record, self.export
+        if not await self.lease.acquire(export.lease_seconds, export.lock_wait_seconds):
             _lock_out(record, export.lease_seconds)
-            run.log.error("run_locked_out")
-            progress.save(record)
-            return run
+            self.log.error("run_locked_out")
+            self.progress.save(record)
+            return
         started = record.window_start.isoformat()
-        run.log.info("run_started", window_start=started, trigger=trigger, **log_fields)
-        progress.save(record)
-        close_interrupted_runs(progress, record)
-        run.keep_alive = asyncio.create_task(run.lease.keep_alive(export.lease_seconds))
-        return run
+        self.log.info(
+            "run_started", window_start=started, trigger=record.trigger, **self.log_fields
+        )
+        self.progress.save(record)
+        close_interrupted_runs(self.progress, record)
+        self.keep_alive = asyncio.create_task(self.lease.keep_alive(export.lease_seconds))
 
     def fail(self, error: BaseException) -> RunRecord:
         """Finish the run as FAILED by `error`, with its traceback logged if it is a bug."""
