@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -28,11 +28,14 @@ from smartgo_exporter import windows
 from smartgo_exporter.config import Settings
 from smartgo_exporter.config_loader import load_config
 from smartgo_exporter.demo import DemoCatalog, DemoPaths, PhotoState
-from smartgo_exporter.errors import DayNotOver
+from smartgo_exporter.embedders import Vector, load_embedder
+from smartgo_exporter.errors import DayNotOver, EmbeddingError
 from smartgo_exporter.pipeline import export
 from smartgo_exporter.progress.sqlite import SqliteProgressStore
 from smartgo_exporter.run_records import RunStatus
 from smartgo_exporter.sinks.iceberg import RUN_ID_PROPERTY, SalesTable
+from smartgo_exporter.sources import SaleBatch, load_source
+from smartgo_exporter.windows import Window
 from tests.demo_store import (
     DAYS,
     FIRST_DAY,
@@ -127,6 +130,62 @@ def test_photos_handed_to_the_model_a_few_at_a_time_land_as_a_whole_batch_does(
     ]
     assert vectors
     assert all(np.allclose(a, b, atol=1e-5) for a, b in vectors)
+
+
+class _CountingReads:
+    """The settings' source, telling when it is asked for its second window."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.source = load_source(settings.source)
+        self.second_read = threading.Event()
+        self.reads = 0
+
+    def read(self, window: Window, batch_size: int, tenant_ids: list[str]) -> Iterator[SaleBatch]:
+        self.reads += 1
+        if self.reads == 2:
+            self.second_read.set()
+        return self.source.read(window, batch_size, tenant_ids)
+
+    def close(self) -> None:
+        self.source.close()
+
+
+class _HeldUntil:
+    """The settings' model, whose first call waits (at most 30 s) for `event`."""
+
+    def __init__(self, settings: Settings, event: threading.Event) -> None:
+        self.embedder = load_embedder(settings.embedder)
+        self.model_id, self.dim = self.embedder.model_id, self.embedder.dim
+        self.include_title = self.embedder.include_title
+        self.event = event
+        self.waited_for: bool | None = None
+
+    def embed(
+        self, images: Sequence[bytes], *, captions: Sequence[str | None] | None = None
+    ) -> list[Vector | EmbeddingError]:
+        if self.waited_for is None:
+            self.waited_for = self.event.wait(30)
+        return self.embedder.embed(images, captions=captions)
+
+
+def test_the_next_day_is_read_while_the_day_before_is_still_in_the_model(
+    workspace: DemoPaths, store: tuple[DemoPaths, DemoCatalog]
+) -> None:
+    """A range keeps the pipeline full across days: a day of one batch no longer waits for the
+    day before to be embedded and committed before its photos download."""
+    settings = settings_of(workspace)
+    source = _CountingReads(settings)
+    embedder = _HeldUntil(settings, source.second_read)
+    try:
+        records = export(settings, days(), source=source, embedder=embedder)
+    finally:
+        source.close()
+
+    assert embedder.waited_for is True  # the first day's photos were in the model meanwhile
+    assert [record.business_date for record in records] == days()
+    assert RunStatus.FAILED not in {record.status for record in records}
+    rows = table_rows(settings)
+    assert rows.num_rows == distinct_keys(rows) == valid_sales(store[1])
 
 
 def test_a_price_change_at_the_source_rewrites_exactly_that_row(workspace: DemoPaths) -> None:

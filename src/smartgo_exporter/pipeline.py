@@ -22,14 +22,14 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime
 from typing import Any, TypeVar
 
 import structlog
 
-from smartgo_exporter.batches import BatchSteps, Gathering, PreparedBatch
+from smartgo_exporter.batches import BatchSteps, FinishedBatch, Gathering, PreparedBatch
 from smartgo_exporter.config import Settings
 from smartgo_exporter.day_plan import DayPlan, due_with
 from smartgo_exporter.embedders import Embedder, load_embedder
@@ -82,8 +82,10 @@ def export(
     missed since the last successful run (or, when the progress store knows of none, since the
     last day the table's snapshots name), then reads the `lookback_days` days before yesterday
     again (see `day_plan.plan_days`). `lookback` days given with `days` run after them the
-    same way: with the trigger "lookback", each a run of its own. A run-wide failure (source
-    unreachable, model or table unavailable) is recorded as FAILED and ends the export there:
+    same way: with the trigger "lookback", each a run of its own. A day starts reading once
+    the day before has read its whole window, while that one's photos are still embedded and
+    committed. A run-wide failure (source unreachable, model or table unavailable) is recorded
+    as FAILED and ends the export there (the day already started beside it runs its course):
     later days would fail alike, and as the last successful day has not moved, the next run
     catches them up. The caller decides from the statuses what to exit with.
 
@@ -122,15 +124,8 @@ def export(
             days = plan.all_days
             runs = [(day, trigger) for day in plan.days]
             runs += [(day, LOOKBACK_TRIGGER) for day in plan.lookback]
-            for number, (day, day_trigger) in enumerate(runs):
-                if records and should_stop is not None and should_stop():
-                    break
-                day_export = _DayExport(stages, store, (number, len(runs)), on_batch, should_stop)
-                records.append(asyncio.run(day_export.run(day, day_trigger)))
-                if on_day is not None:
-                    on_day(DayDone(records[-1], number + 1, len(runs)))
-                if records[-1].status is RunStatus.FAILED:
-                    break
+            days_export = _DaysExport(stages, store, on_batch, on_day, should_stop, records)
+            asyncio.run(days_export.run(runs))
             sync_after_export(
                 settings.index,
                 settings.table,
@@ -200,6 +195,93 @@ class _Stages:
                 thread.shutdown(wait=True, cancel_futures=True)
 
 
+MODEL_SIDE_PARTS = 2
+"""Parts of batches queued for the model or in it, across the days of an export call: one
+embedded while the next waits, so the model never waits for a download."""
+
+
+@dataclasses.dataclass
+class _DaysExport:
+    """The days of one export call, a run each, read ahead where it costs nothing: once a day
+    has read its whole window, the next day reads and downloads while that one is embedded
+    and committed. A day of few sales is one batch, read, fetched, embedded and committed in
+    turn; one after another, a range of such days kept a core idle.
+
+    The day read ahead begins (takes its lease, records its run) only when the day before has
+    ended, and not at all if that one FAILED: it then waits for the next run, as it did when
+    days ran one after another. At most two days run at once; they share one photo fetcher
+    (its concurrency limit holds for both) and `MODEL_SIDE_PARTS`, so the photos in memory
+    stay bounded as for one.
+    """
+
+    stages: _Stages
+    progress: NonFatalProgressStore
+    on_batch: ProgressCallback | None
+    on_day: DayCallback | None
+    should_stop: StopCheck | None
+    records: list[RunRecord]
+    """The records in day order, as each day ends: what `export` returns, also when the
+    event loop is interrupted."""
+
+    async def run(self, runs: Sequence[tuple[date, str]]) -> None:
+        model_side = asyncio.Semaphore(MODEL_SIDE_PARTS)
+        async with PhotoFetcher(self.stages.settings.photos) as fetcher:
+            earlier: _Started | None = None
+            for number, (day, trigger) in enumerate(runs):
+                if earlier is not None:
+                    await earlier.day.reading_done.wait()
+                    # A day that did not read its whole window (its source failed, it was
+                    # stopped) ends before the next is read, so that the next sees its outcome.
+                    if not earlier.day.read_whole:
+                        if not await self._end(earlier, len(runs)):
+                            return
+                        earlier = None
+                if number and self.should_stop is not None and self.should_stop():
+                    break
+                day_export = _DayExport(
+                    self.stages,
+                    self.progress,
+                    (number, len(runs)),
+                    self.on_batch,
+                    self.should_stop,
+                    fetcher,
+                    model_side,
+                )
+                after = None if earlier is None else earlier.ended
+                task = asyncio.create_task(day_export.run(day, trigger, after))
+                current = _Started(day_export, task)
+                if earlier is not None and not await self._end(earlier, len(runs)):
+                    await self._end(current, len(runs))  # dropped, unrecorded
+                    return
+                earlier = current
+            if earlier is not None:
+                await self._end(earlier, len(runs))
+
+    async def _end(self, started: _Started, days: int) -> bool:
+        """Wait for a day's run and report its record; False when it FAILED (or was dropped),
+        which ends the export: later days would fail alike, and the next run catches them up.
+        """
+        record = await started.task
+        went_on = record is not None and record.status is not RunStatus.FAILED
+        started.ended.set_result(went_on)
+        if record is not None:
+            self.records.append(record)
+            if self.on_day is not None:
+                self.on_day(DayDone(record, len(self.records), days))
+        return went_on
+
+
+@dataclasses.dataclass
+class _Started:
+    """A day under way, and whether it went on (ended and did not fail), for the next."""
+
+    day: _DayExport
+    task: asyncio.Task[RunRecord | None]
+    ended: asyncio.Future[bool] = dataclasses.field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
 @dataclasses.dataclass
 class _DayExport:
     """One day of an export call: its run, driven through the stages' threads."""
@@ -210,70 +292,105 @@ class _DayExport:
     """(days done, days in this export call), for BatchDone."""
     on_batch: ProgressCallback | None
     should_stop: StopCheck | None
+    fetcher: PhotoFetcher
+    model_side: asyncio.Semaphore
+    """A permit per part queued for the model or in it (`MODEL_SIDE_PARTS`)."""
+    reading_done: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    """Set once the day has stopped reading, for whatever reason, or its run has ended."""
+    read_whole: bool = False
+    """Whether it read its whole window: the next day may be read ahead beside it."""
 
-    async def run(self, day: date, trigger: str) -> RunRecord:
-        run = await DayRun.start(self.stages.settings, self.progress, day, trigger)
-        if run.record.finished:
-            return run.record
-        with structlog.contextvars.bound_contextvars(run_id=run.record.run_id, day=str(day)):
-            try:
-                window = business_day(day, self.stages.settings.export.timezone)
-                await self._export_window(window, run.record)
-            except Exception as error:
-                # Whatever stopped the run, its record must say FAILED and why, or the store
-                # would show a RUNNING record forever.
-                return run.fail(error)
-            return run.finish()
+    async def run(self, day: date, trigger: str, after: Awaitable[bool] | None) -> RunRecord | None:
+        """The day's run, begun at once or, with `after`, read ahead and begun once `after`
+        says the day before went on; None (nothing recorded) when it says that day failed."""
+        try:
+            run = DayRun.planned(self.stages.settings, self.progress, day, trigger)
+            with structlog.contextvars.bound_contextvars(run_id=run.record.run_id, day=str(day)):
+                try:
+                    window = business_day(day, self.stages.settings.export.timezone)
+                    begun = await self._export_window(window, run, after)
+                except Exception as error:
+                    # Whatever stopped the run, its record must say FAILED and why, or the
+                    # store would show a RUNNING record forever.
+                    return run.fail(error)
+                if not begun:
+                    return run.record if run.record.finished else None
+                return run.finish()
+        finally:
+            self.reading_done.set()
 
-    async def _export_window(self, window: Window, record: RunRecord) -> None:
-        queue: asyncio.Queue[PreparedBatch | _ReadEnded] = asyncio.Queue(maxsize=1)
+    async def _export_window(
+        self, window: Window, run: DayRun, after: Awaitable[bool] | None
+    ) -> bool:
+        """Read, embed and commit the window; False if the run never began (the day before
+        failed, or another run holds the day), with nothing of it committed."""
+        record = run.record
+        if after is None and not await _began(run):
+            return False
+        queue: asyncio.Queue[PreparedBatch | _ReadEnded] = asyncio.Queue()
         gathering = Gathering()
         stages = self.stages
-        async with PhotoFetcher(stages.settings.photos) as fetcher:
-            producer = asyncio.create_task(self._produce(fetcher, window, record, queue))
-            try:
-                while isinstance(item := await queue.get(), PreparedBatch):
-                    finished = await _on(
-                        stages.model_thread,
-                        stages.steps.finish,
-                        item,
-                        stages.embedder,
-                        record.run_id,
-                    )
-                    gathering.add(finished, record)
-                    if gathering.rows >= stages.settings.export.commit_rows:
-                        await self._commit(gathering.commit, record)
-                if item.complete:
-                    tenants = stages.settings.export.tenant_ids
-                    await self._commit(
-                        functools.partial(gathering.finish_day, tenant_ids=tenants), record
-                    )
-                # Also when the source failed midway (the producer ends the queue either way):
-                # the rows read before the failure are embedded already, and are kept.
-                elif gathering.counts.sales:
+        producer = asyncio.create_task(self._produce(window, record, queue))
+        begun = after is None
+        try:
+            if after is not None:
+                if not await after or not await _began(run):
+                    return False
+                begun = True
+            while isinstance(item := await self._finish_next(queue, record), FinishedBatch):
+                gathering.add(item, record)
+                if gathering.rows >= stages.settings.export.commit_rows:
                     await self._commit(gathering.commit, record)
-            finally:
-                if not producer.done():
-                    producer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await producer
+            if item.complete:
+                tenants = stages.settings.export.tenant_ids
+                await self._commit(
+                    functools.partial(gathering.finish_day, tenant_ids=tenants), record
+                )
+            # Also when the source failed midway (the producer ends the queue either way):
+            # the rows read before the failure are embedded already, and are kept.
+            elif gathering.counts.sales:
+                await self._commit(gathering.commit, record)
+            return True
+        finally:
+            if not producer.done():
+                producer.cancel()
+            # A run that never began has nothing to record, not even its source's failure.
+            with contextlib.suppress(asyncio.CancelledError, *(() if begun else (Exception,))):
+                await producer
+            while not queue.empty():
+                if isinstance(queue.get_nowait(), PreparedBatch):
+                    self.model_side.release()
+
+    async def _finish_next(
+        self, queue: asyncio.Queue[PreparedBatch | _ReadEnded], record: RunRecord
+    ) -> FinishedBatch | _ReadEnded:
+        """The next part through the model, or how the read ended. The part (and its photos)
+        is held by this call alone, and let go of as it returns its permit, so that the
+        permits bound the photos held."""
+        item = await queue.get()
+        if isinstance(item, _ReadEnded):
+            return item
+        stages = self.stages
+        try:
+            return await _on(
+                stages.model_thread, stages.steps.finish, item, stages.embedder, record.run_id
+            )
+        finally:
+            self.model_side.release()
 
     async def _produce(
-        self,
-        fetcher: PhotoFetcher,
-        window: Window,
-        record: RunRecord,
-        queue: asyncio.Queue[PreparedBatch | _ReadEnded],
+        self, window: Window, record: RunRecord, queue: asyncio.Queue[PreparedBatch | _ReadEnded]
     ) -> None:
         stages, export = self.stages, self.stages.settings.export
         batches = stages.source.read(window, export.batch_size, export.tenant_ids)
         complete = False
         try:
             while (batch := await _on(stages.source_thread, next, batches, None)) is not None:
-                parts = stages.steps.prepare(batch, self._stored, fetcher, record.started_at)
+                parts = stages.steps.prepare(batch, self._stored, self.fetcher, record.started_at)
                 async with contextlib.aclosing(parts):
                     async for prepared in parts:
-                        await queue.put(prepared)
+                        await self.model_side.acquire()
+                        queue.put_nowait(prepared)  # with its permit: nothing awaited between
                 if self.should_stop is not None and self.should_stop():
                     # What was read is committed; the rest of the window waits for the next run.
                     record.message = STOPPED_EARLY
@@ -287,7 +404,9 @@ class _DayExport:
             close = getattr(batches, "close", None)
             if close is not None:
                 await _on(stages.source_thread, close)
-            await queue.put(_ReadEnded(complete))
+            queue.put_nowait(_ReadEnded(complete))
+            self.read_whole = complete
+            self.reading_done.set()
 
     async def _stored(
         self, keys: list[Key], sold_within: tuple[datetime, datetime] | None
@@ -300,6 +419,12 @@ class _DayExport:
         committed = await _on(self.stages.table_thread, commit, self.stages.table, record)
         if self.on_batch is not None:
             self.on_batch(BatchDone(record.business_date, committed, *self.position))
+
+
+async def _began(run: DayRun) -> bool:
+    """Begin the run; False when another run holds the day (it is then recorded so)."""
+    await run.begin()
+    return not run.record.finished
 
 
 @dataclasses.dataclass(frozen=True)
