@@ -1,6 +1,6 @@
 """The table: idempotent upserts on (source, tenant_id, sale_id), one snapshot per batch."""
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -9,7 +9,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.schema import Schema
+from pyiceberg.table import FileScanTask
 from structlog.testing import capture_logs
 
 from smartgo_exporter.config import TableConfig
@@ -121,6 +123,47 @@ def test_a_changed_sale_replaces_its_row_and_leaves_the_others(config: TableConf
     assert set(
         stored.filter(pc.not_equal(stored["sale_id"], "7"))["export_run_id"].to_pylist()
     ) == {"run-1"}
+
+
+def test_an_upsert_reads_only_the_files_whose_id_bounds_may_hold_its_keys(
+    config: TableConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table = SalesTable.open(config, source="smartgo")
+    for start in (1000, 2000, 3000):
+        table.upsert(batch([sale(i) for i in range(start, start + 100)]), run_id=f"run-{start}")
+    read: set[str] = set()
+    to_table = ArrowScan.to_table
+
+    def counted(scan: ArrowScan, tasks: Iterable[FileScanTask]) -> pa.Table:
+        tasks = list(tasks)
+        read.update(task.file.file_path for task in tasks)
+        return to_table(scan, tasks)
+
+    monkeypatch.setattr(ArrowScan, "to_table", counted)
+    table.upsert(batch([sale(2050, price="99.00")], run_id="run-4"), run_id="run-4")
+    monkeypatch.undo()
+
+    assert len(read) == 1  # of the 3 files, the one whose ids run from 2000 to 2099
+    stored = all_rows(table)
+    assert stored.num_rows == 300
+    assert stored.filter(pc.equal(stored["sale_id"], "2050"))["sale_price"].to_pylist() == [
+        Decimal("99.00")
+    ]
+
+
+def test_ids_of_other_lengths_are_found_by_the_bounds_they_sort_in(config: TableConfig) -> None:
+    """Ids are text, so "10" sorts before "9": a file of 5 to 15 holds "10" to "15" and "5" to
+    "9" between bounds "10" and "9"; every id must still be found and replaced."""
+    table = SalesTable.open(config, source="smartgo")
+    spans = (range(5, 16), range(95, 106), range(995, 1006))
+    for number, ids in enumerate(spans):
+        table.upsert(batch([sale(i) for i in ids]), run_id=f"run-{number}")
+    everything = [i for ids in spans for i in ids]
+    table.upsert(batch([sale(i, price="1.00") for i in everything]), run_id="again")
+
+    stored = all_rows(table)
+    assert sorted(map(int, stored["sale_id"].to_pylist())) == everything
+    assert set(stored["sale_price"].to_pylist()) == {Decimal("1.00")}
 
 
 def test_the_same_sale_id_in_two_stores_is_two_sales(config: TableConfig) -> None:

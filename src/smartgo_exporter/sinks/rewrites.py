@@ -8,13 +8,14 @@ apart from the snapshot that `sinks.iceberg` builds from the plan.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyiceberg.expressions import AlwaysTrue, BooleanExpression
+from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.schema import Schema
 from pyiceberg.table import FileScanTask, Table
@@ -45,21 +46,28 @@ def plan_rewrites(
     """The files holding any of `keys`, or any row `reconcile` finds gone, each with what stays.
 
     Candidates are planned by tenant (for the keys) and by the window (for the reconciliation),
-    then each is read for its key columns only to learn whether it holds a row to drop: file
-    statistics cannot rule out most files (ids rarely sort with the files), and pyiceberg,
-    given the key set, binds it anew for every manifest and file, which made each commit cost
-    more as the table grew. Only the files that do hold one are read whole.
+    then each is read for its key columns only to learn whether it holds a row to drop. A
+    tenant's file whose sale id bounds hold none of the keys is no candidate (`_may_hold`):
+    point-of-sale ids grow with time, so a day's keys fall in the bounds of that day's files
+    and of few others, and a commit reads what it touches, not every file of the tenant.
+    pyiceberg could not prune so: given the key set, it binds it anew for every manifest and
+    file (which made each commit cost more as the table grew), and it checks a set of over
+    200 values against no bounds at all. Only the files that hold a row to drop are read whole.
     """
     if table.current_snapshot() is None:
         return RewritePlan([], 0)
-    filters: list[BooleanExpression] = []
-    if keys:
-        filters.append(tenant_filter(source, keys))
-    if reconcile is not None:
-        filters.append(reconcile.row_filter(source))
     candidates: dict[str, FileScanTask] = {}
-    for row_filter in filters:
-        for task in table.scan(row_filter=row_filter).plan_files():
+    if keys:
+        by_tenant = _ids_by_tenant(keys)
+        fields = (
+            table.schema().find_field("tenant_id").field_id,
+            table.schema().find_field("sale_id").field_id,
+        )
+        for task in table.scan(row_filter=tenant_filter(source, keys)).plan_files():
+            if _may_hold(task, by_tenant, *fields):
+                candidates.setdefault(task.file.file_path, task)
+    if reconcile is not None:
+        for task in table.scan(row_filter=reconcile.row_filter(source)).plan_files():
             candidates.setdefault(task.file.file_path, task)
     if not candidates:
         return RewritePlan([], 0)
@@ -94,6 +102,40 @@ def plan_rewrites(
         if gone is not None:
             removed += int(pc.sum(pc.cast(gone, pa.int64())).as_py() or 0)
     return RewritePlan(files, removed)
+
+
+def _ids_by_tenant(keys: Sequence[Key]) -> dict[bytes, list[bytes]]:
+    """The keys' sale ids by tenant, sorted, as UTF-8: the order Iceberg's bounds are in."""
+    by_tenant: dict[bytes, set[bytes]] = {}
+    for tenant, sale in keys:
+        by_tenant.setdefault(tenant.encode(), set()).add(sale.encode())
+    return {tenant: sorted(ids) for tenant, ids in by_tenant.items()}
+
+
+def _may_hold(
+    task: FileScanTask,
+    ids_by_tenant: Mapping[bytes, Sequence[bytes]],
+    tenant_field: int,
+    sale_field: int,
+) -> bool:
+    """Whether the file's statistics leave room for one of the keys: a tenant within its
+    tenant bounds with a sale id within its sale id bounds. Bounds are truncated to a prefix
+    (lower) or past it (upper), so they still hold every value; a file without them may hold
+    anything."""
+    lower, upper = task.file.lower_bounds or {}, task.file.upper_bounds or {}
+    first_id, last_id = lower.get(sale_field), upper.get(sale_field)
+    if first_id is None or last_id is None:
+        return True
+    first_tenant, last_tenant = lower.get(tenant_field), upper.get(tenant_field)
+    for tenant, ids in ids_by_tenant.items():
+        if first_tenant is not None and tenant < first_tenant:
+            continue
+        if last_tenant is not None and tenant > last_tenant:
+            continue
+        at = bisect.bisect_left(ids, first_id)
+        if at < len(ids) and ids[at] <= last_id:
+            return True
+    return False
 
 
 def _scan(table: Table, schema: Schema) -> ArrowScan:
