@@ -330,17 +330,35 @@ class _DayExport:
         queue: asyncio.Queue[PreparedBatch | _ReadEnded] = asyncio.Queue()
         gathering = Gathering()
         stages = self.stages
+        commit_rows = stages.settings.export.commit_rows
         producer = asyncio.create_task(self._produce(window, record, queue))
-        begun = after is None
+        ahead = (
+            None if after is None else _ReadAhead(asyncio.ensure_future(_began_after(run, after)))
+        )
         try:
-            if after is not None:
-                if not await after or not await _began(run):
+            try:
+                while isinstance(item := await self._finish_next(queue, record), FinishedBatch):
+                    if ahead is None:
+                        gathering.add(item, record)
+                    else:
+                        ahead.hold(item)
+                        if ahead.rows < commit_rows and not ahead.beginning.done():
+                            continue
+                        if not await ahead.begin_into(gathering, record):
+                            return False
+                        ahead = None
+                    if gathering.rows >= commit_rows:
+                        await self._commit(gathering.commit, record)
+                if ahead is not None:
+                    if not await ahead.begin_into(gathering, record):
+                        return False
+                    ahead = None
+            except Exception:
+                # A failure met reading ahead (the model's, say) is the run's only if the run
+                # begins; if the day before failed, it is dropped with the day.
+                if ahead is not None and not await ahead.beginning:
                     return False
-                begun = True
-            while isinstance(item := await self._finish_next(queue, record), FinishedBatch):
-                gathering.add(item, record)
-                if gathering.rows >= stages.settings.export.commit_rows:
-                    await self._commit(gathering.commit, record)
+                raise
             if item.complete:
                 tenants = stages.settings.export.tenant_ids
                 await self._commit(
@@ -355,6 +373,7 @@ class _DayExport:
             if not producer.done():
                 producer.cancel()
             # A run that never began has nothing to record, not even its source's failure.
+            begun = ahead is None or (ahead.beginning.done() and ahead.beginning.result())
             with contextlib.suppress(asyncio.CancelledError, *(() if begun else (Exception,))):
                 await producer
             while not queue.empty():
@@ -425,6 +444,36 @@ async def _began(run: DayRun) -> bool:
     """Begin the run; False when another run holds the day (it is then recorded so)."""
     await run.begin()
     return not run.record.finished
+
+
+async def _began_after(run: DayRun, after: Awaitable[bool]) -> bool:
+    """Begin the run once the day before went on; False if it did not, or as `_began`."""
+    return await after and await _began(run)
+
+
+@dataclasses.dataclass
+class _ReadAhead:
+    """A day read ahead: its parts go through the model too, and wait finished (up to a
+    commit's rows) for the day before to end; only then are they recorded and committed, or
+    dropped with the day if that one failed."""
+
+    beginning: asyncio.Future[bool]
+    """`_began_after` the day before."""
+    held: list[FinishedBatch] = dataclasses.field(default_factory=list)
+    rows: int = 0
+
+    def hold(self, finished: FinishedBatch) -> None:
+        self.held.append(finished)
+        self.rows += finished.rows.num_rows if finished.rows is not None else 0
+
+    async def begin_into(self, gathering: Gathering, record: RunRecord) -> bool:
+        """Wait for the run to begin and gather what was held; False if it did not begin."""
+        if not await self.beginning:
+            return False
+        for finished in self.held:
+            gathering.add(finished, record)
+        self.held = []
+        return True
 
 
 @dataclasses.dataclass(frozen=True)
