@@ -14,6 +14,8 @@ ratios are the figures to read):
 3. a cold export of the day through the whole pipeline (source, lookups, downloads, model,
    commits), model loading included: goal at least 0.9 of the limit;
 4. a warm re-run of the same day with nothing changed: goal at least 20x faster than cold;
+   and the same N sales (with their own photos) over 31 days, backfilled cold (goal: at least
+   0.9 of the one day's rate) and re-run warm (goal: at least 20x faster than its cold run);
 5. a sequential script (for each sale: download, embed, collect; one append at the end);
 6. Daft (`url.download`, the same model in a UDF, `write_iceberg`), when `daft` is installed
    (the `bench` extra).
@@ -29,7 +31,7 @@ import sqlite3
 import tempfile
 import time
 import urllib.request
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +85,21 @@ def timed_export(settings: Any) -> dict[str, Any]:
     if record.status is not RunStatus.SUCCEEDED:
         raise RuntimeError(f"the export ended {record.status}: {record.message}")
     return {"seconds": seconds, **{k: getattr(record.counts, k) for k in ("embedded", "reused")}}
+
+
+BACKFILL_DAYS = 31
+
+
+def timed_backfill(settings: Any) -> dict[str, Any]:
+    """The 31 days that end with the benchmark's day, one `export` call as `backfill` makes."""
+    days = [BUSINESS_DAY - timedelta(days=n) for n in reversed(range(BACKFILL_DAYS))]
+    start = time.perf_counter()
+    records = export(settings, days, trigger="backfill")
+    seconds = time.perf_counter() - start
+    if failed := [r for r in records if r.status is not RunStatus.SUCCEEDED]:
+        raise RuntimeError(f"the backfill of {failed[0].business_date} ended {failed[0].status}")
+    counts = {k: sum(getattr(r.counts, k) for r in records) for k in ("embedded", "reused")}
+    return {"seconds": seconds, "days": len(records), **counts}
 
 
 def sequential_script(database: Path, warehouse: Path) -> dict[str, Any]:
@@ -153,6 +170,13 @@ def main() -> None:
         settings.photos.allow_networks = ["127.0.0.0/8"]
         figures["cold"] = timed_export(settings)
         figures["warm"] = timed_export(settings)
+        spread = work / "sales-over-31-days.db"
+        write_sales_with_photos(spread, args.sales, base_url, days=BACKFILL_DAYS)
+        (work / "backfill").mkdir()
+        settings = exporter_settings(spread, work / "backfill")
+        settings.photos.allow_networks = ["127.0.0.0/8"]
+        figures["backfill_cold"] = timed_backfill(settings)
+        figures["backfill_warm"] = timed_backfill(settings)
         if "sequential" not in args.skip:
             figures["sequential"] = sequential_script(database, work / "sequential")
         if "daft" not in args.skip:
@@ -184,6 +208,7 @@ def _print(figures: dict[str, Any]) -> None:
     print(f"draft-mode decoding: max cosine distance to full-size decoding {distance:.4f}")
     print(f"{'run':<28}{'seconds':>9}{'img/s':>9}{'vs limit':>10}{'vs exporter':>13}")
     rows = [("exporter, cold", cold)]
+    rows += [(f"backfill, {figures['backfill_cold']['days']} days, cold", figures["backfill_cold"])]
     rows += [
         (name, figures[key])
         for name, key in (("sequential script", "sequential"), ("daft", "daft"))
@@ -197,6 +222,12 @@ def _print(figures: dict[str, Any]) -> None:
     print(
         f"{'exporter, warm re-run':<28}{warm['seconds']:9.1f}   (reused {warm['reused']},"
         f" embedded {warm['embedded']}): {cold['seconds'] / warm['seconds']:.1f}x faster than cold"
+    )
+    backfill, again = figures["backfill_cold"], figures["backfill_warm"]
+    print(
+        f"{'backfill, warm re-run':<28}{again['seconds']:9.1f}   (reused {again['reused']},"
+        f" embedded {again['embedded']}): {backfill['seconds'] / again['seconds']:.1f}x faster"
+        " than cold"
     )
 
 

@@ -76,9 +76,12 @@ def _write_camera_photo(folder: Path, number: int) -> None:
     photo.save(folder / f"camera-{number}.jpg", "JPEG", quality=95)
 
 
-def write_sales_with_photos(database: Path, sales: int, photo_base_url: str) -> None:
-    """`sales_data`'s sales, each with its own photo: sale id N shows `<base>/N.jpg`."""
-    write_sales_database(database, sales)
+def write_sales_with_photos(
+    database: Path, sales: int, photo_base_url: str, *, days: int = 1
+) -> None:
+    """`sales_data`'s sales (of one day, or over `days` days), each with its own photo: sale
+    id N shows `<base>/N.jpg`."""
+    write_sales_database(database, sales, days=days)
     connection = sqlite3.connect(database)
     with connection:
         connection.execute(

@@ -46,29 +46,45 @@ _CONDITIONS = ("new", "like new", "good", "fair")
 
 
 def write_sales_database(
-    path: Path, sales: int, *, day: date = BUSINESS_DAY, seed: int = 0
+    path: Path,
+    sales: int,
+    *,
+    day: date = BUSINESS_DAY,
+    days: int = 1,
+    first_id: int = 1,
+    seed: int = 0,
 ) -> None:
-    """Write `sales` sales sold on `day` (UTC) into a new SQLite database at `path`."""
+    """Write `sales` sales sold on `day` (UTC), or over the `days` days that end with it, into
+    a new SQLite database at `path`, their ids counting from `first_id`."""
     if path.exists():
         raise FileExistsError(path)
     connection = sqlite3.connect(path)
     try:
         connection.executescript(SCHEMA)  # the demo store's tables; only `sales` is filled
         with connection:
-            connection.executemany(INSERT_SALE, _rows(sales, day, random.Random(seed)))
+            rows = _rows(sales, day, days, first_id, random.Random(seed))
+            connection.executemany(INSERT_SALE, rows)
     finally:
         connection.close()
 
 
-def _rows(sales: int, day: date, rng: random.Random) -> Iterator[tuple[Any, ...]]:
-    midnight = datetime.combine(day, time())
+def _rows(
+    sales: int, day: date, days: int, first_id: int, rng: random.Random
+) -> Iterator[tuple[Any, ...]]:
+    last_midnight = datetime.combine(day, time())
+    # Over several days, ids count up with the days, as a point of sale numbers its sales;
+    # one day draws no day numbers, so that its sales stay those of earlier figures.
+    days_back = [0] * sales
+    if days > 1:
+        days_back = sorted((rng.randrange(days) for _ in range(sales)), reverse=True)
     tenants = [tenant for tenant, _, _ in TENANTS]
     currencies = {tenant: currency for tenant, currency, _ in TENANTS}
     weights = [share for _, _, share in TENANTS]
-    for sale_id in range(1, sales + 1):
+    for sale_id in range(first_id, first_id + sales):
         tenant = rng.choices(tenants, weights)[0]
         item, category = rng.choice(_ITEMS)
         brand = rng.choice(_BRANDS)
+        midnight = last_midnight - timedelta(days=days_back[sale_id - first_id])
         sold_at = midnight + timedelta(seconds=rng.randrange(86_400))
         list_cents = rng.randrange(500, 20_000)
         price_cents = list_cents * rng.choice((100, 100, 100, 90, 80, 50)) // 100

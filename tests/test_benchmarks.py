@@ -45,6 +45,8 @@ def test_the_export_benchmark_compares_the_limit_cold_warm_sequential_and_daft(
         "draft-mode decoding: max cosine distance",
         "exporter, cold",
         "exporter, warm re-run",
+        "backfill, 31 days, cold",
+        "backfill, warm re-run",
         "sequential script",
     ):
         assert figure in output
@@ -94,6 +96,28 @@ def test_the_memory_benchmark_prints_a_row_per_part_size_with_camera_photos() ->
     assert all(row[4] != "-" and row[6] == "MiB" for row in rows)
     assert "part_bytes 20,000,000; embedded 6, failed 0" in " ".join(rows[0])
     assert "whole batches; embedded 6, failed 0" in " ".join(rows[1])
+
+
+def test_the_table_growth_benchmark_prints_a_first_run_and_a_rerun_per_table_size() -> None:
+    output = run_benchmark(
+        "bench_table_growth.py",
+        "--rows",
+        "0",
+        "3000",
+        "--day-sales",
+        "200",
+        "--commit-rows",
+        "1000",
+    )
+
+    rows = [line.split() for line in output.splitlines() if line.strip()[:1].isdigit()]
+    assert [(row[0], row[2]) for row in rows] == [
+        ("0", "first"),
+        ("0", "re-run"),
+        ("3,000", "first"),
+        ("3,000", "re-run"),
+    ]
+    assert all(row[-1] == "MiB" for row in rows)
 
 
 def test_the_fit_benchmark_prints_retrieval_and_classification_for_pad_and_crop() -> None:
