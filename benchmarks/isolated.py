@@ -5,6 +5,9 @@ allocator high-water mark: the peak RSS read here is that step's alone (`os.wait
 rusage of exactly the child it reaps), and a step that runs too long is killed without taking
 the benchmark down with it. The child reports what only it can know (its own wall time around
 the work, excluding interpreter start and imports) as one JSON object on its last stdout line.
+Linux keeps a process's peak across exec, so a child reports at least its parent's RSS at the
+fork: the process that runs the steps must stay small (bench_table_growth.py writes its history
+in a step of its own for that).
 """
 
 from __future__ import annotations
