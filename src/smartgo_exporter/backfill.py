@@ -1,10 +1,10 @@
 """Backfills: export a range of past days, on this machine or on a Ray cluster.
 
 A backfill (a new table, a new model, a fixed source) is many days that do not depend on each
-other. The local runner exports them one after another through `pipeline.export`; the Ray
-runner (`ray_runner`) exports them all at once on a cluster. Either way each day is one run with
-its run record and its lease, and the table comes out the same. Ray is an optional extra,
-imported only when it is chosen.
+other. The local runner exports them in turn through `pipeline.export` (each read while the
+one before is embedded and committed); the Ray runner (`ray_runner`) exports them all at once
+on a cluster. Either way each day is one run with its run record and its lease, and the table
+comes out the same. Ray is an optional extra, imported only when it is chosen.
 
     records = backfill(settings, date(2026, 1, 1), date(2026, 3, 31), runner="ray")
 """
