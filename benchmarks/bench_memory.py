@@ -43,9 +43,9 @@ def measure(steps: list[Step], root: Path, timeout: float) -> int:
         log = root / "export.log"
         arguments = [__file__, "--step", "--database", str(step.database), "--work", str(work)]
         result = run_step([*arguments, *step.options], log=log, timeout_seconds=timeout)
-        rss = f"{result.peak_rss_bytes / 2**20:,.0f} MiB"
+        rss = result.peak_rss
         if result.report is None:
-            why = "timed out" if result.timed_out else f"failed, exit {result.returncode}"
+            why = result.failure
             print(f"{step.label:>24} {result.elapsed_seconds:8.1f} {'-':>8} {rss:>10}  {why}")
             if not result.timed_out:
                 print(log_tail(log))

@@ -164,7 +164,7 @@ def print_loads(results: dict[tuple[str, str], StepResult], sales: int) -> None:
         report = result.report
         rss = _mib(result.peak_rss_bytes)
         if report is None:
-            why = "timed out" if result.timed_out else f"failed, exit {result.returncode}"
+            why = result.failure
             print(f"{system:<9} {run:<7} {result.elapsed_seconds:9.1f} {'-':>9} {rss:>10}  {why}")
             continue
         note = ""

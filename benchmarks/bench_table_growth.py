@@ -122,10 +122,9 @@ def measure(sizes: list[int], day_sales: int, commit_rows: int, timeout: float) 
                 log = root / f"{run}.log"
                 arguments = [__file__, "--step", "--database", str(database), "--work", str(work)]
                 result = run_step(arguments, log=log, timeout_seconds=timeout)
-                rss = f"{result.peak_rss_bytes / 2**20:,.0f} MiB"
+                rss = result.peak_rss
                 if result.report is None:
-                    why = "timed out" if result.timed_out else f"failed, exit {result.returncode}"
-                    print(f"{size:>11,} {history:10.1f} {run:>7} {why}  {rss}")
+                    print(f"{size:>11,} {history:10.1f} {run:>7} {result.failure}  {rss}")
                     if not result.timed_out:
                         print(log_tail(log))
                     failed = True

@@ -33,6 +33,15 @@ class StepResult:
     timed_out: bool
     returncode: int
 
+    @property
+    def failure(self) -> str:
+        """Why there is no report, as a results table says it."""
+        return "timed out" if self.timed_out else f"failed, exit {self.returncode}"
+
+    @property
+    def peak_rss(self) -> str:
+        return f"{self.peak_rss_bytes / 2**20:,.0f} MiB"
+
 
 def run_step(arguments: list[str], *, log: Path, timeout_seconds: float) -> StepResult:
     """Run `python arguments...` with stdout and stderr in `log`; kill it after the timeout."""
