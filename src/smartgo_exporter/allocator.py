@@ -14,7 +14,6 @@ Lambda handler), never `export`, which may run inside somebody else's.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 from typing import Final
 
 _M_MMAP_THRESHOLD: Final = -3
@@ -25,11 +24,10 @@ THRESHOLD_BYTES: Final = 1 << 20
 def unmap_large_blocks() -> bool:
     """Fix glibc's mmap threshold at `THRESHOLD_BYTES`; False where the C library has no
     `mallopt` (macOS) or refuses it, which changes nothing but the peak."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
+    # The process's own symbols hold the C library's: no search for it (find_library would
+    # start ldconfig at every CLI start).
     try:
-        mallopt = ctypes.CDLL(name).mallopt
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, THRESHOLD_BYTES))
