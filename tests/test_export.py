@@ -4,6 +4,7 @@ real Iceberg table. These tests state the guarantees of DESIGN.md.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import os
@@ -33,6 +34,7 @@ from smartgo_exporter.errors import DayNotOver, EmbeddingError
 from smartgo_exporter.pipeline import export
 from smartgo_exporter.progress.sqlite import SqliteProgressStore
 from smartgo_exporter.run_records import RunStatus
+from smartgo_exporter.runs import DayDone
 from smartgo_exporter.sinks.iceberg import RUN_ID_PROPERTY, SalesTable
 from smartgo_exporter.sources import SaleBatch, load_source
 from smartgo_exporter.windows import Window
@@ -186,6 +188,41 @@ def test_the_next_day_is_read_while_the_day_before_is_still_in_the_model(
     assert RunStatus.FAILED not in {record.status for record in records}
     rows = table_rows(settings)
     assert rows.num_rows == distinct_keys(rows) == valid_sales(store[1])
+
+
+def test_a_range_of_small_days_lands_in_one_snapshot_with_each_day_recorded_apart(
+    workspace: DemoPaths, store: tuple[DemoPaths, DemoCatalog]
+) -> None:
+    """A commit costs about the same for ten rows as for ten thousand, so the days of a range
+    share one; each day's record still counts only its own sales."""
+    settings = settings_of(workspace)
+    records = export(settings, days())
+
+    table = SalesTable.open(settings.table, source="smartgo").table
+    [snapshot] = table.snapshots()
+    assert snapshot.summary is not None
+    assert snapshot.summary[RUN_ID_PROPERTY].split(",") == [r.run_id for r in records]
+    written_by = collections.Counter(table_rows(settings)["export_run_id"].to_pylist())
+    for record in records:
+        assert record.counts.written == written_by[record.run_id] > 0
+
+
+def test_a_day_waiting_for_a_shared_commit_is_recorded_only_once_its_rows_are_in_the_table(
+    workspace: DemoPaths,
+) -> None:
+    settings = settings_of(workspace)
+    in_table_when_recorded: list[int] = []
+
+    def recorded(done: DayDone) -> None:
+        stored = SqliteProgressStore(settings.progress.path).runs_on(done.record.business_date)
+        assert [r.status for r in stored] == [done.record.status]
+        written_by = collections.Counter(table_rows(settings)["export_run_id"].to_pylist())
+        in_table_when_recorded.append(written_by[done.record.run_id])
+
+    records = export(settings, days(), on_day=recorded)
+
+    assert in_table_when_recorded == [r.counts.written for r in records]
+    assert all(in_table_when_recorded)
 
 
 def test_a_price_change_at_the_source_rewrites_exactly_that_row(workspace: DemoPaths) -> None:
@@ -352,7 +389,7 @@ def test_every_snapshot_names_the_run_that_wrote_it(workspace: DemoPaths) -> Non
     settings = settings_of(workspace)
     records = export(settings, days())
     table = SalesTable.open(settings.table, source="smartgo").table
-    run_ids = {s.summary[RUN_ID_PROPERTY] for s in table.snapshots()}
+    run_ids = {run for s in table.snapshots() for run in s.summary[RUN_ID_PROPERTY].split(",")}
     assert run_ids == {r.run_id for r in records}
 
 

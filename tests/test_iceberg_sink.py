@@ -364,6 +364,29 @@ def test_a_reconciled_commit_removes_the_days_rows_not_returned_and_says_how_man
     assert len(table.table.snapshots()) == 2  # the upsert and the removal: one snapshot
 
 
+def test_days_reconciled_in_one_commit_each_say_how_many_of_their_rows_it_removed(
+    config: TableConfig,
+) -> None:
+    next_day = DAY + timedelta(days=1)
+    first, second = [sale(i) for i in range(4)], [sale(i, day=next_day) for i in range(10, 15)]
+    table = holding(config, [*first, *second])
+    second_read = Reconciliation(
+        WINDOW_END, WINDOW_END + timedelta(days=1), (), frozenset(s.key for s in second[2:])
+    )
+
+    removed = table.upsert_days(
+        batch([sale(20, day=next_day)]),
+        run_ids=["run-2", "run-3"],
+        reconcile=[day_read(first[1:]), second_read],
+    )
+
+    assert removed == [1, 2]
+    assert keys_in(table) == {s.key for s in [*first[1:], *second[2:], sale(20)]}
+    [_, snapshot] = table.table.snapshots()
+    assert snapshot.summary is not None
+    assert snapshot.summary[RUN_ID_PROPERTY] == "run-2,run-3"
+
+
 def test_reconciling_a_day_leaves_other_days_tenants_and_sources_alone(
     config: TableConfig,
 ) -> None:

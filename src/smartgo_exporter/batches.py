@@ -10,8 +10,9 @@ the same three steps, and only decide where each runs:
     async for prepared in steps.prepare(batch, stored, fetcher, started_at):  # read side
         finished = steps.finish(prepared, embedder, run_id)   # model side: embed, diff
         gathering.add(finished, record)                       # committer: gathers parts,
-    gathering.commit(table, record)                           # then one snapshot of them
-    gathering.finish_day(table, record, tenant_ids)           # the last, after a complete read
+    gathering.commit(table)                                   # then one snapshot of them
+    gathering.end_day(record, tenant_ids)                     # after the day's last batch:
+    gathering.commit(table)                                   # this commit records the day
 
 Each step returns the errors it found instead of recording them, since it may run off the
 thread (or in another process than) the one that owns the run record; the committer records
@@ -207,73 +208,140 @@ class BatchSteps:
 
 
 @dataclasses.dataclass
+class _DayGathered:
+    """What a Gathering holds of one day's run."""
+
+    record: RunRecord
+    counts: RunCounts = dataclasses.field(default_factory=RunCounts)
+    """Of its batches gathered since its last commit."""
+    returned: set[Key] = dataclasses.field(default_factory=set)
+    rejected_ids: set[str] = dataclasses.field(default_factory=set)
+    ended: bool = False
+    reconcile: Reconciliation | None = None
+
+
+@dataclasses.dataclass
 class Gathering:
     """Finished batches gathered for one commit: a commit per `commit_rows` rows keeps the
     files large and the snapshots few, while batches stay small enough to hold their photos.
+    A commit may hold the rows of several days (a range of small days would otherwise pay a
+    commit's fixed cost for each): a day's run is recorded by the commit that holds its end.
 
-    One per day: it also keeps every key the day's read returned, across its commits, for the
-    day's last one (`finish_day`); a set of a day's keys is a few megabytes at most.
+    It keeps every key a day's read returned, across that day's commits, for the reconciliation
+    in its last one (`end_day`); a set of a day's keys is a few megabytes at most.
     """
 
     tables: list[pa.Table] = dataclasses.field(default_factory=list)
-    counts: RunCounts = dataclasses.field(default_factory=RunCounts)
     rows: int = 0
-    returned: set[Key] = dataclasses.field(default_factory=set)
-    rejected_ids: set[str] = dataclasses.field(default_factory=set)
+    days: dict[str, _DayGathered] = dataclasses.field(default_factory=dict)
+    """By run id, in the order the days came."""
 
     def add(self, finished: FinishedBatch, record: RunRecord) -> None:
-        """Gather a batch, recording its errors in the run's record."""
+        """Gather a batch of the run of `record`, recording its errors there."""
         for error in finished.errors:
             record.record_error(error)
         if finished.rows is not None:
             self.tables.append(finished.rows)
             self.rows += finished.rows.num_rows
-        self.counts.add(finished.counts)
-        self.returned |= finished.read.returned
-        self.rejected_ids |= finished.read.rejected_ids
+        day = self._day(record)
+        day.counts.add(finished.counts)
+        day.returned |= finished.read.returned
+        day.rejected_ids |= finished.read.rejected_ids
 
-    def commit(self, table: SalesTable, record: RunRecord) -> RunCounts:
-        """Upsert what was gathered in one snapshot, add its counts to the record, and start
-        gathering anew; returns the counts committed. Blocking: the runner picks the thread.
+    def end_day(self, record: RunRecord, tenant_ids: Sequence[str] | None) -> None:
+        """Say that the run of `record` has gathered its last batch: the next commit ends it.
 
-        For a day's last commit when its read failed or stopped early: what was read is kept,
-        and nothing is removed, since the sales not read may well be at the source still.
+        With `tenant_ids` (the day was read whole without failing), that commit also removes
+        the rows of the day (of those tenants, or of every tenant when empty) that the read did
+        not return, counted as `removed`. With None (the read failed or stopped early), what
+        was read is kept and nothing is removed, since the sales not read may well be at the
+        source still.
         """
-        return self._commit(table, record, None)
-
-    def finish_day(
-        self, table: SalesTable, record: RunRecord, tenant_ids: Sequence[str]
-    ) -> RunCounts:
-        """The day's last commit, after a read of the whole day that did not fail: as `commit`,
-        and in the same snapshot the rows of the day (of `tenant_ids`, or of every tenant when
-        empty) that the read did not return are removed, counted as `removed`."""
-        reconcile = Reconciliation(
-            record.window_start,
-            record.window_end,
-            tuple(tenant_ids),
-            frozenset(self.returned),
-            frozenset(self.rejected_ids),
-        )
-        return self._commit(table, record, reconcile)
-
-    def _commit(
-        self, table: SalesTable, record: RunRecord, reconcile: Reconciliation | None
-    ) -> RunCounts:
-        if self.tables or reconcile is not None:
-            rows = last_per_key(self.tables) if self.tables else ARROW_SCHEMA.empty_table()
-            self.counts.removed += table.upsert(
-                rows,
-                run_id=record.run_id,
-                business_date=record.business_date,
-                reconcile=reconcile,
+        day = self._day(record)
+        day.ended = True
+        if tenant_ids is not None:
+            day.reconcile = Reconciliation(
+                record.window_start,
+                record.window_end,
+                tuple(tenant_ids),
+                frozenset(day.returned),
+                frozenset(day.rejected_ids),
             )
-        committed = self.counts
-        record.counts.add(committed)
-        # Named here, not left to the caller's context: the Ray driver commits many days at once.
-        day = record.business_date.isoformat()
-        log.info("batch_committed", run_id=record.run_id, day=day, **dataclasses.asdict(committed))
-        self.tables, self.counts, self.rows = [], RunCounts(), 0
-        return committed
+
+    @property
+    def days_ended(self) -> int:
+        return sum(day.ended for day in self.days.values())
+
+    @property
+    def sales(self) -> int:
+        """Sales in the batches gathered since the last commit."""
+        return sum(day.counts.sales for day in self.days.values())
+
+    def commit(self, table: SalesTable) -> list[tuple[RunRecord, RunCounts]]:
+        """Commit what was gathered (`take`, then `Commit.apply`), blocking."""
+        return self.take().apply(table)
+
+    def take(self) -> Commit:
+        """What was gathered, as one commit to apply; gathering starts anew, keeping what it
+        knows of the days not ended. Cheap: a runner takes a commit where it gathers, and
+        applies it elsewhere while the next batches are gathered."""
+        days = list(self.days.values())
+        commit = Commit(
+            self.tables,
+            [(day.record, day.counts) for day in days],
+            {day.record.run_id: day.reconcile for day in days if day.reconcile is not None},
+            [day.record.run_id for day in days if day.ended],
+        )
+        for day in days:
+            day.counts = RunCounts()
+        self.tables, self.rows = [], 0
+        self.days = {run_id: day for run_id, day in self.days.items() if not day.ended}
+        return commit
+
+    def _day(self, record: RunRecord) -> _DayGathered:
+        day = self.days.get(record.run_id)
+        if day is None:
+            day = self.days[record.run_id] = _DayGathered(record)
+        return day
+
+
+@dataclasses.dataclass
+class Commit:
+    """Batches of one or several days' runs taken for one snapshot (`Gathering.take`)."""
+
+    tables: list[pa.Table]
+    runs: list[tuple[RunRecord, RunCounts]]
+    """Each run with a batch or its end in the commit, and the counts of its batches."""
+    reconcile: dict[str, Reconciliation]
+    """By run id: the days read whole that this commit ends."""
+    ended: list[str]
+    """The run ids of the days this commit ends, `reconcile`'s and those read in part."""
+
+    def apply(self, table: SalesTable) -> list[tuple[RunRecord, RunCounts]]:
+        """Upsert the batches in one snapshot, with the reconciliations of the days ended, and
+        add each run's counts to its record; returns each run's record and the counts
+        committed for it. Blocking: the runner picks the thread."""
+        if self.tables or self.reconcile:
+            rows = last_per_key(self.tables) if self.tables else ARROW_SCHEMA.empty_table()
+            removed = table.upsert_days(
+                rows,
+                run_ids=[record.run_id for record, _ in self.runs],
+                business_date=max(record.business_date for record, _ in self.runs),
+                reconcile=list(self.reconcile.values()),
+            )
+            by_run = dict(zip(self.reconcile, removed, strict=True))
+            for record, counts in self.runs:
+                counts.removed += by_run.get(record.run_id, 0)
+        for record, counts in self.runs:
+            record.counts.add(counts)
+            # Named here, not left to the caller's context: a commit may hold several days.
+            log.info(
+                "batch_committed",
+                run_id=record.run_id,
+                day=record.business_date.isoformat(),
+                **dataclasses.asdict(counts),
+            )
+        return self.runs
 
 
 def _now() -> datetime:

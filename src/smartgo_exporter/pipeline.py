@@ -29,8 +29,9 @@ from typing import Any, TypeVar
 
 import structlog
 
-from smartgo_exporter.batches import BatchSteps, FinishedBatch, Gathering, PreparedBatch
+from smartgo_exporter.batches import BatchSteps, FinishedBatch, PreparedBatch
 from smartgo_exporter.config import Settings
+from smartgo_exporter.day_commits import DayCommits
 from smartgo_exporter.day_plan import DayPlan, due_with
 from smartgo_exporter.embedders import Embedder, load_embedder
 from smartgo_exporter.errors import ExporterError
@@ -202,16 +203,17 @@ embedded while the next waits, so the model never waits for a download."""
 
 @dataclasses.dataclass
 class _DaysExport:
-    """The days of one export call, a run each, read ahead where it costs nothing: once a day
-    has read its whole window, the next day reads and downloads while that one is embedded
-    and committed. A day of few sales is one batch, read, fetched, embedded and committed in
-    turn; one after another, a range of such days kept a core idle.
+    """The days of one export call, a run each, kept flowing across day boundaries: once a
+    day has read its whole window, the next day reads and downloads while that one is embedded,
+    and a day that has gathered its last batch waits for a commit shared with the days after
+    it (`day_commits`). A day of few sales is one batch; one after another, with a commit
+    each, a range of such days kept a core idle and paid a commit a day.
 
     The day read ahead begins (takes its lease, records its run) only when the day before has
-    ended, and not at all if that one FAILED: it then waits for the next run, as it did when
-    days ran one after another. At most two days run at once; they share one photo fetcher
-    (its concurrency limit holds for both) and `MODEL_SIDE_PARTS`, so the photos in memory
-    stay bounded as for one.
+    gathered its last batch, and not at all if that one FAILED: it then waits for the next
+    run, as it did when days ran one after another. Days read share one photo fetcher (its
+    concurrency limit holds for all) and `MODEL_SIDE_PARTS`, so the photos in memory stay
+    bounded as for one day.
     """
 
     stages: _Stages
@@ -224,90 +226,133 @@ class _DaysExport:
     event loop is interrupted."""
 
     async def run(self, runs: Sequence[tuple[date, str]]) -> None:
-        model_side = asyncio.Semaphore(MODEL_SIDE_PARTS)
-        async with PhotoFetcher(self.stages.settings.photos) as fetcher:
-            earlier: _Started | None = None
-            for number, (day, trigger) in enumerate(runs):
-                if earlier is not None:
-                    await earlier.day.reading_done.wait()
-                    # A day that did not read its whole window (its source failed, it was
-                    # stopped) ends before the next is read, so that the next sees its outcome.
-                    if not earlier.day.read_whole:
-                        if not await self._end(earlier, len(runs)):
-                            return
-                        earlier = None
-                if number and self.should_stop is not None and self.should_stop():
-                    break
-                day_export = _DayExport(
-                    self.stages,
-                    self.progress,
-                    (number, len(runs)),
-                    self.on_batch,
-                    self.should_stop,
-                    fetcher,
-                    model_side,
-                )
-                after = None if earlier is None else earlier.ended
-                task = asyncio.create_task(day_export.run(day, trigger, after))
-                current = _Started(day_export, task)
-                if earlier is not None and not await self._end(earlier, len(runs)):
-                    await self._end(current, len(runs))  # dropped, unrecorded
-                    return
-                earlier = current
-            if earlier is not None:
-                await self._end(earlier, len(runs))
+        positions: dict[str, tuple[int, int]] = {}
 
-    async def _end(self, started: _Started, days: int) -> bool:
-        """Wait for a day's run and report its record; False when it FAILED (or was dropped),
-        which ends the export: later days would fail alike, and the next run catches them up.
-        """
-        record = await started.task
-        went_on = record is not None and record.status is not RunStatus.FAILED
-        started.ended.set_result(went_on)
-        if record is not None:
-            self.records.append(record)
-            if self.on_day is not None:
-                self.on_day(DayDone(record, len(self.records), days))
-        return went_on
+        def committed(record: RunRecord, counts: RunCounts) -> None:
+            if self.on_batch is not None:
+                done, total = positions[record.run_id]
+                self.on_batch(BatchDone(record.business_date, counts, done, total))
+
+        stages = self.stages
+        commits = DayCommits(
+            stages.table, stages.table_thread, stages.settings.export.commit_rows, committed
+        )
+        started: asyncio.Queue[_Started | None] = asyncio.Queue()
+        collector = asyncio.create_task(self._collect(started, len(runs)))
+        async with PhotoFetcher(stages.settings.photos) as fetcher:
+            days = _Days(
+                stages,
+                self.progress,
+                fetcher,
+                commits,
+                self.should_stop or (lambda: False),
+                positions,
+                len(runs),
+            )
+            last = await self._start(runs, days, started)
+            if last is not None:
+                await last.day.settled.wait()
+            await commits.flush()
+            started.put_nowait(None)
+            await collector
+
+    async def _collect(self, started: asyncio.Queue[_Started | None], total: int) -> None:
+        """Report each day's record, in day order, as its run ends."""
+        while (day := await started.get()) is not None:
+            record = await day.task
+            if record is not None:
+                self.records.append(record)
+                if self.on_day is not None:
+                    self.on_day(DayDone(record, len(self.records), total))
+
+    async def _start(
+        self,
+        runs: Sequence[tuple[date, str]],
+        days: _Days,
+        started: asyncio.Queue[_Started | None],
+    ) -> _Started | None:
+        """Start each day in turn, the next once the one before has read its window; returns
+        the last day started."""
+        earlier: _Started | None = None
+        for number, (day, trigger) in enumerate(runs):
+            if earlier is not None:
+                await earlier.day.reading_done.wait()
+                # A day that did not read its whole window (its source failed, it was
+                # stopped) ends before the next is read, so that the next sees its outcome.
+                if not earlier.day.read_whole:
+                    record = await earlier.task
+                    if record is None or record.status is RunStatus.FAILED:
+                        return earlier
+            if (number and days.should_stop()) or days.commits.failure is not None:
+                break
+            day_export = _DayExport(days, number, last=number == len(runs) - 1)
+            after = None if earlier is None else earlier.day.handed
+            current = _Started(day_export, asyncio.create_task(day_export.run(day, trigger, after)))
+            started.put_nowait(current)
+            # The day before may still fail before its end is handed on: this one is then
+            # dropped, unrecorded, and the export ends (later days would fail alike).
+            if after is not None and not await after:
+                return current
+            earlier = current
+        return earlier
+
+
+@dataclasses.dataclass
+class _Days:
+    """What the days of an export call share, and make each `_DayExport` from."""
+
+    stages: _Stages
+    progress: NonFatalProgressStore
+    fetcher: PhotoFetcher
+    commits: DayCommits
+    should_stop: StopCheck
+    positions: dict[str, tuple[int, int]]
+    """(days done before, days of the call) by run id, for BatchDone."""
+    total: int
+    model_side: asyncio.Semaphore = dataclasses.field(
+        default_factory=lambda: asyncio.Semaphore(MODEL_SIDE_PARTS)
+    )
 
 
 @dataclasses.dataclass
 class _Started:
-    """A day under way, and whether it went on (ended and did not fail), for the next."""
+    """A day under way."""
 
     day: _DayExport
     task: asyncio.Task[RunRecord | None]
-    ended: asyncio.Future[bool] = dataclasses.field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
 
 
 @dataclasses.dataclass
 class _DayExport:
     """One day of an export call: its run, driven through the stages' threads."""
 
-    stages: _Stages
-    progress: NonFatalProgressStore
-    position: tuple[int, int]
-    """(days done, days in this export call), for BatchDone."""
-    on_batch: ProgressCallback | None
-    should_stop: StopCheck | None
-    fetcher: PhotoFetcher
-    model_side: asyncio.Semaphore
-    """A permit per part queued for the model or in it (`MODEL_SIDE_PARTS`)."""
+    days: _Days
+    number: int
+    """Its place in the export call, from 0."""
+    last: bool
+    """The call's last day: its end commits at once, with the days waiting before it."""
     reading_done: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     """Set once the day has stopped reading, for whatever reason, or its run has ended."""
     read_whole: bool = False
     """Whether it read its whole window: the next day may be read ahead beside it."""
+    handed: asyncio.Future[bool] = dataclasses.field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    """True once its last batch is gathered for a commit: the next day may begin. False if
+    the run ends before (it failed, or never began)."""
+    settled: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    """Set once the run waits for its last commit, or has ended."""
 
     async def run(self, day: date, trigger: str, after: Awaitable[bool] | None) -> RunRecord | None:
         """The day's run, begun at once or, with `after`, read ahead and begun once `after`
         says the day before went on; None (nothing recorded) when it says that day failed."""
+        stages = self.days.stages
         try:
-            run = DayRun.planned(self.stages.settings, self.progress, day, trigger)
+            run = DayRun.planned(stages.settings, self.days.progress, day, trigger)
             with structlog.contextvars.bound_contextvars(run_id=run.record.run_id, day=str(day)):
+                self.days.positions[run.record.run_id] = (self.number, self.days.total)
                 try:
-                    window = business_day(day, self.stages.settings.export.timezone)
+                    window = business_day(day, stages.settings.export.timezone)
                     begun = await self._export_window(window, run, after)
                 except Exception as error:
                     # Whatever stopped the run, its record must say FAILED and why, or the
@@ -317,7 +362,10 @@ class _DayExport:
                     return run.record if run.record.finished else None
                 return run.finish()
         finally:
+            if not self.handed.done():
+                self.handed.set_result(False)
             self.reading_done.set()
+            self.settled.set()
 
     async def _export_window(
         self, window: Window, run: DayRun, after: Awaitable[bool] | None
@@ -328,8 +376,7 @@ class _DayExport:
         if after is None and not await _began(run):
             return False
         queue: asyncio.Queue[PreparedBatch | _ReadEnded] = asyncio.Queue()
-        gathering = Gathering()
-        stages = self.stages
+        stages, commits = self.days.stages, self.days.commits
         commit_rows = stages.settings.export.commit_rows
         producer = asyncio.create_task(self._produce(window, record, queue))
         ahead = (
@@ -339,18 +386,16 @@ class _DayExport:
             try:
                 while isinstance(item := await self._finish_next(queue, record), FinishedBatch):
                     if ahead is None:
-                        gathering.add(item, record)
-                    else:
-                        ahead.hold(item)
-                        if ahead.rows < commit_rows and not ahead.beginning.done():
-                            continue
-                        if not await ahead.begin_into(gathering, record):
-                            return False
-                        ahead = None
-                    if gathering.rows >= commit_rows:
-                        await self._commit(gathering.commit, record)
+                        await commits.add(item, record)
+                        continue
+                    ahead.hold(item)
+                    if ahead.rows < commit_rows and not ahead.beginning.done():
+                        continue
+                    if not await ahead.begin_into(commits, record):
+                        return False
+                    ahead = None
                 if ahead is not None:
-                    if not await ahead.begin_into(gathering, record):
+                    if not await ahead.begin_into(commits, record):
                         return False
                     ahead = None
             except Exception:
@@ -359,15 +404,13 @@ class _DayExport:
                 if ahead is not None and not await ahead.beginning:
                     return False
                 raise
-            if item.complete:
-                tenants = stages.settings.export.tenant_ids
-                await self._commit(
-                    functools.partial(gathering.finish_day, tenant_ids=tenants), record
-                )
             # Also when the source failed midway (the producer ends the queue either way):
-            # the rows read before the failure are embedded already, and are kept.
-            elif gathering.counts.sales:
-                await self._commit(gathering.commit, record)
+            # the rows read before the failure are embedded already, and are kept, with
+            # nothing removed; such a day commits at once, so the next day sees its outcome.
+            tenants = stages.settings.export.tenant_ids if item.complete else None
+            self.handed.set_result(True)
+            self.settled.set()
+            await commits.end_day(record, tenants, now=self.last or not item.complete)
             return True
         finally:
             if not producer.done():
@@ -378,7 +421,7 @@ class _DayExport:
                 await producer
             while not queue.empty():
                 if isinstance(queue.get_nowait(), PreparedBatch):
-                    self.model_side.release()
+                    self.days.model_side.release()
 
     async def _finish_next(
         self, queue: asyncio.Queue[PreparedBatch | _ReadEnded], record: RunRecord
@@ -389,28 +432,30 @@ class _DayExport:
         item = await queue.get()
         if isinstance(item, _ReadEnded):
             return item
-        stages = self.stages
+        stages = self.days.stages
         try:
             return await _on(
                 stages.model_thread, stages.steps.finish, item, stages.embedder, record.run_id
             )
         finally:
-            self.model_side.release()
+            self.days.model_side.release()
 
     async def _produce(
         self, window: Window, record: RunRecord, queue: asyncio.Queue[PreparedBatch | _ReadEnded]
     ) -> None:
-        stages, export = self.stages, self.stages.settings.export
+        stages, export = self.days.stages, self.days.stages.settings.export
         batches = stages.source.read(window, export.batch_size, export.tenant_ids)
         complete = False
         try:
             while (batch := await _on(stages.source_thread, next, batches, None)) is not None:
-                parts = stages.steps.prepare(batch, self._stored, self.fetcher, record.started_at)
+                parts = stages.steps.prepare(
+                    batch, self._stored, self.days.fetcher, record.started_at
+                )
                 async with contextlib.aclosing(parts):
                     async for prepared in parts:
-                        await self.model_side.acquire()
+                        await self.days.model_side.acquire()
                         queue.put_nowait(prepared)  # with its permit: nothing awaited between
-                if self.should_stop is not None and self.should_stop():
+                if self.days.should_stop():
                     # What was read is committed; the rest of the window waits for the next run.
                     record.message = STOPPED_EARLY
                     log.warning("run_stopped_early")
@@ -430,14 +475,8 @@ class _DayExport:
     async def _stored(
         self, keys: list[Key], sold_within: tuple[datetime, datetime] | None
     ) -> StoredRows:
-        stages = self.stages
+        stages = self.days.stages
         return await _on(stages.table_thread, stages.table.stored, keys, sold_within=sold_within)
-
-    async def _commit(self, commit: Callable[..., RunCounts], record: RunRecord) -> None:
-        """Run `commit` (a Gathering's `commit` or `finish_day`) on the table's thread."""
-        committed = await _on(self.stages.table_thread, commit, self.stages.table, record)
-        if self.on_batch is not None:
-            self.on_batch(BatchDone(record.business_date, committed, *self.position))
 
 
 async def _began(run: DayRun) -> bool:
@@ -454,7 +493,7 @@ async def _began_after(run: DayRun, after: Awaitable[bool]) -> bool:
 @dataclasses.dataclass
 class _ReadAhead:
     """A day read ahead: its parts go through the model too, and wait finished (up to a
-    commit's rows) for the day before to end; only then are they recorded and committed, or
+    commit's rows) for the day before to hand on its end; only then are they gathered, or
     dropped with the day if that one failed."""
 
     beginning: asyncio.Future[bool]
@@ -466,12 +505,12 @@ class _ReadAhead:
         self.held.append(finished)
         self.rows += finished.rows.num_rows if finished.rows is not None else 0
 
-    async def begin_into(self, gathering: Gathering, record: RunRecord) -> bool:
+    async def begin_into(self, commits: DayCommits, record: RunRecord) -> bool:
         """Wait for the run to begin and gather what was held; False if it did not begin."""
         if not await self.beginning:
             return False
         for finished in self.held:
-            gathering.add(finished, record)
+            await commits.add(finished, record)
         self.held = []
         return True
 

@@ -28,7 +28,7 @@ import dataclasses
 import functools
 import logging
 import pickle
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime
 from typing import Any
@@ -53,7 +53,7 @@ from smartgo_exporter.progress import NonFatalProgressStore, load_progress_store
 
 # From ray_cluster, which says what to install when Ray is missing, rather than ImportError.
 from smartgo_exporter.ray_cluster import ray, ray_session, without_ray_progress_bars
-from smartgo_exporter.run_records import RunCounts, RunError, RunRecord
+from smartgo_exporter.run_records import RunError, RunRecord
 from smartgo_exporter.runs import (
     BatchDone,
     DayCallback,
@@ -310,13 +310,12 @@ class _Backfill:
         """Gather a batch, committing every `commit_rows` rows; at the day's end, finish it."""
         if isinstance(item, _DayRead):
             if item.failure is None:
-                tenants = self.settings.export.tenant_ids
-                await self._commit(
-                    day, functools.partial(day.gathering.finish_day, tenant_ids=tenants)
-                )
+                day.gathering.end_day(day.run.record, self.settings.export.tenant_ids)
+                await self._commit(day)
             # Also when reading failed midway: the batches read before are kept, as locally.
-            elif day.gathering.counts.sales:
-                await self._commit(day, day.gathering.commit)
+            elif day.gathering.sales:
+                day.gathering.end_day(day.run.record, None)
+                await self._commit(day)
             self._finish(day, item.failure)
             return
         if item.finished is None:
@@ -325,18 +324,18 @@ class _Backfill:
             return
         day.gathering.add(item.finished, day.run.record)
         if day.gathering.rows >= self.settings.export.commit_rows:
-            await self._commit(day, day.gathering.commit)
+            await self._commit(day)
 
-    async def _commit(self, day: _Day, commit: Callable[..., RunCounts]) -> None:
-        """Run `commit` (the day's Gathering's `commit` or `finish_day`) on the table's thread."""
-        record = day.run.record
+    async def _commit(self, day: _Day) -> None:
+        """Commit what the day's Gathering holds, on the table's thread."""
         committed = await asyncio.get_running_loop().run_in_executor(
-            self.table_thread, commit, self.table, record
+            self.table_thread, day.gathering.commit, self.table
         )
-        if self.on_batch is not None:
-            self.on_batch(
-                BatchDone(record.business_date, committed, self.days_done, self.days_total)
-            )
+        for record, counts in committed:
+            if self.on_batch is not None:
+                self.on_batch(
+                    BatchDone(record.business_date, counts, self.days_done, self.days_total)
+                )
 
     def _finish(self, day: _Day, failure: RunError | None) -> None:
         """Record the day's outcome and let go of it."""

@@ -53,7 +53,8 @@ from smartgo_exporter.sinks.rewrites import plan_rewrites
 log = structlog.get_logger(__name__)
 
 RUN_ID_PROPERTY = "smartgo.run-id"
-"""Snapshot summary property naming the export run that committed the snapshot."""
+"""Snapshot summary property naming the export runs that committed the snapshot, comma-separated
+(one for each day whose rows or reconciliation it holds)."""
 BUSINESS_DATE_PROPERTY = "smartgo.business-date"
 """Snapshot summary property: the business day (ISO date) whose sales the snapshot holds."""
 SOURCE_PROPERTY = "smartgo.source"
@@ -198,19 +199,42 @@ class SalesTable:
     ) -> int:
         """Replace any stored rows with these rows' keys by these rows, in one snapshot; with
         `reconcile`, also remove in it the window's rows the read did not return (see
-        `sinks.reconciliation`). Returns how many rows that removed.
+        `sinks.reconciliation`). Returns how many rows that removed. `upsert_days` is the
+        same for the rows of several days' runs.
+        """
+        return sum(
+            self.upsert_days(
+                rows,
+                run_ids=(run_id,),
+                business_date=business_date,
+                reconcile=() if reconcile is None else (reconcile,),
+            )
+        )
 
-        The snapshot's summary names `run_id`, this table's source and, when given, the
-        `business_date` whose sales the rows are (see `last_exported_day`). With no rows and
-        nothing to remove, nothing is committed.
+    def upsert_days(
+        self,
+        rows: pa.Table,
+        *,
+        run_ids: Sequence[str],
+        business_date: date | None = None,
+        reconcile: Sequence[Reconciliation] = (),
+    ) -> list[int]:
+        """Replace any stored rows with these rows' keys by these rows, and remove the rows
+        each of `reconcile` finds gone, all in one snapshot; returns how many rows each of
+        `reconcile` removed. A range of small days is committed so, not a snapshot a day: a
+        commit's cost is mostly fixed (planning, manifests, the catalog's round trip).
 
-        A concurrent commit that touches the same keys (or the reconciled window) makes ours
-        fail validation; the batch is then re-planned against the new table state and
+        The snapshot's summary names `run_ids` (comma-separated), this table's source and,
+        when given, `business_date`, the latest day whose sales the rows are (see
+        `last_exported_day`). With no rows and nothing to remove, nothing is committed.
+
+        A concurrent commit that touches the same keys (or a reconciled window) makes ours
+        fail validation; the rows are then re-planned against the new table state and
         committed again, up to `commit_attempts` times, so neither writer's rows are lost or
         duplicated.
         """
-        if rows.num_rows == 0 and reconcile is None:
-            return 0
+        if rows.num_rows == 0 and not reconcile:
+            return []
         rows = rows.cast(ARROW_SCHEMA).sort_by(
             [("tenant_id", "ascending"), ("sold_at", "ascending")]
         )
@@ -227,7 +251,7 @@ class SalesTable:
             try:
                 if attempt > 1:
                     self.table.refresh()
-                properties = self._snapshot_properties(run_id, business_date)
+                properties = self._snapshot_properties(run_ids, business_date)
                 return self._commit(rows, keys, properties, reconcile)
             # pyiceberg retries a bare catalog conflict itself; it raises ValidationException when
             # the other writer touched our keys, and then only re-planning from the new state
@@ -235,7 +259,7 @@ class SalesTable:
             # (connection refused or dropped, an I/O error) may well answer the next attempt;
             # and redoing a commit whose outcome is unknown is safe, since it replaces the same
             # keys and removes what is still gone (if the first landed, the count removed then
-            # says 0). Until the commit lands, the table shows none of the batch.
+            # says 0). Until the commit lands, the table shows none of the rows.
             except _RETRIED_AT_COMMIT as error:
                 if attempt >= self.commit_attempts:
                     raise SinkError(
@@ -295,8 +319,10 @@ class SalesTable:
                 days.append(date.fromisoformat(summary.get(BUSINESS_DATE_PROPERTY) or ""))
         return max(days, default=None)
 
-    def _snapshot_properties(self, run_id: str, business_date: date | None) -> dict[str, str]:
-        properties = {RUN_ID_PROPERTY: run_id, SOURCE_PROPERTY: self.source}
+    def _snapshot_properties(
+        self, run_ids: Sequence[str], business_date: date | None
+    ) -> dict[str, str]:
+        properties = {RUN_ID_PROPERTY: ",".join(run_ids), SOURCE_PROPERTY: self.source}
         if business_date is not None:
             properties[BUSINESS_DATE_PROPERTY] = business_date.isoformat()
         return properties
@@ -306,11 +332,11 @@ class SalesTable:
         rows: pa.Table,
         keys: Sequence[Key],
         properties: dict[str, str],
-        reconcile: Reconciliation | None,
-    ) -> int:
+        reconcile: Sequence[Reconciliation],
+    ) -> list[int]:
         plan = plan_rewrites(self.table, self.source, keys, reconcile)
         if rows.num_rows == 0 and not plan.files:
-            return 0  # nothing to write and nothing gone: no empty snapshot
+            return plan.removed  # nothing to write and nothing gone: no empty snapshot
         transaction = self.table.transaction()
         metadata = transaction.table_metadata
         commit_uuid = uuid.uuid4()
@@ -322,8 +348,8 @@ class SalesTable:
             # reconciled window, and say which manifests hold the files deleted here.
             if keys:
                 snapshot.delete_by_predicate(key_filter(self.source, keys))
-            if reconcile is not None:
-                snapshot.delete_by_predicate(reconcile.row_filter(self.source))
+            for day in reconcile:
+                snapshot.delete_by_predicate(day.row_filter(self.source))
             for rewrite in plan.files:
                 snapshot.delete_data_file(rewrite.task.file)
                 if rewrite.kept.num_rows:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyiceberg.expressions import AlwaysTrue
+from pyiceberg.expressions import AlwaysTrue, Or
 from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.schema import Schema
 from pyiceberg.table import FileScanTask, Table
@@ -36,16 +37,19 @@ class Rewrite:
 @dataclasses.dataclass(frozen=True)
 class RewritePlan:
     files: list[Rewrite]
-    removed: int
-    """Rows dropped because the reconciliation found them gone, not because they are upserted."""
+    removed: list[int]
+    """Rows dropped because a reconciliation found them gone (not because they are upserted),
+    for each reconciliation in turn."""
 
 
 def plan_rewrites(
-    table: Table, source: str, keys: Sequence[Key], reconcile: Reconciliation | None
+    table: Table, source: str, keys: Sequence[Key], reconcile: Sequence[Reconciliation]
 ) -> RewritePlan:
-    """The files holding any of `keys`, or any row `reconcile` finds gone, each with what stays.
+    """The files holding any of `keys`, or any row one of `reconcile` finds gone, each with
+    what stays.
 
-    Candidates are planned by tenant (for the keys) and by the window (for the reconciliation),
+    Candidates are planned by tenant (for the keys) and by the windows (for the
+    reconciliations: of several days at once in one scan, when a commit ends several days),
     then each is read for its key columns only to learn whether it holds a row to drop. A
     tenant's file whose sale id bounds hold none of the keys is no candidate (`_may_hold`):
     point-of-sale ids grow with time, so a day's keys fall in the bounds of that day's files
@@ -54,8 +58,9 @@ def plan_rewrites(
     file (which made each commit cost more as the table grew), and it checks a set of over
     200 values against no bounds at all. Only the files that hold a row to drop are read whole.
     """
+    nothing_removed = [0] * len(reconcile)
     if table.current_snapshot() is None:
-        return RewritePlan([], 0)
+        return RewritePlan([], nothing_removed)
     candidates: dict[str, FileScanTask] = {}
     if keys:
         by_tenant = _ids_by_tenant(keys)
@@ -66,20 +71,20 @@ def plan_rewrites(
         for task in table.scan(row_filter=tenant_filter(source, keys)).plan_files():
             if _may_hold(task, by_tenant, *fields):
                 candidates.setdefault(task.file.file_path, task)
-    if reconcile is not None:
-        for task in table.scan(row_filter=reconcile.row_filter(source)).plan_files():
+    if reconcile:
+        windows = [day.row_filter(source) for day in reconcile]
+        within = windows[0] if len(windows) == 1 else Or(*windows)
+        for task in table.scan(row_filter=within).plan_files():
             candidates.setdefault(task.file.file_path, task)
     if not candidates:
-        return RewritePlan([], 0)
+        return RewritePlan([], nothing_removed)
     columns = ["source", "tenant_id", "sale_id"] + (["sold_at"] if reconcile else [])
     key_columns = _scan(table, table.schema().select(*columns))
 
-    def dropped(rows: pa.Table) -> tuple[pa.ChunkedArray, pa.ChunkedArray | None]:
+    def dropped(rows: pa.Table) -> tuple[pa.ChunkedArray, list[pa.ChunkedArray]]:
         replaced = key_mask(rows, source, keys)
-        if reconcile is None:
-            return replaced, None
-        gone = pc.and_not(reconcile.gone(rows, source), replaced)
-        return pc.or_(replaced, gone), gone
+        gone = [pc.and_not(day.gone(rows, source), replaced) for day in reconcile]
+        return functools.reduce(pc.or_, gone, replaced), gone
 
     def drops_a_row(task: FileScanTask) -> bool:
         return bool(pc.any(dropped(key_columns.to_table(tasks=[task]))[0]).as_py())
@@ -94,13 +99,15 @@ def plan_rewrites(
         ]
     whole = _scan(table, table.schema())
     files: list[Rewrite] = []
-    removed = 0
+    removed = nothing_removed
     for task in holding:
         rows = whole.to_table(tasks=[task])
         drop, gone = dropped(rows)
         files.append(Rewrite(task, rows.filter(pc.invert(drop))))
-        if gone is not None:
-            removed += int(pc.sum(pc.cast(gone, pa.int64())).as_py() or 0)
+        removed = [
+            count + int(pc.sum(pc.cast(day, pa.int64())).as_py() or 0)
+            for count, day in zip(removed, gone, strict=True)
+        ]
     return RewritePlan(files, removed)
 
 
