@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import subprocess
 import types
 import typing
 from collections.abc import Iterator
@@ -889,6 +890,52 @@ def test_private_photo_hosts_are_allowed_by_a_parameter(monkeypatch: pytest.Monk
     assert "SGX_PHOTOS__ALLOW_HOSTS" not in Deployment(ImageUri=IMAGE).environment(), (
         "empty leaves a bundled file's allow_hosts alone"
     )
+
+
+# --- the README runs as written ------------------------------------------------------------------
+
+README = DEPLOY / "README.md"
+
+
+def readme_shell_blocks() -> list[str]:
+    text = README.read_text(encoding="utf-8")
+    blocks = re.findall(r"^( *)```bash\n(.*?)^\1```", text, re.S | re.M)
+    return [
+        "\n".join(line.removeprefix(indent) for line in body.splitlines())
+        for indent, body in blocks
+    ]
+
+
+def test_every_shell_block_of_the_readme_parses_in_bash(tmp_path: Path) -> None:
+    blocks = readme_shell_blocks()
+    assert len(blocks) > 10
+    for number, block in enumerate(blocks):
+        script = tmp_path / f"block{number}.sh"
+        script.write_text(block + "\n", encoding="utf-8")
+        checked = subprocess.run(["bash", "-n", script], capture_output=True, text=True)
+        assert checked.returncode == 0, f"{block}\n{checked.stderr}"
+
+
+def test_the_readme_uses_nothing_only_gnu_or_one_shell_has() -> None:
+    """`date -d` and `base64 -w` are GNU's; bash owns COLUMNS (the terminal's width) and zsh
+    takes it for a number, so a step storing JSON there breaks."""
+    commands = "\n".join(readme_shell_blocks())
+    assert not re.search(r"\bdate\b[^\n|]*\s-d\b", commands)
+    assert not re.search(r"\bbase64\b[^\n|]*\s-w", commands)
+    assert not re.search(r"(?<![A-Za-z_])(COLUMNS|LINES|RANDOM|SECONDS)=", commands)
+    assert "$COLUMNS" not in commands
+
+
+def test_every_parameter_the_readme_deploys_with_is_one_of_the_template() -> None:
+    parameters = set(decode_str(TEMPLATE.read_text(encoding="utf-8"))[0]["Parameters"])
+    given = set()
+    for block in readme_shell_blocks():
+        for command in block.replace("\\\n", " ").splitlines():
+            if "--parameter-overrides" in command:
+                overrides = command.split("--parameter-overrides", 1)[1]
+                given |= set(re.findall(r"(?:^|\s)\"?([A-Za-z]+)=", overrides))
+    assert {"ImageUri", "AllowTableCreation", "SubnetIds", "RouteTableIds"} <= given
+    assert given <= parameters
 
 
 # --- the package ---------------------------------------------------------------------------------
