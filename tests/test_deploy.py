@@ -771,8 +771,9 @@ def test_a_region_without_titan_fails_at_deploy_time_naming_the_regions_that_hav
 
 
 @pytest.mark.parametrize("region", sorted(TITAN_REGIONS))
-def test_every_region_with_titan_deploys(region: str) -> None:
+def test_every_region_with_titan_deploys_and_may_be_the_bedrock_region(region: str) -> None:
     assert Deployment(region, ImageUri=IMAGE).refusals() == []
+    assert Deployment(NO_TITAN, ImageUri=IMAGE, BedrockRegion=region).refusals() == []
 
 
 def test_a_region_without_titan_deploys_calling_titan_in_another() -> None:
