@@ -5,7 +5,9 @@ backends themselves (Titan, DynamoDB, S3 Tables, SSM) are tested with their own 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import uuid
 from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import Any
 
 import pytest
 import structlog
+from aws_lambda_powertools import Metrics
 
 from smartgo_exporter import aws_lambda
 from smartgo_exporter.aws_lambda import ExportFailed, handler
@@ -20,7 +23,10 @@ from smartgo_exporter.config import Settings
 from smartgo_exporter.config_loader import load_config
 from smartgo_exporter.demo import DemoCatalog, DemoPaths
 from smartgo_exporter.progress.sqlite import SqliteProgressStore
+from smartgo_exporter.run_records import LOOKBACK_TRIGGER, RunStatus
 from tests.demo_store import FIRST_DAY, copy_of_store, distinct_keys, table_rows
+from tests.servers.moto import MotoServer
+from tests.test_progress_stores import record
 
 BATCH = 5
 
@@ -175,6 +181,8 @@ def test_each_invocation_prints_its_metrics_in_embedded_metric_format(
         "RowsRemoved",
         "RunsFailed",
         "RunsPartial",
+        "DaysExported",
+        "ProgressStoreFailures",
         "ExportDuration",
     }
     counts = result["runs"][0]["counts"]
@@ -183,7 +191,59 @@ def test_each_invocation_prints_its_metrics_in_embedded_metric_format(
     assert document["RowsWritten"] == [counts["written"]]
     assert document["EmbeddingsCreated"] == [counts["embedded"]]
     assert document["ExportDuration"][0] > 0
+    assert document["DaysExported"] == [1]
+    assert document["ProgressStoreFailures"] == [0]
     assert document["request_id"] == "req-metrics"
+
+
+def test_every_progress_store_failure_of_an_invocation_is_in_its_metrics(
+    workspace: DemoPaths,
+    moto_server: MotoServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A progress table that is missing (or that the role may not use) is swallowed by design,
+    turning the lease and the run history off: the export lands, and the metric the
+    deployment alarms on counts each failed call, one per warning logged."""
+    config = workspace.config.read_text(encoding="utf-8")
+    config = config[: config.index("[progress]")] + (
+        f'[progress]\ntype = "dynamodb"\ntable = "missing-{uuid.uuid4().hex}"\n'
+        f'endpoint_url = "{moto_server.endpoint_url}"\n'
+    )
+    workspace.config.write_text(config, encoding="utf-8")
+    result = handler({"date": "2026-10-05"}, plenty_of_time())
+    assert result["ok"] is True
+    assert result["runs"][0]["counts"]["written"] > 0
+    output = capsys.readouterr()
+    warnings = [
+        line
+        for line in json_lines(output.err)
+        if line["event"].startswith("progress_store_") and line["level"] == "warning"
+    ]
+    assert len(warnings) >= 3, "the lease, the RUNNING record and the final record"
+    document = emf_document(output.out)
+    assert document["ProgressStoreFailures"] == [len(warnings)]
+    assert document["DaysExported"] == [1]
+
+
+def test_a_day_exported_is_a_first_export_that_landed_not_a_failure_nor_a_lookback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The 26-hour alarm watches DaysExported: a PARTIAL day landed its rows (RunsPartial
+    reports it), a FAILED one did not, and re-reading a day already exported is no new day."""
+    runs = [
+        dataclasses.replace(record("first", date(2026, 10, 5)), trigger="schedule"),
+        record("partial", date(2026, 10, 3), RunStatus.PARTIAL),
+        dataclasses.replace(record("again", date(2026, 10, 1)), trigger=LOOKBACK_TRIGGER),
+        record("failed", date(2026, 10, 4), RunStatus.FAILED),
+    ]
+    metrics = Metrics(namespace="SmartGoExporter", service=aws_lambda.SERVICE)
+    aws_lambda.publish_metrics(metrics, runs, 1.0, progress_failures=2)
+    document = emf_document(capsys.readouterr().out)
+    assert document["DaysExported"] == [2]
+    assert document["RunsPartial"] == [1]
+    assert document["RunsFailed"] == [1]
+    assert document["ProgressStoreFailures"] == [2]
 
 
 def test_every_log_line_carries_the_request_id(

@@ -1,13 +1,17 @@
 """The deployment in deploy/: the template is valid CloudFormation (SAM), its IAM policy names
 its resources, the function is configured for the AWS backends through settings that exist,
-the progress table is the one the DynamoDB store expects, and the package carries no offline
-model. Nothing here talks to AWS: intrinsic functions are evaluated for a few parameter sets.
+the progress table is the one the DynamoDB store expects, every failure reaches an alarm and
+the alarm a topic, VPC mode brings the endpoints it needs, a region without Titan is refused
+at deploy time, and the package carries no offline model. Nothing here talks to AWS:
+intrinsic functions and rules are evaluated for a few parameter sets.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
+import subprocess
 import types
 import typing
 from collections.abc import Iterator
@@ -19,6 +23,7 @@ import pytest
 from cfnlint.api import ManualArgs, lint_file
 from cfnlint.decode import decode_str
 
+from smartgo_exporter import aws_lambda
 from smartgo_exporter.config import Settings, SqlSourceConfig
 from smartgo_exporter.progress.dynamodb import table_definition
 
@@ -49,7 +54,42 @@ EVERYTHING_GIVEN = {
     "ConfigFile": "smartgo-exporter.toml",
     "AllowTableCreation": "false",
     "IndexBucket": "smartgo-indexes",
+    "AlarmEmail": "ops@example.com",
+    "PhotoAllowHosts": '["https://photos.internal"]',
+    "VpcId": "vpc-0a1b2c3d",
+    "RouteTableIds": "rtb-0a,rtb-0b",
+    "CreateSsmEndpoint": "true",
+    "CreateS3TablesEndpoint": "true",
 }
+PRIVATE_NETWORK = {
+    # VPC mode with every endpoint, Titan in the stack's region: no NAT gateway for AWS.
+    "SubnetIds": "subnet-0a,subnet-0b",
+    "SecurityGroupIds": "sg-0a,sg-0b",
+    "VpcId": "vpc-0a1b2c3d",
+    "RouteTableIds": "rtb-0a",
+    "CreateSsmEndpoint": "true",
+    "CreateBedrockEndpoint": "true",
+    "CreateS3TablesEndpoint": "true",
+}
+PARAMETER_SETS = {
+    "defaults": {},
+    "everything given": EVERYTHING_GIVEN,
+    "private network": PRIVATE_NETWORK,
+}
+TITAN_REGIONS = {
+    # AWS's Bedrock model support by Region for amazon.titan-embed-image-v1, on demand.
+    "us-east-1",
+    "us-west-2",
+    "ca-central-1",
+    "sa-east-1",
+    "eu-west-1",
+    "eu-west-2",
+    "eu-west-3",
+    "ap-south-1",
+    "ap-southeast-2",
+}
+NO_TITAN = "eu-north-1"
+"""A region with S3 Tables and Bedrock, but not Titan Multimodal Embeddings."""
 
 
 class Deployment:
@@ -59,8 +99,9 @@ class Deployment:
     `!Ref ProgressTable` "{ProgressTable}", so a test can say which resource a value names.
     """
 
-    def __init__(self, **parameters: str) -> None:
+    def __init__(self, region: str = REGION, **parameters: str) -> None:
         self.template: dict[str, Any] = decode_str(TEMPLATE.read_text(encoding="utf-8"))[0]
+        self.pseudo = {**PSEUDO, "AWS::Region": region}
         specs = self.template["Parameters"]
         unknown = set(parameters) - set(specs)
         assert not unknown, f"the template has no parameters {sorted(unknown)}"
@@ -78,6 +119,30 @@ class Deployment:
     def resource(self, name: str) -> dict[str, Any]:
         properties: dict[str, Any] = self.resolve(self.template["Resources"][name]["Properties"])
         return properties
+
+    def created(self, name: str) -> bool:
+        """Whether the stack has resource `name`: it has no Condition, or its condition holds."""
+        condition = self.template["Resources"][name].get("Condition")
+        return condition is None or self.condition(condition)
+
+    def of_type(self, kind: str) -> list[str]:
+        return sorted(
+            name
+            for name, resource in self.template["Resources"].items()
+            if resource["Type"] == kind and self.created(name)
+        )
+
+    def refusals(self) -> list[str]:
+        """What CloudFormation would answer before creating anything: the AssertDescription of
+        every rule assertion that fails for these parameters and this region."""
+        failed = []
+        for rule in self.template.get("Rules", {}).values():
+            if "RuleCondition" in rule and not self._truth(rule["RuleCondition"]):
+                continue
+            for assertion in rule["Assertions"]:
+                if not self._truth(assertion["Assert"]):
+                    failed.append(" ".join(assertion["AssertDescription"].split()))
+        return failed
 
     def statements(self, role: str = "ExporterRole") -> list[dict[str, Any]]:
         """Every statement of a function role's inline policies, Action and Resource as lists."""
@@ -119,6 +184,9 @@ class Deployment:
                 if key == "Fn::Join":
                     separator, items = value
                     return separator.join(self.resolve(items))
+                if key == "Fn::Select":
+                    index, items = value
+                    return self.resolve(items)[int(index)]
             resolved = {key: self.resolve(value) for key, value in node.items()}
             return {key: value for key, value in resolved.items() if value is not NO_VALUE}
         if isinstance(node, list):
@@ -128,8 +196,8 @@ class Deployment:
     def _ref(self, name: str) -> Any:
         if name == "AWS::NoValue":
             return NO_VALUE
-        if name in PSEUDO:
-            return PSEUDO[name]
+        if name in self.pseudo:
+            return self.pseudo[name]
         if name in self.parameters:
             return self.parameters[name]
         assert name in self.template["Resources"], f"Ref to unknown {name}"
@@ -158,6 +226,9 @@ class Deployment:
             return all(self._truth(item) for item in value)
         if key == "Fn::Or":
             return any(self._truth(item) for item in value)
+        if key == "Fn::Contains":
+            items, item = value
+            return self.resolve(item) in self.resolve(items)
         if key == "Condition":
             return self.condition(value)
         raise AssertionError(f"unknown condition function {key}")
@@ -171,10 +242,9 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-@pytest.fixture(params=["defaults", "everything given"])
+@pytest.fixture(params=list(PARAMETER_SETS))
 def deployment(request: pytest.FixtureRequest) -> Deployment:
-    given = EVERYTHING_GIVEN if request.param == "everything given" else {}
-    return Deployment(ImageUri=IMAGE, **given)
+    return Deployment(ImageUri=IMAGE, **PARAMETER_SETS[request.param])
 
 
 def statements_for(
@@ -226,7 +296,7 @@ def test_every_statement_names_its_resources_but_the_vpc_one_ec2_allows_no_other
 
 def test_only_the_services_the_exporter_calls_are_allowed(deployment: Deployment) -> None:
     services = {action.split(":")[0] for s in deployment.statements() for action in s["Action"]}
-    expected = {"logs", "ssm", "kms", "bedrock", "s3tables", "s3", "dynamodb"}
+    expected = {"logs", "ssm", "kms", "bedrock", "s3tables", "s3", "dynamodb", "sqs"}
     assert services == expected | ({"ec2"} if deployment.condition("InVpc") else set())
 
 
@@ -517,6 +587,356 @@ def test_callers_are_offered_both_permissions_an_iam_function_url_requires(
     assert granted["lambda:InvokeFunctionUrl"]["Condition"] == {
         "StringEquals": {"lambda:FunctionUrlAuthType": "AWS_IAM"}
     }
+
+
+# --- nothing fails silently ---------------------------------------------------------------------
+
+RUN_ALARM_DIMENSIONS = ["service", "stage"]
+ALARMS = {
+    # alarm: namespace, metric, statistic, comparison, threshold, period, periods, missing data
+    "FailedInvocationsAlarm": (
+        "AWS/Lambda",
+        "Errors",
+        "Sum",
+        "GreaterThanOrEqualToThreshold",
+        1,
+        3600,
+        1,
+        "notBreaching",
+    ),
+    "FailedEventsAlarm": (
+        "AWS/SQS",
+        "ApproximateNumberOfMessagesVisible",
+        "Maximum",
+        "GreaterThanOrEqualToThreshold",
+        1,
+        300,
+        1,
+        "notBreaching",
+    ),
+    "RunsFailedAlarm": (
+        "SmartGoExporter",
+        "RunsFailed",
+        "Sum",
+        "GreaterThanOrEqualToThreshold",
+        1,
+        3600,
+        1,
+        "notBreaching",
+    ),
+    "RunsPartialAlarm": (
+        "SmartGoExporter",
+        "RunsPartial",
+        "Sum",
+        "GreaterThanOrEqualToThreshold",
+        1,
+        3600,
+        1,
+        "notBreaching",
+    ),
+    "NoDayExportedAlarm": (
+        "SmartGoExporter",
+        "DaysExported",
+        "Sum",
+        "LessThanThreshold",
+        1,
+        3600,
+        26,
+        "breaching",
+    ),
+    "ProgressStoreFailuresAlarm": (
+        "SmartGoExporter",
+        "ProgressStoreFailures",
+        "Sum",
+        "GreaterThanOrEqualToThreshold",
+        1,
+        3600,
+        1,
+        "notBreaching",
+    ),
+}
+
+
+def alarm_topic(deployment: Deployment) -> str:
+    return str(deployment.parameters["AlarmTopicArn"] or "{AlarmTopic}")
+
+
+@pytest.mark.parametrize("name", list(ALARMS))
+def test_each_alarm_watches_its_metric_against_its_threshold(name: str) -> None:
+    alarm = Deployment(ImageUri=IMAGE).resource(name)
+    namespace, metric, statistic, comparison, threshold, period, periods, missing = ALARMS[name]
+    assert (alarm["Namespace"], alarm["MetricName"], alarm["Statistic"]) == (
+        namespace,
+        metric,
+        statistic,
+    )
+    assert (alarm["ComparisonOperator"], alarm["Threshold"]) == (comparison, threshold)
+    assert (alarm["Period"], alarm["EvaluationPeriods"]) == (period, periods)
+    assert alarm.get("DatapointsToAlarm", periods) == periods
+    assert alarm["TreatMissingData"] == missing
+
+
+def test_the_stack_has_no_alarm_beyond_those_specified(deployment: Deployment) -> None:
+    assert deployment.of_type("AWS::CloudWatch::Alarm") == sorted(ALARMS)
+
+
+def test_no_day_exported_for_26_hours_alarms_even_when_nothing_ran_at_all() -> None:
+    """A schedule that never fired emits no datapoint: missing data must count as breaching,
+    over 26 hours, so that the daily run (24 hours apart) always falls inside the window."""
+    alarm = Deployment(ImageUri=IMAGE).resource("NoDayExportedAlarm")
+    assert alarm["Period"] * alarm["EvaluationPeriods"] == 26 * 3600
+    assert alarm["TreatMissingData"] == "breaching"
+
+
+def test_the_run_alarms_watch_metrics_the_handler_emits_with_its_dimensions(
+    deployment: Deployment,
+) -> None:
+    emitted = {
+        *aws_lambda.COUNT_METRICS,
+        *aws_lambda.RUN_METRICS,
+        aws_lambda.DAYS_EXPORTED_METRIC,
+        aws_lambda.PROGRESS_FAILURES_METRIC,
+    }
+    outputs = deployment.resolve(deployment.template["Outputs"])
+    for name, (namespace, *_) in ALARMS.items():
+        if namespace != "SmartGoExporter":
+            continue
+        alarm = deployment.resource(name)
+        assert alarm["Namespace"] == outputs["MetricsNamespace"]["Value"]
+        assert alarm["MetricName"] in emitted, name
+        assert {d["Name"]: d["Value"] for d in alarm["Dimensions"]} == {
+            "service": aws_lambda.SERVICE,
+            "stage": deployment.parameters["Stage"],
+        }
+
+
+def test_the_aws_alarms_watch_the_export_function_and_the_failed_events_queue(
+    deployment: Deployment,
+) -> None:
+    [function] = deployment.resource("FailedInvocationsAlarm")["Dimensions"]
+    assert function == {"Name": "FunctionName", "Value": "{ExporterFunction}"}
+    [queue] = deployment.resource("FailedEventsAlarm")["Dimensions"]
+    assert queue == {"Name": "QueueName", "Value": "{FailedEvents.QueueName}"}
+
+
+def test_every_alarm_notifies_the_stack_topic_or_the_one_given(deployment: Deployment) -> None:
+    assert deployment.created("AlarmTopic") == (not deployment.parameters["AlarmTopicArn"])
+    for name in ALARMS:
+        assert deployment.resource(name)["AlarmActions"] == [alarm_topic(deployment)], name
+    outputs = deployment.resolve(deployment.template["Outputs"])
+    assert outputs["AlarmTopicArn"]["Value"] == alarm_topic(deployment)
+
+
+def test_an_email_address_is_subscribed_to_the_topic_only_when_given(
+    deployment: Deployment,
+) -> None:
+    email = deployment.parameters["AlarmEmail"]
+    assert deployment.created("AlarmEmailSubscription") == bool(email)
+    if email:
+        subscription = deployment.resource("AlarmEmailSubscription")
+        assert subscription == {
+            "Protocol": "email",
+            "Endpoint": email,
+            "TopicArn": alarm_topic(deployment),
+        }
+
+
+def test_an_event_that_fails_its_retries_is_kept_in_a_queue_not_dropped(
+    deployment: Deployment,
+) -> None:
+    invoke = deployment.resource("ExporterFunction")["EventInvokeConfig"]
+    assert invoke["MaximumRetryAttempts"] == 2
+    assert invoke["DestinationConfig"] == {
+        "OnFailure": {"Type": "SQS", "Destination": "{FailedEvents.Arn}"}
+    }
+    [send] = statements_for(deployment, "sqs")
+    assert (send["Action"], send["Resource"]) == (["sqs:SendMessage"], ["{FailedEvents.Arn}"])
+    queue = deployment.resource("FailedEvents")
+    assert queue["MessageRetentionPeriod"] == 14 * 24 * 3600
+    assert queue["SqsManagedSseEnabled"] is True
+
+
+# --- deploy-time checks ---------------------------------------------------------------------------
+
+
+def test_the_parameter_sets_of_these_tests_pass_every_rule(deployment: Deployment) -> None:
+    assert deployment.refusals() == []
+
+
+def test_a_region_without_titan_fails_at_deploy_time_naming_the_regions_that_have_it() -> None:
+    [refusal] = Deployment(NO_TITAN, ImageUri=IMAGE).refusals()
+    assert "Titan Multimodal Embeddings G1 (amazon.titan-embed-image-v1)" in refusal
+    assert "BedrockRegion" in refusal
+    assert set(re.findall(r"[a-z]{2}-[a-z]+-\d", refusal)) == TITAN_REGIONS
+
+
+@pytest.mark.parametrize("region", sorted(TITAN_REGIONS))
+def test_every_region_with_titan_deploys_and_may_be_the_bedrock_region(region: str) -> None:
+    assert Deployment(region, ImageUri=IMAGE).refusals() == []
+    assert Deployment(NO_TITAN, ImageUri=IMAGE, BedrockRegion=region).refusals() == []
+
+
+def test_a_region_without_titan_deploys_calling_titan_in_another() -> None:
+    deployment = Deployment(NO_TITAN, ImageUri=IMAGE, BedrockRegion="eu-west-1")
+    assert deployment.refusals() == []
+    assert deployment.environment()["SGX_EMBEDDER__REGION"] == "eu-west-1"
+
+
+def test_a_bedrock_region_without_titan_is_refused() -> None:
+    [refusal] = Deployment(ImageUri=IMAGE, BedrockRegion=NO_TITAN).refusals()
+    assert refusal.startswith("BedrockRegion does not offer Titan Multimodal Embeddings G1")
+
+
+def test_a_bedrock_endpoint_is_refused_when_titan_is_called_in_another_region() -> None:
+    deployment = Deployment(ImageUri=IMAGE, **{**PRIVATE_NETWORK, "BedrockRegion": "us-east-1"})
+    [refusal] = deployment.refusals()
+    assert "CreateBedrockEndpoint" in refusal
+
+
+@pytest.mark.parametrize(
+    ("missing", "says"),
+    [("VpcId", "VpcId"), ("SubnetIds", "SubnetIds"), ("SecurityGroupIds", "SecurityGroupIds")],
+)
+def test_endpoints_without_the_vpc_they_are_for_are_refused(missing: str, says: str) -> None:
+    deployment = Deployment(ImageUri=IMAGE, **{**PRIVATE_NETWORK, missing: ""})
+    [refusal] = deployment.refusals()
+    assert says in refusal
+
+
+# --- VPC mode -------------------------------------------------------------------------------------
+
+ENDPOINTS = {
+    "SsmVpcEndpoint": ("CreateSsmEndpoint", "ssm"),
+    "BedrockRuntimeVpcEndpoint": ("CreateBedrockEndpoint", "bedrock-runtime"),
+    "S3TablesVpcEndpoint": ("CreateS3TablesEndpoint", "s3tables"),
+}
+
+
+def test_without_vpc_mode_the_stack_has_no_network_resource() -> None:
+    deployment = Deployment(ImageUri=IMAGE)
+    assert not deployment.condition("InVpc")
+    assert deployment.of_type("AWS::EC2::VPCEndpoint") == []
+    assert deployment.of_type("AWS::EC2::SecurityGroup") == []
+    assert "VpcConfig" not in deployment.resource("ExporterFunction")
+
+
+def test_vpc_mode_puts_the_export_in_the_subnets_and_leaves_the_lookup_out() -> None:
+    deployment = Deployment(ImageUri=IMAGE, **PRIVATE_NETWORK)
+    assert deployment.resource("ExporterFunction")["VpcConfig"] == {
+        "SubnetIds": ["subnet-0a", "subnet-0b"],
+        "SecurityGroupIds": ["sg-0a", "sg-0b"],
+    }
+    assert "VpcConfig" not in deployment.resource("LookupFunction")
+
+
+def test_route_tables_get_free_gateway_endpoints_for_s3_and_dynamodb(
+    deployment: Deployment,
+) -> None:
+    tables = [t for t in deployment.parameters["RouteTableIds"] if t]
+    gateways = {
+        deployment.resource(name)["ServiceName"]: deployment.resource(name)
+        for name in deployment.of_type("AWS::EC2::VPCEndpoint")
+        if deployment.resource(name)["VpcEndpointType"] == "Gateway"
+    }
+    if not tables:
+        assert gateways == {}
+        return
+    assert set(gateways) == {f"com.amazonaws.{REGION}.s3", f"com.amazonaws.{REGION}.dynamodb"}
+    for endpoint in gateways.values():
+        assert endpoint["RouteTableIds"] == tables
+        assert endpoint["VpcId"] == deployment.parameters["VpcId"]
+
+
+def test_each_interface_endpoint_is_created_only_when_asked_in_the_function_subnets(
+    deployment: Deployment,
+) -> None:
+    for name, (parameter, service) in ENDPOINTS.items():
+        assert deployment.created(name) == (deployment.parameters[parameter] == "true"), name
+        if not deployment.created(name):
+            continue
+        endpoint = deployment.resource(name)
+        assert endpoint["ServiceName"] == f"com.amazonaws.{REGION}.{service}"
+        assert endpoint["VpcEndpointType"] == "Interface"
+        assert endpoint["PrivateDnsEnabled"] is True, "the SDKs' default hostnames must resolve"
+        assert endpoint["SubnetIds"] == deployment.parameters["SubnetIds"]
+        assert endpoint["SecurityGroupIds"] == ["{EndpointSecurityGroup}"]
+
+
+def test_the_interface_endpoints_let_in_https_from_the_function_only(
+    deployment: Deployment,
+) -> None:
+    wanted = any(deployment.created(name) for name in ENDPOINTS)
+    assert deployment.created("EndpointSecurityGroup") == wanted
+    if wanted:
+        group = deployment.resource("EndpointSecurityGroup")
+        [ingress] = group["SecurityGroupIngress"]
+        assert (ingress["IpProtocol"], ingress["FromPort"], ingress["ToPort"]) == ("tcp", 443, 443)
+        assert ingress["SourceSecurityGroupId"] == deployment.parameters["SecurityGroupIds"][0]
+        assert "CidrIp" not in ingress
+
+
+# --- configuration without editing a bundled file -------------------------------------------------
+
+
+def test_private_photo_hosts_are_allowed_by_a_parameter(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    hosts = ["https://photos.internal", "10.0.0.5:8080"]
+    deployment = Deployment(ImageUri=IMAGE, PhotoAllowHosts=json.dumps(hosts))
+    for name in [name for name in os.environ if name.startswith("SGX_")]:
+        monkeypatch.delenv(name)
+    for name, value in deployment.environment().items():
+        monkeypatch.setenv(name, value)
+    assert Settings().photos.allow_hosts == hosts
+    assert "SGX_PHOTOS__ALLOW_HOSTS" not in Deployment(ImageUri=IMAGE).environment(), (
+        "empty leaves a bundled file's allow_hosts alone"
+    )
+
+
+# --- the README runs as written ------------------------------------------------------------------
+
+README = DEPLOY / "README.md"
+
+
+def readme_shell_blocks() -> list[str]:
+    text = README.read_text(encoding="utf-8")
+    blocks = re.findall(r"^( *)```bash\n(.*?)^\1```", text, re.S | re.M)
+    return [
+        "\n".join(line.removeprefix(indent) for line in body.splitlines())
+        for indent, body in blocks
+    ]
+
+
+def test_every_shell_block_of_the_readme_parses_in_bash(tmp_path: Path) -> None:
+    blocks = readme_shell_blocks()
+    assert len(blocks) > 10
+    for number, block in enumerate(blocks):
+        script = tmp_path / f"block{number}.sh"
+        script.write_text(block + "\n", encoding="utf-8")
+        checked = subprocess.run(["bash", "-n", script], capture_output=True, text=True)
+        assert checked.returncode == 0, f"{block}\n{checked.stderr}"
+
+
+def test_the_readme_uses_nothing_only_gnu_or_one_shell_has() -> None:
+    """`date -d` and `base64 -w` are GNU's; bash owns COLUMNS (the terminal's width) and zsh
+    takes it for a number, so a step storing JSON there breaks."""
+    commands = "\n".join(readme_shell_blocks())
+    assert not re.search(r"\bdate\b[^\n|]*\s-d\b", commands)
+    assert not re.search(r"\bbase64\b[^\n|]*\s-w", commands)
+    assert not re.search(r"(?<![A-Za-z_])(COLUMNS|LINES|RANDOM|SECONDS)=", commands)
+    assert "$COLUMNS" not in commands
+
+
+def test_every_parameter_the_readme_deploys_with_is_one_of_the_template() -> None:
+    parameters = set(decode_str(TEMPLATE.read_text(encoding="utf-8"))[0]["Parameters"])
+    given = set()
+    for block in readme_shell_blocks():
+        for command in block.replace("\\\n", " ").splitlines():
+            if "--parameter-overrides" in command:
+                overrides = command.split("--parameter-overrides", 1)[1]
+                given |= set(re.findall(r"(?:^|\s)\"?([A-Za-z]+)=", overrides))
+    assert {"ImageUri", "AllowTableCreation", "SubnetIds", "RouteTableIds"} <= given
+    assert given <= parameters
 
 
 # --- the package ---------------------------------------------------------------------------------

@@ -10,7 +10,12 @@ from typing import Any
 
 import pytest
 
-from smartgo_exporter.progress import NonFatalProgressStore, ProgressStore, RunSummary
+from smartgo_exporter.progress import (
+    FailureTally,
+    NonFatalProgressStore,
+    ProgressStore,
+    RunSummary,
+)
 from smartgo_exporter.progress.dynamodb import DynamoProgressStore
 from smartgo_exporter.progress.sqlite import SqliteProgressStore
 from smartgo_exporter.run_records import (
@@ -232,3 +237,43 @@ def test_a_failing_store_never_raises_through_the_wrapper() -> None:
     assert store.recent(5) == []
     assert store.summary().runs == 0
     store.close()
+
+
+def test_every_failure_the_wrapper_swallows_is_counted(moto_server: MotoServer) -> None:
+    """A DynamoDB table that is not there answers every call with ResourceNotFoundException,
+    as one the role may not use answers AccessDeniedException: the export goes on, counted."""
+    missing = DynamoProgressStore(moto_server.client("dynamodb"), f"missing-{uuid.uuid4().hex}")
+    failures = FailureTally()
+    store = NonFatalProgressStore(missing, failures)
+    store.save(record("r1", date(2026, 11, 1)))
+    assert store.runs_on(date(2026, 11, 1)) == []
+    assert store.recent(5) == []
+    assert store.summary().runs == 0
+    assert store.last_succeeded_day() is None
+    assert store.acquire_lease("window:t:2026-11-01", "r1", ttl_seconds=60)
+    assert store.renew_lease("window:t:2026-11-01", "r1", ttl_seconds=60)
+    store.release_lease("window:t:2026-11-01", "r1")
+    assert failures.count == 8
+
+
+def test_a_store_that_cannot_be_opened_counts_once_and_once_more_per_record_lost() -> None:
+    def unopenable() -> ProgressStore:
+        raise OSError("unable to open database file")
+
+    failures = FailureTally()
+    store = NonFatalProgressStore.connect(unopenable, failures)
+    assert failures.count == 1
+    store.save(record("r1", date(2026, 11, 1)))
+    store.save(record("r1", date(2026, 11, 1), RunStatus.FAILED))
+    assert store.runs_on(date(2026, 11, 1)) == []
+    assert failures.count == 3
+
+
+def test_a_working_store_counts_no_failure(store: ProgressStore) -> None:
+    failures = FailureTally()
+    wrapped = NonFatalProgressStore(store, failures)
+    wrapped.save(record("r1", date(2026, 11, 1)))
+    assert [r.run_id for r in wrapped.runs_on(date(2026, 11, 1))] == ["r1"]
+    assert wrapped.acquire_lease("window:t:2026-11-01", "r1", ttl_seconds=60)
+    wrapped.release_lease("window:t:2026-11-01", "r1")
+    assert failures.count == 0

@@ -57,7 +57,8 @@ from smartgo_exporter.day_plan import DayPlan
 from smartgo_exporter.errors import ConfigError, DayNotOver, ExporterError
 from smartgo_exporter.logs import configure_logging
 from smartgo_exporter.pipeline import export
-from smartgo_exporter.run_records import RunRecord, RunStatus
+from smartgo_exporter.progress import FAILURES as PROGRESS_FAILURES
+from smartgo_exporter.run_records import LOOKBACK_TRIGGER, RunRecord, RunStatus
 from smartgo_exporter.windows import days as days_between
 from smartgo_exporter.windows import ensure_over
 
@@ -81,6 +82,13 @@ COUNT_METRICS = {
 }
 """Metric name -> the RunCounts field it totals over the invocation's runs."""
 RUN_METRICS = {"RunsFailed": RunStatus.FAILED, "RunsPartial": RunStatus.PARTIAL}
+DAYS_EXPORTED_METRIC = "DaysExported"
+"""Days whose export landed (SUCCEEDED, or PARTIAL: rows rejected or out of time, which
+RunsPartial reports), re-reads of days already exported (lookback) left out. The deployment
+alarms when none is seen for 26 hours: a schedule missed, or every run failing."""
+PROGRESS_FAILURES_METRIC = "ProgressStoreFailures"
+"""Progress-store calls that failed and were swallowed (`progress.FailureTally`): the export
+went on, but without its lease or its run history."""
 DURATION_METRIC = "ExportDuration"
 
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -229,14 +237,25 @@ def days_due(settings: Settings, as_of: datetime | None = None) -> DayPlan:
     return day_plan.days_due(settings, as_of)
 
 
-def publish_metrics(metrics: Metrics, records: Sequence[RunRecord], seconds: float) -> None:
-    """One EMF document for the invocation: totals over its runs, and how long they took."""
+def publish_metrics(
+    metrics: Metrics, records: Sequence[RunRecord], seconds: float, *, progress_failures: int
+) -> None:
+    """One EMF document for the invocation: totals over its runs, the progress-store failures
+    it met, and how long they took."""
     for name, field in COUNT_METRICS.items():
         total = sum(getattr(record.counts, field) for record in records)
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=total)
     for name, status in RUN_METRICS.items():
         count = sum(record.status is status for record in records)
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=count)
+    exported = sum(
+        record.status is not RunStatus.FAILED and record.trigger != LOOKBACK_TRIGGER
+        for record in records
+    )
+    metrics.add_metric(name=DAYS_EXPORTED_METRIC, unit=MetricUnit.Count, value=exported)
+    metrics.add_metric(
+        name=PROGRESS_FAILURES_METRIC, unit=MetricUnit.Count, value=progress_failures
+    )
     metrics.add_metric(name=DURATION_METRIC, unit=MetricUnit.Seconds, value=round(seconds, 3))
     metrics.flush_metrics()
 
@@ -248,6 +267,7 @@ def _export(runtime: Runtime, request: ExportRequest, context: LambdaContext) ->
     def out_of_time() -> bool:
         return context.get_remaining_time_in_millis() < margin_ms
 
+    progress_failures_before = PROGRESS_FAILURES.count
     plan = DayPlan(request.days) if request.days is not None else days_due(settings, request.as_of)
     days = plan.all_days
     log.info(
@@ -270,7 +290,12 @@ def _export(runtime: Runtime, request: ExportRequest, context: LambdaContext) ->
         log.exception("invocation_crashed")
         raise
     runtime.metrics.add_metadata(key="request_id", value=context.aws_request_id)
-    publish_metrics(runtime.metrics, records, time.monotonic() - started)
+    publish_metrics(
+        runtime.metrics,
+        records,
+        time.monotonic() - started,
+        progress_failures=PROGRESS_FAILURES.count - progress_failures_before,
+    )
     failed = [record for record in records if record.status is RunStatus.FAILED]
     summary = {
         "ok": not failed,

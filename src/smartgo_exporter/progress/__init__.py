@@ -9,6 +9,7 @@ pipeline only ever talks to it through `NonFatalProgressStore`.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from datetime import date
@@ -152,11 +153,43 @@ def check_lease_ttl(ttl_seconds: float) -> None:
         raise ValueError(f"a lease needs a positive time to live, not {ttl_seconds!r}")
 
 
+class FailureTally:
+    """How many progress-store failures `NonFatalProgressStore` has swallowed in this process.
+
+    The wrapper must keep the export going, so a store that answers AccessDenied would
+    otherwise only ever be a warning in the log, while it silently turns off the leases and the
+    run history. The tally makes each failure countable: the Lambda handler reports the ones of
+    its invocation as a metric, which an alarm watches. One per process (`FAILURES`), because
+    the export and the day plan each open their own wrapped store; a caller reads `count`
+    before and after a stretch of work. Safe to add to from several threads.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def add(self) -> None:
+        with self._lock:
+            self._count += 1
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return self._count
+
+
+FAILURES = FailureTally()
+"""Every NonFatalProgressStore of the process counts here unless given a tally of its own."""
+
+
 class NonFatalProgressStore:
-    """A ProgressStore whose failures are logged and swallowed, so the export always goes on.
+    """A ProgressStore whose failures are logged, counted and swallowed, so the export always
+    goes on.
 
     Reads that fail answer "nothing known" (an empty list, an empty summary, None); a failed save
-    is logged with the run id, and the run continues.
+    is logged with the run id, and the run continues. Each failure, and each run record lost to
+    a store that could not be opened, adds one to `failures` (by default the process's
+    `FAILURES`), so that a store that keeps failing can be noticed without stopping anything.
 
     A lease that cannot be read or written counts as granted, with a warning: refusing would let
     an unreachable store stop every export, which the store must never do. The price is that
@@ -165,50 +198,54 @@ class NonFatalProgressStore:
     release is logged and left to lapse with the lease's time to live.
     """
 
-    def __init__(self, store: ProgressStore) -> None:
+    def __init__(self, store: ProgressStore, failures: FailureTally = FAILURES) -> None:
         self._store = store
+        self._failures = failures
 
     @classmethod
-    def connect(cls, open_store: Callable[[], ProgressStore]) -> NonFatalProgressStore:
+    def connect(
+        cls, open_store: Callable[[], ProgressStore], failures: FailureTally = FAILURES
+    ) -> NonFatalProgressStore:
         """Open a store; one that cannot even be opened becomes a store that forgets."""
         try:
-            return cls(open_store())
+            return cls(open_store(), failures)
         except Exception as error:
             log.warning("progress_store_unavailable", error=str(error))
-            return cls(_ForgetfulStore())
+            failures.add()
+            return cls(_ForgetfulStore(failures), failures)
 
     def save(self, record: RunRecord) -> None:
         try:
             self._store.save(record)
         except Exception as error:
-            log.warning("progress_store_save_failed", run_id=record.run_id, error=str(error))
+            self._swallow("progress_store_save_failed", error, run_id=record.run_id)
 
     def runs_on(self, day: date) -> list[RunRecord]:
         try:
             return self._store.runs_on(day)
         except Exception as error:
-            log.warning("progress_store_read_failed", error=str(error))
+            self._swallow("progress_store_read_failed", error)
             return []
 
     def recent(self, limit: int) -> list[RunRecord]:
         try:
             return self._store.recent(limit)
         except Exception as error:
-            log.warning("progress_store_read_failed", error=str(error))
+            self._swallow("progress_store_read_failed", error)
             return []
 
     def summary(self) -> RunSummary:
         try:
             return self._store.summary()
         except Exception as error:
-            log.warning("progress_store_read_failed", error=str(error))
+            self._swallow("progress_store_read_failed", error)
             return summarise([])
 
     def last_succeeded_day(self) -> date | None:
         try:
             return self._store.last_succeeded_day()
         except Exception as error:
-            log.warning("progress_store_read_failed", error=str(error))
+            self._swallow("progress_store_read_failed", error)
             return None
 
     def acquire_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:
@@ -216,7 +253,7 @@ class NonFatalProgressStore:
         try:
             return self._store.acquire_lease(name, owner, ttl_seconds)
         except Exception as error:
-            log.warning("progress_store_lease_failed_granted", lease=name, error=str(error))
+            self._swallow("progress_store_lease_failed_granted", error, lease=name)
             return True
 
     def renew_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:
@@ -224,20 +261,24 @@ class NonFatalProgressStore:
         try:
             return self._store.renew_lease(name, owner, ttl_seconds)
         except Exception as error:
-            log.warning("progress_store_lease_failed_granted", lease=name, error=str(error))
+            self._swallow("progress_store_lease_failed_granted", error, lease=name)
             return True
 
     def release_lease(self, name: str, owner: str) -> None:
         try:
             self._store.release_lease(name, owner)
         except Exception as error:
-            log.warning("progress_store_lease_release_failed", lease=name, error=str(error))
+            self._swallow("progress_store_lease_release_failed", error, lease=name)
 
     def close(self) -> None:
         try:
             self._store.close()
         except Exception as error:
-            log.warning("progress_store_close_failed", error=str(error))
+            self._swallow("progress_store_close_failed", error)
+
+    def _swallow(self, event: str, error: Exception, **fields: str) -> None:
+        log.warning(event, error=str(error), **fields)
+        self._failures.add()
 
 
 def load_progress_store(config: ProgressConfig, *, retention_days: int = 90) -> ProgressStore:
@@ -260,10 +301,15 @@ def load_progress_store(config: ProgressConfig, *, retention_days: int = 90) -> 
 
 
 class _ForgetfulStore:
-    """Stands in for a store that could not be opened: remembers nothing, grants every lease."""
+    """Stands in for a store that could not be opened: remembers nothing, grants every lease;
+    each run record it cannot keep is a failure of its own."""
+
+    def __init__(self, failures: FailureTally) -> None:
+        self._failures = failures
 
     def save(self, record: RunRecord) -> None:
         log.warning("progress_not_recorded", run_id=record.run_id, status=str(record.status))
+        self._failures.add()
 
     def runs_on(self, day: date) -> list[RunRecord]:
         return []
