@@ -51,6 +51,7 @@ class FakeContext:
     def __init__(self, seconds: float, *, step: float = 0.0, request_id: str = "req-1") -> None:
         self.aws_request_id = request_id
         self.function_name = "smartgo-exporter-dev"
+        self.memory_limit_in_mb = "1024"  # text, as Lambda's Python runtime gives it
         self._left = seconds
         self._step = step
 

@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from rich import box
@@ -17,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from smartgo_exporter.cli.edge import console, errors
+from smartgo_exporter.costs import PRICES_READ
 from smartgo_exporter.run_records import LOOKBACK_TRIGGER, RunRecord, RunStatus
 from smartgo_exporter.runs import BatchDone, DayCallback, DayDone, ProgressCallback
 
@@ -86,17 +88,26 @@ def _runs_table(
     table.add_column("trigger", no_wrap=True)
     for column in COUNT_COLUMNS:
         table.add_column(column, justify="right")
+    table.add_column("est. cost", justify="right")
     totals = [0] * len(COUNT_COLUMNS)
+    cost = Decimal(0)
     for record in records:
         values = _counts(record)
         totals = [total + value for total, value in zip(totals, values, strict=True)]
         style = {RunStatus.FAILED: "red", RunStatus.PARTIAL: "yellow"}.get(record.status, "green")
         status = f"[{style}]{record.status}[/]"
-        table.add_row(first_cell(record), status, record.trigger, *map(str, values))
+        run_cost = _usd(record.cost.total) if record.cost else ""
+        cost += record.cost.total if record.cost else 0
+        table.add_row(first_cell(record), status, record.trigger, *map(str, values), run_cost)
     if len(records) > 1:
         table.add_section()
-        table.add_row("total", "", "", *map(str, totals))
+        table.add_row("total", "", "", *map(str, totals), _usd(cost))
     return table
+
+
+def _usd(amount: Decimal) -> str:
+    """To a ten-thousandth of a cent: a run's parts are often a few of those."""
+    return f"${amount:,.6f}"
 
 
 def _counts(record: RunRecord) -> list[int]:
@@ -119,12 +130,41 @@ def print_summary(summary: RunSummary) -> None:
     table.add_row("late changes (lookback)", str(summary.late_changes))
     table.add_row("embedded", str(summary.embedded))
     table.add_row("reused", str(summary.reused))
+    table.add_row("estimated AWS cost", _usd(summary.cost))
+    for service, usd in summary.cost_by_service.items():
+        table.add_row(f"  {service}", _usd(usd))
     console.print(table)
     if summary.failures_by_reason:
         failures = Table("failure (stage:reason)", "count", title="Failures by reason")
         for reason, count in summary.failures_by_reason.items():
             failures.add_row(reason, str(count))
         console.print(failures)
+    _print_costs(summary)
+
+
+def _print_costs(summary: RunSummary) -> None:
+    """The estimated cost by month, then by day, in the UTC days AWS bills by."""
+    if not summary.cost_by_day:
+        return
+    months = Table("month (UTC)", "est. cost", title="Estimated AWS cost by month")
+    for month, usd in summary.cost_by_month.items():
+        months.add_row(month, _usd(usd))
+    console.print(months)
+    days = Table("day (UTC)", "est. cost", title="Estimated AWS cost by day")
+    for day, usd in summary.cost_by_day.items():
+        days.add_row(day.isoformat(), _usd(usd))
+    console.print(days)
+    unpriced = (
+        f"; {summary.runs_without_cost} runs without an estimate (recorded before costs were,"
+        " or still running) are not in it"
+        if summary.runs_without_cost
+        else ""
+    )
+    console.print(
+        f"Estimates at AWS's us-east-1 list prices (read {PRICES_READ}), not the bill: see"
+        f" smartgo_exporter.costs for what they count and leave out{unpriced}.",
+        markup=False,
+    )
 
 
 def print_query_result(result: pa.Table, limit: int) -> None:
