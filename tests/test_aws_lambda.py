@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import date, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +186,23 @@ def test_each_invocation_prints_its_metrics_in_embedded_metric_format(
     assert document["EmbeddingsCreated"] == [counts["embedded"]]
     assert document["ExportDuration"][0] > 0
     assert document["request_id"] == "req-metrics"
+
+
+def test_the_invocations_gb_seconds_are_shared_among_its_runs_and_stored(
+    workspace: DemoPaths, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = handler({"from": "2026-10-05", "to": "2026-10-06"}, plenty_of_time())
+    seconds = emf_document(capsys.readouterr().out)["ExportDuration"][0]
+    progress = SqliteProgressStore(settings_of(workspace).progress.path)
+    stored = [progress.runs_on(day)[0] for day in (date(2026, 10, 5), date(2026, 10, 6))]
+    shares = [run.cost.usage.lambda_gb_seconds for run in stored if run.cost]
+    assert len(shares) == 2
+    assert all(share > 0 for share in shares)
+    # 1,024 MB is one GB: the shares add up to the invocation's seconds, to their rounding.
+    assert abs(sum(shares) - Decimal(str(seconds))) <= Decimal("0.002")
+    assert [run["cost_usd"] for run in result["runs"]] == [
+        str(run.cost.total) for run in stored if run.cost
+    ]
 
 
 def test_every_log_line_carries_the_request_id(

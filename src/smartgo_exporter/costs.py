@@ -13,8 +13,11 @@ the history.
 What is counted, and from what:
 
 - Bedrock Titan Multimodal Embeddings: one input image per sale embedded (`counts.embedded`)
-  when the embedder is Titan; the local model costs nothing. Sent through batch inference,
-  an image is a batch record, at about half the price (`Usage.titan_batch_records`).
+  when the embedder is Titan; the local model costs nothing. A photo that several sales of a
+  run share goes to the model once but counts for each of them, so this is an upper bound:
+  near the truth where every sale has its own photo, twice it in the demo, whose 2,181 sales
+  share 1,112 photos. Sent through batch inference, an image is a batch record, at about half
+  the price (`Usage.titan_batch_records`).
 - Lambda: GB-seconds, the function's memory times the invocation's duration, shared among the
   invocation's runs by how long each ran; only the handler knows them (`aws_lambda`). Zero
   elsewhere (the CLI, the scheduler, Ray), whose compute is not billed per run.

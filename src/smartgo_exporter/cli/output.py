@@ -45,6 +45,8 @@ COUNT_COLUMNS = (
 def print_runs(records: Sequence[RunRecord]) -> None:
     """The per-run summary table the CLI prints after an export and for `history`."""
     console.print(_runs_table(records, "day", lambda record: record.business_date.isoformat()))
+    if (cost := _cost_line(records)) is not None:
+        console.print(cost, markup=False, highlight=False)
     for record in records:
         if record.message:
             errors.print(f"[red]{record.business_date}: {record.message}[/]")
@@ -59,8 +61,10 @@ def print_day(records: Sequence[RunRecord]) -> None:
     title = f"Export runs of {records[0].business_date}" if records else "Export runs"
     console.print(_runs_table(records, "started (UTC)", started, title=title))
     for record in records:
+        cost = f", estimated AWS cost {_usd(record.cost.total)}" if record.cost else ""
         console.print(
-            f"\nrun {record.run_id}: {record.status}, started {record.started_at.isoformat()}",
+            f"\nrun {record.run_id}: {record.status}, started {record.started_at.isoformat()}"
+            + cost,
             markup=False,
         )
         if record.message:
@@ -88,21 +92,31 @@ def _runs_table(
     table.add_column("trigger", no_wrap=True)
     for column in COUNT_COLUMNS:
         table.add_column(column, justify="right")
-    table.add_column("est. cost", justify="right")
     totals = [0] * len(COUNT_COLUMNS)
-    cost = Decimal(0)
     for record in records:
         values = _counts(record)
         totals = [total + value for total, value in zip(totals, values, strict=True)]
         style = {RunStatus.FAILED: "red", RunStatus.PARTIAL: "yellow"}.get(record.status, "green")
         status = f"[{style}]{record.status}[/]"
-        run_cost = _usd(record.cost.total) if record.cost else ""
-        cost += record.cost.total if record.cost else 0
-        table.add_row(first_cell(record), status, record.trigger, *map(str, values), run_cost)
+        table.add_row(first_cell(record), status, record.trigger, *map(str, values))
     if len(records) > 1:
         table.add_section()
-        table.add_row("total", "", "", *map(str, totals), _usd(cost))
+        table.add_row("total", "", "", *map(str, totals))
     return table
+
+
+def _cost_line(records: Sequence[RunRecord]) -> str | None:
+    """`Estimated AWS cost: $0.131 (Bedrock Titan $0.13, ...)` of the runs that have one."""
+    costs = [record.cost for record in records if record.cost is not None]
+    if not costs:
+        return None
+    by_service: dict[str, Decimal] = {}
+    for cost in costs:
+        for service, usd in cost.by_service().items():
+            by_service[service] = by_service.get(service, Decimal(0)) + usd
+    parts = ", ".join(f"{service} {_usd(usd)}" for service, usd in by_service.items())
+    of = f" of {len(costs)} runs" if len(costs) > 1 else ""
+    return f"Estimated AWS cost{of}: {_usd(sum(by_service.values(), Decimal(0)))} ({parts})"
 
 
 def _usd(amount: Decimal) -> str:
