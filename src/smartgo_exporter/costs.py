@@ -6,7 +6,7 @@ each run record carries its estimate (`RunRecord.cost`), and `stats` sums it by 
 These are estimates, not the bill. The prices are AWS's public on-demand list prices for
 us-east-1 in USD, without free tier, savings plans, credits or tax; other regions differ by a
 few per cent. `PRICES` holds every one of them, with the page it comes from and `PRICES_READ`,
-the day they were last checked; change a price there and nowhere else. A record keeps its
+the day they were written down; change a price there and nowhere else. A record keeps its
 dollars as priced when it was saved, with that day, so a later price change does not rewrite
 the history.
 
@@ -62,6 +62,7 @@ _CENT_FRACTIONS = Decimal("0.00000001")
 """Dollars are kept to a millionth of a cent: a run's smallest part is a few such."""
 
 _THOUSANDTH = Decimal("0.001")
+"""GB-seconds are kept to a thousandth: Lambda bills duration by the millisecond."""
 LambdaArchitecture = Literal["x86_64", "arm64"]
 
 
@@ -95,7 +96,9 @@ class PriceTable:
 
 
 PRICES_READ = date(2026, 12, 4)
-"""When `PRICES` were last compared with the pages they cite."""
+"""When `PRICES` were written down from the pages they cite. That day's machine reached no AWS
+site, so they are the pages as last published before it; compare them with `source` before
+trusting a figure, and move this date when you do."""
 
 PRICES = PriceTable(
     titan_image=Price(

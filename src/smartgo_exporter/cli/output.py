@@ -106,7 +106,8 @@ def _runs_table(
 
 
 def _cost_line(records: Sequence[RunRecord]) -> str | None:
-    """`Estimated AWS cost: $0.131 (Bedrock Titan $0.13, ...)` of the runs that have one."""
+    """`Estimated AWS cost of 30 runs: $0.131663 (Bedrock Titan $0.130860, ...)`, of the runs
+    that have an estimate."""
     costs = [record.cost for record in records if record.cost is not None]
     if not costs:
         return None
@@ -170,7 +171,7 @@ def _print_costs(summary: RunSummary) -> None:
     console.print(days)
     unpriced = (
         f"; {summary.runs_without_cost} runs without an estimate (recorded before costs were,"
-        " or still running) are not in it"
+        " interrupted, or still running) are not in it"
         if summary.runs_without_cost
         else ""
     )

@@ -51,7 +51,8 @@ class RunSummary:
     """The same by month (`2026-11`), oldest first."""
     cost_by_service: dict[str, Decimal] = dataclasses.field(default_factory=dict)
     runs_without_cost: int = 0
-    """Runs recorded by versions before costs were estimated, or still RUNNING: not in the sums."""
+    """Runs without an estimate, not in the sums: recorded by versions before costs were
+    estimated, interrupted (closed by the next run), or still RUNNING."""
 
     @property
     def cost(self) -> Decimal:
