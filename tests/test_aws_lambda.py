@@ -10,6 +10,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from datetime import date, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,7 @@ class FakeContext:
     def __init__(self, seconds: float, *, step: float = 0.0, request_id: str = "req-1") -> None:
         self.aws_request_id = request_id
         self.function_name = "smartgo-exporter-dev"
+        self.memory_limit_in_mb = "1024"  # text, as Lambda's Python runtime gives it
         self._left = seconds
         self._step = step
 
@@ -244,6 +246,23 @@ def test_a_day_exported_is_a_first_export_that_landed_not_a_failure_nor_a_lookba
     assert document["RunsPartial"] == [1]
     assert document["RunsFailed"] == [1]
     assert document["ProgressStoreFailures"] == [2]
+
+
+def test_the_invocations_gb_seconds_are_shared_among_its_runs_and_stored(
+    workspace: DemoPaths, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = handler({"from": "2026-10-05", "to": "2026-10-06"}, plenty_of_time())
+    seconds = emf_document(capsys.readouterr().out)["ExportDuration"][0]
+    progress = SqliteProgressStore(settings_of(workspace).progress.path)
+    stored = [progress.runs_on(day)[0] for day in (date(2026, 10, 5), date(2026, 10, 6))]
+    shares = [run.cost.usage.lambda_gb_seconds for run in stored if run.cost]
+    assert len(shares) == 2
+    assert all(share > 0 for share in shares)
+    # 1,024 MB is one GB: the shares add up to the invocation's seconds, to their rounding.
+    assert abs(sum(shares) - Decimal(str(seconds))) <= Decimal("0.002")
+    assert [run["cost_usd"] for run in result["runs"]] == [
+        str(run.cost.total) for run in stored if run.cost
+    ]
 
 
 def test_every_log_line_carries_the_request_id(

@@ -7,7 +7,7 @@ import re
 import sqlite3
 import subprocess
 import sys
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,8 +15,15 @@ from typer.testing import CliRunner
 
 from smartgo_exporter.cli import app
 from smartgo_exporter.cli.demo import DEMO_SALES
+from smartgo_exporter.config import SqliteProgressConfig
+from smartgo_exporter.config_loader import load_config
+from smartgo_exporter.costs import Usage, price
 from smartgo_exporter.demo import DemoPaths
 from smartgo_exporter.demo.plan import DEFAULT_SALES
+from smartgo_exporter.progress.sqlite import SqliteProgressStore
+from smartgo_exporter.run_records import RunStatus
+from smartgo_exporter.runs import new_run_record
+from smartgo_exporter.windows import business_day
 from tests.demo_store import FIRST_DAY, held_port, port_of, serve_demo_photos_on
 
 runner = CliRunner()
@@ -165,6 +172,50 @@ def test_stats_summarises_runs_and_failures_by_reason(exported: DemoPaths) -> No
     assert code == 0
     assert "success rate" in output
     assert "photo:http_404" in output
+
+
+def test_stats_sums_the_estimated_cost_by_month_and_by_day(exported: DemoPaths) -> None:
+    code, output = invoke("stats", "--config", str(exported.config))
+    assert code == 0
+    today = datetime.now(UTC).date()
+    lines = output.splitlines()
+    by_month = lines.index(next(line for line in lines if "cost by month" in line))
+    by_day = lines.index(next(line for line in lines if "cost by day" in line))
+    assert by_month < by_day
+    # The demo embeds with the local model into local files and SQLite: nothing of AWS's.
+    assert re.search(rf"{today:%Y-%m}\s+│\s+\$0\.000000", "\n".join(lines[by_month:by_day]))
+    assert re.search(rf"{today}\s+│\s+\$0\.000000", "\n".join(lines[by_day:]))
+    assert "not the bill" in output
+
+
+def test_stats_adds_up_the_runs_costs_in_the_month_and_on_the_day_they_ran(
+    workspace: DemoPaths,
+) -> None:
+    settings = load_config(workspace.config)
+    assert isinstance(settings.progress, SqliteProgressConfig)
+    progress = SqliteProgressStore(settings.progress.path)
+    ran = datetime(2026, 11, 30, 23, 30, tzinfo=UTC)
+    for number, started in enumerate((ran, ran + timedelta(hours=1), ran + timedelta(hours=2))):
+        run = new_run_record(settings, business_day(FIRST_DAY, "UTC"), "schedule")
+        run.started_at, run.status = started, RunStatus.SUCCEEDED
+        run.run_id = f"run-{number}"
+        run.cost = price(Usage(titan_images=1_000))  # $0.06 each
+        progress.save(run)
+    progress.close()
+    code, output = invoke("stats", "--config", str(workspace.config))
+    assert code == 0, output
+    assert re.search(r"estimated AWS cost\s+│\s+\$0\.180000", output)
+    assert re.search(r"Bedrock Titan\s+│\s+\$0\.180000", output)
+    assert re.search(r"2026-11\s+│\s+\$0\.060000", output)
+    assert re.search(r"2026-12\s+│\s+\$0\.120000", output)
+    assert re.search(r"2026-11-30\s+│\s+\$0\.060000", output)
+    assert re.search(r"2026-12-01\s+│\s+\$0\.120000", output)
+
+
+def test_history_says_what_each_run_cost(exported: DemoPaths) -> None:
+    code, output = invoke("history", "--config", str(exported.config))
+    assert code == 0
+    assert re.search(r"Estimated AWS cost: \$0\.000000 \(Bedrock Titan \$0\.000000,", output)
 
 
 def test_stats_without_runs_says_so(workspace: DemoPaths) -> None:

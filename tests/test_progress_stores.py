@@ -5,11 +5,13 @@ import dataclasses
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from smartgo_exporter.costs import Usage, price
 from smartgo_exporter.progress import (
     FailureTally,
     NonFatalProgressStore,
@@ -29,6 +31,16 @@ from smartgo_exporter.windows import business_day
 from tests.servers.moto import MotoServer
 
 NOW = datetime.now(UTC)
+COST = price(
+    Usage(
+        titan_images=6,
+        lambda_gb_seconds=Decimal("12.5"),
+        table_write_requests=4,
+        table_read_requests=6,
+        dynamodb_write_units=7,
+    )
+)
+"""A run's cost with every part in it, so that a store loses none unseen."""
 
 
 def record(
@@ -52,6 +64,7 @@ def record(
         counts=RunCounts(
             sales=10, written=8, embedded=6, reused=2, failed=1, rejected=1, normalised=1
         ),
+        cost=COST,
     )
 
 
@@ -174,6 +187,9 @@ def test_summary_counts_runs_statuses_rows_and_failures(store: ProgressStore) ->
         failures_by_reason={"photo:http_404": 60},
         first_day=date(2026, 11, 1),
         last_day=date(2026, 11, 2),
+        cost_by_day={NOW.date(): 2 * COST.total},
+        cost_by_month={f"{NOW:%Y-%m}": 2 * COST.total},
+        cost_by_service={service: 2 * usd for service, usd in COST.by_service().items()},
     )
     assert summary.success_rate == 0.5
     assert len(store.runs_on(date(2026, 11, 2))[0].errors) == 50
@@ -196,6 +212,51 @@ def test_a_document_saved_before_sales_could_be_voided_or_removed_still_loads() 
     for count in ("removed", "voided"):
         del document["counts"][count]
     assert RunRecord.from_document(document) == old
+
+
+class RecordBeforeCosts(RunRecord):
+    """A record as a version before `RunRecord.cost` saved it: its document has no cost."""
+
+    def to_document(self) -> dict[str, Any]:
+        document = super().to_document()
+        del document["cost"]
+        return document
+
+
+def test_a_record_saved_before_costs_were_estimated_reads_back_without_one(
+    store: ProgressStore,
+) -> None:
+    saved = dataclasses.replace(record("r1", date(2026, 11, 1)), cost=None)
+    store.save(
+        RecordBeforeCosts(**{f.name: getattr(saved, f.name) for f in dataclasses.fields(saved)})
+    )
+    store.save(record("r2", date(2026, 11, 2)))
+    assert store.runs_on(date(2026, 11, 1)) == [saved]
+    summary = store.summary()
+    assert (summary.cost, summary.runs_without_cost) == (COST.total, 1)
+
+
+def test_the_summary_sums_costs_by_the_utc_day_and_month_the_runs_started(
+    store: ProgressStore,
+) -> None:
+    month_ago, yesterday = NOW - timedelta(days=31), NOW - timedelta(days=1)
+    store.save(record("a", date(2026, 11, 1), started=month_ago))
+    store.save(record("b", date(2026, 11, 1), started=yesterday))
+    store.save(record("c", date(2026, 11, 2), started=yesterday + timedelta(seconds=1)))
+    store.save(record("d", date(2026, 11, 2)))
+    summary = store.summary()
+    assert summary.cost_by_day == {
+        month_ago.date(): COST.total,
+        yesterday.date(): 2 * COST.total,
+        NOW.date(): COST.total,
+    }
+    by_month: dict[str, Decimal] = {}
+    for started, runs in ((month_ago, 1), (yesterday, 2), (NOW, 1)):
+        month = f"{started:%Y-%m}"
+        by_month[month] = by_month.get(month, Decimal(0)) + runs * COST.total
+    assert summary.cost_by_month == by_month
+    assert list(summary.cost_by_month) == sorted(by_month)
+    assert summary.cost == 4 * COST.total
 
 
 def test_an_empty_store_summarises_to_nothing(store: ProgressStore) -> None:

@@ -22,7 +22,7 @@ Response (JSON):
      "runs": [{"date": "2026-11-26", "trigger": "schedule", "status": "SUCCEEDED",
                "run_id": "20261126-...",
                "counts": {"sales": 41, "rejected": 0, "written": 41, ...},
-               "error_count": 0, "message": ""}],
+               "error_count": 0, "message": "", "cost_usd": "0.00012345"}],
      "not_started": []}
     {"ok": false, "request_id": "...", "error": {"field": "date", "message": "..."}}
 
@@ -39,10 +39,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import platform
 import re
 import time
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Any, Protocol
 
 import structlog
@@ -53,11 +55,13 @@ from smartgo_exporter import day_plan
 from smartgo_exporter.allocator import unmap_large_blocks
 from smartgo_exporter.config import Settings
 from smartgo_exporter.config_loader import load_config
+from smartgo_exporter.costs import CostBasis, LambdaArchitecture, estimate, lambda_shares
 from smartgo_exporter.day_plan import DayPlan
 from smartgo_exporter.errors import ConfigError, DayNotOver, ExporterError
 from smartgo_exporter.logs import configure_logging
 from smartgo_exporter.pipeline import export
 from smartgo_exporter.progress import FAILURES as PROGRESS_FAILURES
+from smartgo_exporter.progress import NonFatalProgressStore, load_progress_store
 from smartgo_exporter.run_records import LOOKBACK_TRIGGER, RunRecord, RunStatus
 from smartgo_exporter.windows import days as days_between
 from smartgo_exporter.windows import ensure_over
@@ -102,6 +106,15 @@ class LambdaContext(Protocol):
     def aws_request_id(self) -> str: ...
 
     def get_remaining_time_in_millis(self) -> int: ...
+
+
+class ExportContext(LambdaContext, Protocol):
+    """The context as the export handler uses it: also the memory its GB-seconds are of."""
+
+    @property
+    def memory_limit_in_mb(self) -> int | str:
+        """Text in Lambda's own Python runtime, a number in some others."""
+        ...
 
 
 class BadEvent(ExporterError):
@@ -181,7 +194,7 @@ def warm_runtime() -> Runtime:
     return Runtime(settings, metrics)
 
 
-def handler(event: object, context: LambdaContext) -> dict[str, Any]:
+def handler(event: object, context: ExportContext) -> dict[str, Any]:
     """Export what the event asks for; see the module docstring for events and responses."""
     with structlog.contextvars.bound_contextvars(request_id=context.aws_request_id):
         runtime = warm_runtime()
@@ -260,7 +273,32 @@ def publish_metrics(
     metrics.flush_metrics()
 
 
-def _export(runtime: Runtime, request: ExportRequest, context: LambdaContext) -> dict[str, Any]:
+def record_lambda_cost(
+    settings: Settings, records: Sequence[RunRecord], memory_mb: int, seconds: float
+) -> None:
+    """Add the invocation's GB-seconds to its runs' costs, shared by how long each ran, and
+    save the records again: the runs finished before the invocation's duration was known."""
+    if not records:
+        return
+    gb_seconds = Decimal(memory_mb) / 1024 * Decimal(f"{seconds:.3f}")
+    architecture: LambdaArchitecture = (
+        "arm64" if platform.machine() in ("aarch64", "arm64") else "x86_64"
+    )
+    basis = CostBasis.of(settings)
+    progress = NonFatalProgressStore.connect(
+        lambda: load_progress_store(settings.progress, retention_days=settings.retention_days)
+    )
+    try:
+        for record, share in zip(records, lambda_shares(records, gb_seconds), strict=True):
+            record.cost = estimate(
+                record, basis, lambda_gb_seconds=share, architecture=architecture, extra_saves=1
+            )
+            progress.save(record)
+    finally:
+        progress.close()
+
+
+def _export(runtime: Runtime, request: ExportRequest, context: ExportContext) -> dict[str, Any]:
     settings = runtime.settings
     margin_ms = settings.aws_lambda.time_margin_seconds * 1000
 
@@ -289,11 +327,13 @@ def _export(runtime: Runtime, request: ExportRequest, context: LambdaContext) ->
     except Exception:
         log.exception("invocation_crashed")
         raise
+    seconds = time.monotonic() - started
+    record_lambda_cost(settings, records, int(context.memory_limit_in_mb), seconds)
     runtime.metrics.add_metadata(key="request_id", value=context.aws_request_id)
     publish_metrics(
         runtime.metrics,
         records,
-        time.monotonic() - started,
+        seconds,
         progress_failures=PROGRESS_FAILURES.count - progress_failures_before,
     )
     failed = [record for record in records if record.status is RunStatus.FAILED]
@@ -356,4 +396,5 @@ def _run_summary(record: RunRecord) -> dict[str, Any]:
         "counts": dataclasses.asdict(record.counts),
         "error_count": record.error_count,
         "message": record.message,
+        "cost_usd": str(record.cost.total) if record.cost else None,
     }

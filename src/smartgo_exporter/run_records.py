@@ -7,6 +7,8 @@ import enum
 from datetime import date, datetime
 from typing import Any
 
+from smartgo_exporter.costs import RunCost
+
 
 class RunStatus(enum.StrEnum):
     RUNNING = "RUNNING"
@@ -91,6 +93,9 @@ class RunRecord:
     failures: dict[str, int] = dataclasses.field(default_factory=dict)
     """Count of every error by `stage:reason`, beyond the first MAX_RECORDED_ERRORS too."""
     message: str = ""
+    cost: RunCost | None = None
+    """What the run cost on AWS, estimated as it finished (`costs`); None on records of
+    versions before it, and while the run is RUNNING."""
 
     def record_error(self, error: RunError) -> None:
         self.error_count += 1
@@ -120,11 +125,13 @@ class RunRecord:
             "error_count": self.error_count,
             "failures": self.failures,
             "message": self.message,
+            "cost": self.cost.to_document() if self.cost else None,
         }
 
     @classmethod
     def from_document(cls, document: dict[str, Any]) -> RunRecord:
         finished_at = document.get("finished_at")
+        cost = document.get("cost")
         return cls(
             run_id=document["run_id"],
             business_date=date.fromisoformat(document["business_date"]),
@@ -140,4 +147,5 @@ class RunRecord:
             error_count=int(document["error_count"]),
             failures={key: int(value) for key, value in document["failures"].items()},
             message=document.get("message", ""),
+            cost=RunCost.from_document(cost) if cost else None,
         )

@@ -25,6 +25,7 @@ from datetime import UTC, date, datetime, timedelta
 import structlog
 
 from smartgo_exporter.config import ExportConfig, Settings
+from smartgo_exporter.costs import CostBasis, estimate
 from smartgo_exporter.errors import ExporterError
 from smartgo_exporter.progress import NonFatalProgressStore
 from smartgo_exporter.run_records import RunCounts, RunError, RunRecord, RunStatus
@@ -70,6 +71,7 @@ class DayRun:
     progress: NonFatalProgressStore
     log: structlog.typing.FilteringBoundLogger
     export: ExportConfig
+    cost_basis: CostBasis
     log_fields: dict[str, str] = dataclasses.field(default_factory=dict)
     keep_alive: asyncio.Task[None] | None = None
 
@@ -93,6 +95,7 @@ class DayRun:
             progress,
             log.bind(run_id=record.run_id, day=day.isoformat()),
             export,
+            CostBasis.of(settings),
             log_fields,
         )
 
@@ -102,6 +105,7 @@ class DayRun:
         record, export = self.record, self.export
         if not await self.lease.acquire(export.lease_seconds, export.lock_wait_seconds):
             _lock_out(record, export.lease_seconds)
+            record.cost = estimate(record, self.cost_basis)
             self.log.error("run_locked_out")
             self.progress.save(record)
             return
@@ -136,12 +140,14 @@ class DayRun:
             complete = record.counts.rejected == 0 and not record.message
             record.status = RunStatus.SUCCEEDED if complete else RunStatus.PARTIAL
         record.finished_at = datetime.now(UTC)
+        record.cost = estimate(record, self.cost_basis)
         self.progress.save(record)
         if self.keep_alive is not None:
             self.keep_alive.cancel()
         self.lease.release()
         counts = dataclasses.asdict(record.counts)
-        self.log.info("run_finished", status=str(record.status), **counts)
+        cost = str(record.cost.total)
+        self.log.info("run_finished", status=str(record.status), cost_usd=cost, **counts)
         return record
 
 
@@ -243,5 +249,6 @@ def failed_run_record(
     record.finished_at = record.started_at
     record.message = str(error)
     record.record_error(run_failure(error))
+    record.cost = estimate(record, CostBasis.of(settings))
     log.error("run_failed", day=day.isoformat(), error=str(error))
     return record

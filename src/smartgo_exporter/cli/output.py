@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from rich import box
@@ -17,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from smartgo_exporter.cli.edge import console, errors
+from smartgo_exporter.costs import PRICES_READ
 from smartgo_exporter.run_records import LOOKBACK_TRIGGER, RunRecord, RunStatus
 from smartgo_exporter.runs import BatchDone, DayCallback, DayDone, ProgressCallback
 
@@ -43,6 +45,8 @@ COUNT_COLUMNS = (
 def print_runs(records: Sequence[RunRecord]) -> None:
     """The per-run summary table the CLI prints after an export and for `history`."""
     console.print(_runs_table(records, "day", lambda record: record.business_date.isoformat()))
+    if (cost := _cost_line(records)) is not None:
+        console.print(cost, markup=False, highlight=False)
     for record in records:
         if record.message:
             errors.print(f"[red]{record.business_date}: {record.message}[/]")
@@ -57,8 +61,10 @@ def print_day(records: Sequence[RunRecord]) -> None:
     title = f"Export runs of {records[0].business_date}" if records else "Export runs"
     console.print(_runs_table(records, "started (UTC)", started, title=title))
     for record in records:
+        cost = f", estimated AWS cost {_usd(record.cost.total)}" if record.cost else ""
         console.print(
-            f"\nrun {record.run_id}: {record.status}, started {record.started_at.isoformat()}",
+            f"\nrun {record.run_id}: {record.status}, started {record.started_at.isoformat()}"
+            + cost,
             markup=False,
         )
         if record.message:
@@ -99,6 +105,26 @@ def _runs_table(
     return table
 
 
+def _cost_line(records: Sequence[RunRecord]) -> str | None:
+    """`Estimated AWS cost of 30 runs: $0.131663 (Bedrock Titan $0.130860, ...)`, of the runs
+    that have an estimate."""
+    costs = [record.cost for record in records if record.cost is not None]
+    if not costs:
+        return None
+    by_service: dict[str, Decimal] = {}
+    for cost in costs:
+        for service, usd in cost.by_service().items():
+            by_service[service] = by_service.get(service, Decimal(0)) + usd
+    parts = ", ".join(f"{service} {_usd(usd)}" for service, usd in by_service.items())
+    of = f" of {len(costs)} runs" if len(costs) > 1 else ""
+    return f"Estimated AWS cost{of}: {_usd(sum(by_service.values(), Decimal(0)))} ({parts})"
+
+
+def _usd(amount: Decimal) -> str:
+    """To a ten-thousandth of a cent: a run's parts are often a few of those."""
+    return f"${amount:,.6f}"
+
+
 def _counts(record: RunRecord) -> list[int]:
     return [getattr(record.counts, name) for name in COUNT_COLUMNS]
 
@@ -119,12 +145,41 @@ def print_summary(summary: RunSummary) -> None:
     table.add_row("late changes (lookback)", str(summary.late_changes))
     table.add_row("embedded", str(summary.embedded))
     table.add_row("reused", str(summary.reused))
+    table.add_row("estimated AWS cost", _usd(summary.cost))
+    for service, usd in summary.cost_by_service.items():
+        table.add_row(f"  {service}", _usd(usd))
     console.print(table)
     if summary.failures_by_reason:
         failures = Table("failure (stage:reason)", "count", title="Failures by reason")
         for reason, count in summary.failures_by_reason.items():
             failures.add_row(reason, str(count))
         console.print(failures)
+    _print_costs(summary)
+
+
+def _print_costs(summary: RunSummary) -> None:
+    """The estimated cost by month, then by day, in the UTC days AWS bills by."""
+    if not summary.cost_by_day:
+        return
+    months = Table("month (UTC)", "est. cost", title="Estimated AWS cost by month")
+    for month, usd in summary.cost_by_month.items():
+        months.add_row(month, _usd(usd))
+    console.print(months)
+    days = Table("day (UTC)", "est. cost", title="Estimated AWS cost by day")
+    for day, usd in summary.cost_by_day.items():
+        days.add_row(day.isoformat(), _usd(usd))
+    console.print(days)
+    unpriced = (
+        f"; {summary.runs_without_cost} runs without an estimate (recorded before costs were,"
+        " interrupted, or still running) are not in it"
+        if summary.runs_without_cost
+        else ""
+    )
+    console.print(
+        f"Estimates at AWS's us-east-1 list prices (read {PRICES_READ}), not the bill: see"
+        f" smartgo_exporter.costs for what they count and leave out{unpriced}.",
+        markup=False,
+    )
 
 
 def print_query_result(result: pa.Table, limit: int) -> None:

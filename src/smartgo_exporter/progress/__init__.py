@@ -12,11 +12,13 @@ import dataclasses
 import threading
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from datetime import date
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
+from smartgo_exporter.costs import RunCost
 from smartgo_exporter.run_records import LOOKBACK_TRIGGER, RunCounts, RunRecord, RunStatus
 
 if TYPE_CHECKING:
@@ -44,6 +46,18 @@ class RunSummary:
     failures_by_reason: dict[str, int]
     first_day: date | None
     last_day: date | None
+    cost_by_day: dict[date, Decimal] = dataclasses.field(default_factory=dict)
+    """Estimated USD by the UTC day the runs started, as AWS bills them, oldest first."""
+    cost_by_month: dict[str, Decimal] = dataclasses.field(default_factory=dict)
+    """The same by month (`2026-11`), oldest first."""
+    cost_by_service: dict[str, Decimal] = dataclasses.field(default_factory=dict)
+    runs_without_cost: int = 0
+    """Runs without an estimate, not in the sums: recorded by versions before costs were
+    estimated, interrupted (closed by the next run), or still RUNNING."""
+
+    @property
+    def cost(self) -> Decimal:
+        return sum(self.cost_by_month.values(), Decimal(0))
 
     @property
     def success_rate(self) -> float:
@@ -123,6 +137,12 @@ class RunOutcome(Protocol):
     @property
     def failures(self) -> Mapping[str, int]: ...
 
+    @property
+    def started_at(self) -> datetime: ...
+
+    @property
+    def cost(self) -> RunCost | None: ...
+
 
 def summarise(records: Sequence[RunOutcome]) -> RunSummary:
     """The summary of a list of runs; backends that cannot aggregate server-side use this."""
@@ -132,6 +152,18 @@ def summarise(records: Sequence[RunOutcome]) -> RunSummary:
         reasons.update(record.failures)
     days = [record.business_date for record in records]
     lookback = [record for record in records if record.trigger == LOOKBACK_TRIGGER]
+    by_day: dict[date, Decimal] = {}
+    by_service: dict[str, Decimal] = {}
+    for record in sorted(records, key=lambda record: record.started_at):
+        if record.cost is None:
+            continue
+        day = record.started_at.astimezone(UTC).date()
+        by_day[day] = by_day.get(day, Decimal(0)) + record.cost.total
+        for service, usd in record.cost.by_service().items():
+            by_service[service] = by_service.get(service, Decimal(0)) + usd
+    by_month: dict[str, Decimal] = {}
+    for day, usd in by_day.items():
+        by_month[f"{day:%Y-%m}"] = by_month.get(f"{day:%Y-%m}", Decimal(0)) + usd
     return RunSummary(
         runs=len(records),
         by_status=dict(status),
@@ -144,6 +176,10 @@ def summarise(records: Sequence[RunOutcome]) -> RunSummary:
         failures_by_reason=dict(reasons.most_common()),
         first_day=min(days, default=None),
         last_day=max(days, default=None),
+        cost_by_day=by_day,
+        cost_by_month=by_month,
+        cost_by_service=by_service,
+        runs_without_cost=sum(record.cost is None for record in records),
     )
 
 

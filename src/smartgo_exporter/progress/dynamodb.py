@@ -18,11 +18,11 @@ and start never change, so its key is as stable as its run_id.
   Query can touch bounded by the retention window even if TTL were switched off, and at one
   partition per month no partition is ever hot.
 - Summary: the same index, one Query per month of the retention window (90 days: at most four
-  months), with a projection of only status, trigger, day, counts and failures, totalled
-  client-side by `summarise`. Counters kept in the table were the alternative; they would need
-  every save to add a run's difference from its previous version, and would go on counting
-  runs after TTL deleted them. At a handful of runs a day, reading at most a few hundred small
-  projections is cheaper than that bookkeeping is worth.
+  months), with a projection of only status, trigger, day, start, counts, failures and cost,
+  totalled client-side by `summarise`. Counters kept in the table were the alternative; they
+  would need every save to add a run's difference from its previous version, and would go on
+  counting runs after TTL deleted them. At a handful of runs a day, reading at most a few
+  hundred small projections is cheaper than that bookkeeping is worth.
 - Last succeeded day: the `succeeded` index is sparse: only a SUCCEEDED run carries its keys
   (a put replaces the whole item, so a run that stops being SUCCEEDED leaves the index too). It
   holds only keys and `expires_at`, under one partition sorted by day, so the answer is the first
@@ -59,6 +59,7 @@ import structlog
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.config import Config
 
+from smartgo_exporter.costs import RunCost
 from smartgo_exporter.progress import RunSummary, check_lease_ttl, summarise
 from smartgo_exporter.run_records import RunCounts, RunRecord, RunStatus
 
@@ -241,7 +242,8 @@ class DynamoProgressStore:
                 "KeyConditionExpression": "history_pk = :month",
                 "ExpressionAttributeValues": {":month": {"S": f"RUNS#{month}"}},
                 "ProjectionExpression": (
-                    "#run.#status, #run.#trigger, #run.business_date, #run.counts, #run.failures"
+                    "#run.#status, #run.#trigger, #run.business_date, #run.counts,"
+                    " #run.failures, #run.started_at, #run.cost"
                 ),
                 "ExpressionAttributeNames": {
                     "#run": "run",
@@ -390,6 +392,8 @@ class _Outcome:
     business_date: date
     counts: RunCounts
     failures: dict[str, int]
+    started_at: datetime
+    cost: RunCost | None
 
 
 def _document(item: dict[str, AttributeValueTypeDef]) -> dict[str, Any]:
@@ -409,6 +413,8 @@ def _outcome(item: dict[str, AttributeValueTypeDef]) -> _Outcome:
         business_date=date.fromisoformat(document["business_date"]),
         counts=RunCounts(**document["counts"]),
         failures=document["failures"],
+        started_at=datetime.fromisoformat(document["started_at"]),
+        cost=RunCost.from_document(document["cost"]) if document.get("cost") else None,
     )
 
 
