@@ -318,9 +318,18 @@ def titan_request(
         "inputImage": base64.b64encode(prepared).decode("ascii"),
         "embeddingConfig": {"outputEmbeddingLength": dimension},
     }
-    if caption and caption.strip():
-        request["inputText"] = " ".join(caption.split())[:MAX_TITLE_CHARS]
+    text = titan_caption(caption)
+    if text is not None:
+        request["inputText"] = text
     return request
+
+
+def titan_caption(caption: str | None) -> str | None:
+    """The `inputText` sent for a caption: whitespace collapsed, cut at MAX_TITLE_CHARS; None
+    for none or a blank one, whose photo is embedded from its pixels alone."""
+    if not caption or not caption.strip():
+        return None
+    return " ".join(caption.split())[:MAX_TITLE_CHARS]
 
 
 def titan_vector(answer: object, model: str, dimension: int) -> Vector | EmbeddingError:
