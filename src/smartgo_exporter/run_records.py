@@ -72,6 +72,15 @@ class RunCounts:
 
 
 @dataclasses.dataclass(slots=True)
+class BatchJob:
+    """The Bedrock batch inference job a batch backfill waits for (`embedders.titan_batch`)."""
+
+    job_arn: str
+    status: str
+    """Bedrock's status of the job when last asked: Submitted, InProgress, Completed, ..."""
+
+
+@dataclasses.dataclass(slots=True)
 class RunRecord:
     """One export run of one window, as the progress store keeps it."""
 
@@ -91,6 +100,10 @@ class RunRecord:
     failures: dict[str, int] = dataclasses.field(default_factory=dict)
     """Count of every error by `stage:reason`, beyond the first MAX_RECORDED_ERRORS too."""
     message: str = ""
+    batch_job: BatchJob | None = None
+    """Set on the record of a batch backfill (its range is the record's window): the job whose
+    embeddings the range's days are exported with, so a later invocation finds it again.
+    Absent from records of earlier versions: None."""
 
     def record_error(self, error: RunError) -> None:
         self.error_count += 1
@@ -120,6 +133,7 @@ class RunRecord:
             "error_count": self.error_count,
             "failures": self.failures,
             "message": self.message,
+            "batch_job": dataclasses.asdict(self.batch_job) if self.batch_job else None,
         }
 
     @classmethod
@@ -140,4 +154,5 @@ class RunRecord:
             error_count=int(document["error_count"]),
             failures={key: int(value) for key, value in document["failures"].items()},
             message=document.get("message", ""),
+            batch_job=BatchJob(**batch_job) if (batch_job := document.get("batch_job")) else None,
         )
