@@ -15,8 +15,10 @@ from typing import Any
 import pyarrow.compute as pc
 import pytest
 import structlog
+from typer.testing import CliRunner
 
 from smartgo_exporter.backfill import backfill
+from smartgo_exporter.cli import app
 from smartgo_exporter.config import Settings, SqliteProgressConfig
 from smartgo_exporter.config_loader import load_config
 from smartgo_exporter.demo import DemoCatalog, DemoPaths
@@ -210,3 +212,45 @@ def test_a_run_record_saved_before_batch_jobs_existed_loads_without_one() -> Non
     del document["batch_job"]
 
     assert RunRecord.from_document(document).batch_job is None
+
+
+# The command line
+
+
+def test_the_backfill_command_says_which_job_it_waits_for(
+    large_store: tuple[DemoPaths, DemoCatalog],
+    tmp_path: Path,
+    batch_bedrock: LocalBedrock,
+    seaweedfs: Seaweed,
+    batch_bucket: str,
+) -> None:
+    paths = copy_of_store(large_store[0], tmp_path)
+    with paths.config.open("a", encoding="utf-8") as config:
+        config.write(
+            "\n[embedder]\n"
+            'type = "titan"\n'
+            f'region = "{seaweedfs.region}"\n'
+            f'endpoint_url = "{batch_bedrock.endpoint_url}"\n'
+            "batch = true\n"
+            f'batch_location = "s3://{batch_bucket}/backfills"\n'
+            f'batch_role_arn = "{ROLE_ARN}"\n'
+            f'batch_endpoint_url = "{batch_bedrock.endpoint_url}"\n'
+            f's3_endpoint_url = "{seaweedfs.s3_endpoint}"\n'
+        )
+
+    result = CliRunner().invoke(
+        app,
+        [
+            "backfill",
+            "--config",
+            str(paths.config),
+            "--from",
+            str(FIRST_DAY),
+            "--to",
+            str(LAST_DAY),
+        ],
+    )
+
+    [job] = batch_bedrock.jobs.values()
+    assert result.exit_code == 0, result.output
+    assert f"waiting for batch job {job.arn}" in " ".join(result.output.split())
