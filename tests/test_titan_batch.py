@@ -150,6 +150,20 @@ def test_records_go_on_in_a_new_file_past_the_file_size_limit(
     assert len(jobs.vectors(arn)) == len(PHOTOS)
 
 
+def test_a_range_past_bedrocks_job_size_quota_is_refused_leaving_nothing_in_s3(
+    config: TitanEmbedderConfig, seaweedfs: Seaweed, bucket: str
+) -> None:
+    def write_every_photo() -> None:
+        with BatchJobs(config).records("sgx-test-job", max_job_bytes=20_000) as records:
+            for image in PHOTOS:
+                records.add(image)
+
+    with pytest.raises(BatchJobError, match=r"sgx-test-job: over Bedrock's quota.*fewer days"):
+        write_every_photo()
+
+    assert objects(seaweedfs, bucket) == []
+
+
 def test_titles_are_part_of_the_record_only_with_include_title(
     config: TitanEmbedderConfig,
 ) -> None:

@@ -22,7 +22,8 @@ body and the checks of each answer are the on-demand embedder's own (`titan_requ
 Bedrock refused becomes that photo's EmbeddingError, as its InvokeModel refusal would.
 
 Bedrock's quotas (defaults; Service Quotas can raise the maxima): at least MIN_RECORDS records
-a job (fewer: embed on demand), at most MAX_RECORDS, input files of at most MAX_FILE_BYTES.
+a job (fewer: embed on demand), at most MAX_RECORDS and MAX_JOB_BYTES, input files of at most
+MAX_FILE_BYTES; a range past a maximum is refused, to be backfilled in shorter ranges.
 Records are streamed to S3 as multipart uploads, so neither memory nor /tmp holds a file.
 """
 
@@ -59,6 +60,9 @@ MAX_RECORDS = 50_000
 """Bedrock's default "Records per batch inference job"."""
 MAX_FILE_BYTES = 1_000_000_000
 """Bedrock's default "Batch inference input file size"; records go on in a new file past it."""
+MAX_JOB_BYTES = 5_000_000_000
+"""Bedrock's default "Batch inference job size", all input files together: photos of about
+300 kB as Titan receives them make some 12,000 records."""
 PART_BYTES = 16 * 1024 * 1024
 """A multipart upload's part: what is held in memory of an input file being written."""
 TIMEOUT_HOURS = 72
@@ -106,8 +110,9 @@ class BatchJobs:
         self._s3 = aws_client(config, "s3", config.s3_endpoint_url)
         self._bedrock = aws_client(config, "bedrock", config.batch_endpoint_url)
 
-    def records(self, name: str, *, max_file_bytes: int = MAX_FILE_BYTES) -> JobInput:
-        """A writer of job `name`'s records, under `<batch_location>/<name>/input/`."""
+    def records(self, name: str, **limits: int) -> JobInput:
+        """A writer of job `name`'s records, under `<batch_location>/<name>/input/`; `limits`
+        (max_file_bytes, max_job_bytes, max_records) stand in for Bedrock's quotas."""
         return JobInput(
             self._s3,
             self._bucket,
@@ -115,7 +120,7 @@ class BatchJobs:
             name,
             self._config.dimension,
             self._config.include_title,
-            max_file_bytes=max_file_bytes,
+            **limits,
         )
 
     def submit(self, records: JobInput) -> str:
@@ -228,7 +233,7 @@ class JobInput:
     """A job's records as they are written: each distinct photo once, as `titan_request` makes
     its body, in JSONL files of at most `max_file_bytes` streamed to S3 (`part-00000.jsonl`, ...).
 
-    Use it as a context manager: an exception aborts the uploads, leaving no partial file.
+    Use it as a context manager: an exception discards what was written, leaving no file.
     """
 
     def __init__(
@@ -241,6 +246,8 @@ class JobInput:
         include_title: bool,
         *,
         max_file_bytes: int = MAX_FILE_BYTES,
+        max_job_bytes: int = MAX_JOB_BYTES,
+        max_records: int = MAX_RECORDS,
         max_image_bytes: int = MAX_IMAGE_BYTES,
     ) -> None:
         self.name = name
@@ -251,7 +258,10 @@ class JobInput:
         self._dimension = dimension
         self._include_title = include_title
         self._max_file_bytes = max_file_bytes
+        self._max_job_bytes = max_job_bytes
+        self._max_records = max_records
         self._max_image_bytes = max_image_bytes
+        self._bytes = 0
         self._ids: set[str] = set()
         self._file: _Upload | None = None
 
@@ -263,7 +273,7 @@ class JobInput:
         """Write the photo's record, unless it has one already; or why it cannot have one
         (`titan_request`'s refusals: `decode_failed`, `too_large`, ...).
 
-        BatchJobError past MAX_RECORDS: a job that large is refused by Bedrock.
+        BatchJobError past `max_records` or `max_job_bytes`: Bedrock would refuse the job.
         """
         caption = caption if self._include_title else None
         rid = record_id(image, caption)
@@ -272,11 +282,13 @@ class JobInput:
         request = titan_request(image, caption, self._dimension, self._max_image_bytes)
         if isinstance(request, EmbeddingError):
             return request
-        if len(self._ids) >= MAX_RECORDS:
-            raise BatchJobError(
-                self.name, f"over {MAX_RECORDS} photos to embed: backfill fewer days at once"
-            )
         line = (json.dumps({"recordId": rid, "modelInput": request}) + "\n").encode()
+        if len(self._ids) >= self._max_records or self._bytes + len(line) > self._max_job_bytes:
+            raise BatchJobError(
+                self.name,
+                f"over Bedrock's quota of {self._max_records} records or {self._max_job_bytes}"
+                f" bytes a job after {len(self._ids)} photos: backfill fewer days at once",
+            )
         if self._file is not None and self._file.size + len(line) > self._max_file_bytes:
             self._file.close()
             self._file = None
@@ -285,6 +297,7 @@ class JobInput:
             self._file = _Upload(self._s3, self._bucket, key, self.name)
             self.keys.append(key)
         self._file.write(line)
+        self._bytes += len(line)
         self._ids.add(rid)
         return None
 
@@ -317,9 +330,8 @@ class JobInput:
     ) -> None:
         if error is None:
             self.close()
-        elif self._file is not None:
-            self._file.abort()
-            self._file = None
+        else:
+            self.discard()
 
 
 class _Upload:
