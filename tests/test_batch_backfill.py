@@ -149,6 +149,21 @@ def test_a_job_bedrock_failed_fails_the_record_and_the_next_call_starts_another(
     assert len(batch_bedrock.jobs) == 2
 
 
+def test_a_call_while_another_is_starting_the_ranges_job_does_nothing(
+    settings: Settings, batch_bedrock: LocalBedrock
+) -> None:
+    assert isinstance(settings.progress, SqliteProgressConfig)
+    other = SqliteProgressStore(settings.progress.path)
+    assert other.acquire_lease(f"batch:smartgo:{FIRST_DAY}:{LAST_DAY}", "other-call", 60)
+
+    [locked] = backfill(settings, FIRST_DAY, LAST_DAY)
+    other.close()
+
+    assert locked.status is RunStatus.FAILED
+    assert locked.failures == {"run:locked": 1}
+    assert batch_bedrock.jobs == {}
+
+
 def test_a_range_of_fewer_photos_than_a_job_takes_is_embedded_on_demand_saying_so(
     workspace: DemoPaths,
     batch_bedrock: LocalBedrock,

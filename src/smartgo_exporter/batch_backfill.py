@@ -10,7 +10,8 @@ a cron) calling the same backfill every hour or so carries it through:
    RUNNING record whose window is the whole range and whose `batch_job` names the job. Returns
    that record, its message "waiting for batch job <arn>". With fewer than MIN_RECORDS photos,
    Bedrock would refuse the job: the range is exported on demand at once instead, and a warning
-   says so.
+   says so. The range's lease (`batch:<source>:<start>:<end>`) is held meanwhile: a second
+   call arriving then is recorded FAILED as locked out, and starts no second job.
 2. The job still running: saves Bedrock's status in the record, returns it, still waiting.
 3. The job done: exports the range's days (`pipeline.export`, each day a run of its own) with a
    `BatchEmbedder` answering from the job's output; photos it lacks (a sale added since) are
@@ -33,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
 from typing import Any
@@ -95,7 +96,18 @@ def backfill_in_batch(
         record = waiting_record(store, window)
         if record is None:
             record = new_run_record(settings, window, trigger)
-            submitted = _submit(settings, config, selected, jobs, record, retry_failed)
+            lease = f"batch:{settings.export.source_name}:{start}:{end}"
+            if not store.acquire_lease(lease, record.run_id, settings.export.lease_seconds):
+                return [_locked_out(record, store, lease)]
+            try:
+                renew = functools.partial(
+                    store.renew_lease, lease, record.run_id, settings.export.lease_seconds
+                )
+                submitted = _submit(settings, config, selected, jobs, record, retry_failed, renew)
+                if submitted:
+                    store.save(record)
+            finally:
+                store.release_lease(lease, record.run_id)
             if not submitted:
                 return export(
                     settings,
@@ -105,7 +117,6 @@ def backfill_in_batch(
                     on_day=on_day,
                     retry_failed=retry_failed,
                 )
-            store.save(record)
             return [record]
         return _resume(
             settings, config, selected, jobs, record, store, on_batch, on_day, retry_failed
@@ -127,6 +138,20 @@ def waiting_record(store: NonFatalProgressStore, window: Window) -> RunRecord | 
     return max(waiting, key=lambda record: record.started_at, default=None)
 
 
+def _locked_out(record: RunRecord, store: NonFatalProgressStore, lease: str) -> RunRecord:
+    """The record of a call that found another one writing the range's job: it did nothing."""
+    record.status = RunStatus.FAILED
+    record.message = (
+        f"another call is starting the range's batch job (it holds {lease}), so this one did"
+        " nothing"
+    )
+    record.record_error(RunError("", "run", "locked", record.message))
+    record.finished_at = datetime.now(UTC)
+    log.error("batch_backfill_locked_out")
+    store.save(record)
+    return record
+
+
 def _range_window(settings: Settings, start: date, end: date) -> Window:
     timezone = settings.export.timezone
     return Window(start, business_day(start, timezone).start, business_day(end, timezone).end)
@@ -139,13 +164,15 @@ def _submit(
     jobs: BatchJobs,
     record: RunRecord,
     retry_failed: bool,
+    renew: Callable[[], bool],
 ) -> bool:
     """Write the range's records and start its job, noting it in `record`; False (nothing
-    started, nothing left in S3) when there are too few records for a job."""
+    started, nothing left in S3) when there are too few records for a job. `renew` keeps the
+    range's lease while the photos are read."""
     last = selected[-1]
     name = f"sgx-{record.business_date:%Y%m%d}-{last:%Y%m%d}-{record.run_id.rsplit('-', 1)[-1]}"
     with jobs.records(name) as records:
-        asyncio.run(_write_records(settings, config, selected, records, retry_failed))
+        asyncio.run(_write_records(settings, config, selected, records, retry_failed, renew))
         if records.count < MIN_RECORDS:
             records.discard()
             log.warning(
@@ -169,8 +196,10 @@ async def _write_records(
     selected: Sequence[date],
     records: JobInput,
     retry_failed: bool,
+    renew: Callable[[], bool],
 ) -> None:
-    """Read the days and fetch the photos an export would embed, a record for each."""
+    """Read the days and fetch the photos an export would embed, a record for each; `renew`
+    is called after each batch."""
     export_config = settings.export
     model = TitanEmbedder(config)
     steps = BatchSteps(
@@ -205,6 +234,7 @@ async def _write_records(
                             async for prepared in parts:
                                 for sale, photo in prepared.fetched:
                                     records.add(photo.data, sale.title)
+                        await on_thread(renew)
                 finally:
                     close = getattr(batches, "close", None)
                     if close is not None:
