@@ -96,19 +96,8 @@ def backfill_in_batch(
         record = waiting_record(store, window)
         if record is None:
             record = new_run_record(settings, window, trigger)
-            lease = f"batch:{settings.export.source_name}:{start}:{end}"
-            if not store.acquire_lease(lease, record.run_id, settings.export.lease_seconds):
-                return [_locked_out(record, store, lease)]
-            try:
-                renew = functools.partial(
-                    store.renew_lease, lease, record.run_id, settings.export.lease_seconds
-                )
-                submitted = _submit(settings, config, selected, jobs, record, retry_failed, renew)
-                if submitted:
-                    store.save(record)
-            finally:
-                store.release_lease(lease, record.run_id)
-            if not submitted:
+            started = _start(settings, config, selected, jobs, record, store, retry_failed)
+            if started is None:
                 return export(
                     settings,
                     selected,
@@ -117,12 +106,44 @@ def backfill_in_batch(
                     on_day=on_day,
                     retry_failed=retry_failed,
                 )
-            return [record]
+            if started is record:
+                return [started]
+            record = started  # another call started the job meanwhile: carry that one on
         return _resume(
             settings, config, selected, jobs, record, store, on_batch, on_day, retry_failed
         )
     finally:
         store.close()
+
+
+def _start(
+    settings: Settings,
+    config: TitanEmbedderConfig,
+    selected: Sequence[date],
+    jobs: BatchJobs,
+    record: RunRecord,
+    store: NonFatalProgressStore,
+    retry_failed: bool,
+) -> RunRecord | None:
+    """Under the range's lease, start its job and save `record` naming it; None when there
+    are too few photos for a job. Another call's record instead, when that call started the
+    job between our look and our lease; `record` FAILED as locked out while it is starting it.
+    """
+    window = Window(record.business_date, record.window_start, record.window_end)
+    lease = f"batch:{settings.export.source_name}:{selected[0]}:{selected[-1]}"
+    ttl = settings.export.lease_seconds
+    if not store.acquire_lease(lease, record.run_id, ttl):
+        return _locked_out(record, store, lease)
+    try:
+        if (theirs := waiting_record(store, window)) is not None:
+            return theirs
+        renew = functools.partial(store.renew_lease, lease, record.run_id, ttl)
+        if not _submit(settings, config, selected, jobs, record, retry_failed, renew):
+            return None
+        store.save(record)
+        return record
+    finally:
+        store.release_lease(lease, record.run_id)
 
 
 def waiting_record(store: NonFatalProgressStore, window: Window) -> RunRecord | None:
