@@ -16,7 +16,7 @@ from typing import Literal, get_args
 
 import structlog
 
-from smartgo_exporter.config import Settings
+from smartgo_exporter.config import Settings, TitanEmbedderConfig
 from smartgo_exporter.embedders import load_embedder
 from smartgo_exporter.errors import ConfigError, ExporterError
 from smartgo_exporter.index import sync_after_export
@@ -53,6 +53,11 @@ def backfill(
     as is an unknown runner or a range that ends before it starts; a range reaching a day that
     has not ended yet raises DayNotOver. `on_batch`, `on_day` and `retry_failed` (fetch every
     failed photo again, due or not) are as in `pipeline.export`.
+
+    With `embedder.batch` (Titan), the local runner embeds the range through one Bedrock batch
+    job, a step per call (`batch_backfill`): the first call starts the job and returns the
+    range's RUNNING record, "waiting for batch job <arn>"; the call after the job is done
+    exports the days with its vectors.
     """
     if runner not in get_args(Runner):
         raise ConfigError("runner", f"unknown runner {runner!r}; use local or ray")
@@ -61,6 +66,10 @@ def backfill(
     selected = list(days(start, end))
     ensure_over(selected, settings.export.timezone)
     if runner == "ray":
+        if _in_batch(settings):
+            raise ConfigError(
+                "embedder.batch", "a batch job backfills with the local runner; use --runner local"
+            )
         from smartgo_exporter.ray_runner import export_on_ray
 
         records = export_on_ray(
@@ -76,6 +85,18 @@ def backfill(
         return records
     if ray_address is not None:
         raise ConfigError("ray_address", "only the ray runner runs on a cluster")
+    if _in_batch(settings):
+        from smartgo_exporter.batch_backfill import backfill_in_batch  # boto3: the `aws` extra
+
+        return backfill_in_batch(
+            settings,
+            start,
+            end,
+            trigger=TRIGGER,
+            on_batch=on_batch,
+            on_day=on_day,
+            retry_failed=retry_failed,
+        )
     return export(
         settings,
         selected,
@@ -84,6 +105,11 @@ def backfill(
         on_day=on_day,
         retry_failed=retry_failed,
     )
+
+
+def _in_batch(settings: Settings) -> bool:
+    embedder = settings.embedder
+    return isinstance(embedder, TitanEmbedderConfig) and embedder.batch
 
 
 def _sync_indexes(settings: Settings) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -246,6 +247,34 @@ class TitanEmbedderConfig(_Section):
     """Send the product title as `inputText`: Titan then averages text and image vectors."""
     timeout_seconds: float = Field(60, gt=0)
     """Connect and read timeout of one call."""
+    batch: bool = False
+    """`backfill` embeds through one Bedrock batch inference job (about half the on-demand
+    price; the job takes hours, and each `backfill` call until it is done answers "waiting"):
+    see `embedders.titan_batch`. Too few photos for a job are embedded on demand instead. The
+    nightly runs always embed on demand."""
+    batch_location: str = ""
+    """With `batch`: the S3 prefix (s3://bucket/prefix) the job's records are written under and
+    Bedrock writes its output to."""
+    batch_role_arn: str = ""
+    """With `batch`: the service role Bedrock assumes to read and write `batch_location`
+    (trusting bedrock.amazonaws.com); the exporter needs iam:PassRole on it."""
+    batch_endpoint_url: str | None = None
+    """Bedrock's control plane (CreateModelInvocationJob), as `endpoint_url` is its runtime's."""
+    s3_endpoint_url: str | None = None
+    """The S3 endpoint for `batch_location`; None means AWS's."""
+
+    @model_check(mode="after")
+    def _batch_needs_its_location_and_role(self) -> TitanEmbedderConfig:
+        if not self.batch:
+            return self
+        if not self.batch_location.startswith("s3://") or len(self.batch_location) <= 5:
+            raise ValueError("`batch` needs `batch_location`, an S3 prefix (s3://bucket/prefix)")
+        if not re.fullmatch(r"arn:aws(-[^:]+)?:iam::\d{12}:role/.+", self.batch_role_arn):
+            raise ValueError(
+                "`batch` needs `batch_role_arn`, the ARN of the role Bedrock assumes "
+                "(arn:aws:iam::<account>:role/<name>)"
+            )
+        return self
 
     @field_validator("dimension", mode="before")
     @classmethod

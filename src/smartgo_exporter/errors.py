@@ -90,6 +90,16 @@ class ModelUnavailable(ExporterError):
     """
 
 
+class BatchJobError(ExporterError):
+    """A Bedrock batch inference job could not be submitted, failed, or left output that cannot
+    be read; `job` names it (its ARN, or its name before it has one)."""
+
+    def __init__(self, job: str, reason: str) -> None:
+        super().__init__(f"batch job {job}: {reason}")
+        self.job = job
+        self.reason = reason
+
+
 class SinkError(ExporterError):
     """The table could not be created, read or committed to."""
 

@@ -74,6 +74,15 @@ class RunCounts:
 
 
 @dataclasses.dataclass(slots=True)
+class BatchJob:
+    """The Bedrock batch inference job a batch backfill waits for (`embedders.titan_batch`)."""
+
+    job_arn: str
+    status: str
+    """Bedrock's status of the job when last asked: Submitted, InProgress, Completed, ..."""
+
+
+@dataclasses.dataclass(slots=True)
 class RunRecord:
     """One export run of one window, as the progress store keeps it."""
 
@@ -96,6 +105,10 @@ class RunRecord:
     cost: RunCost | None = None
     """What the run cost on AWS, estimated as it finished (`costs`); None on records of
     versions before it, and while the run is RUNNING."""
+    batch_job: BatchJob | None = None
+    """Set on the record of a batch backfill (its range is the record's window): the job whose
+    embeddings the range's days are exported with, so a later invocation finds it again.
+    Absent from records of earlier versions: None."""
 
     def record_error(self, error: RunError) -> None:
         self.error_count += 1
@@ -126,6 +139,7 @@ class RunRecord:
             "failures": self.failures,
             "message": self.message,
             "cost": self.cost.to_document() if self.cost else None,
+            "batch_job": dataclasses.asdict(self.batch_job) if self.batch_job else None,
         }
 
     @classmethod
@@ -148,4 +162,5 @@ class RunRecord:
             failures={key: int(value) for key, value in document["failures"].items()},
             message=document.get("message", ""),
             cost=RunCost.from_document(cost) if cost else None,
+            batch_job=BatchJob(**batch_job) if (batch_job := document.get("batch_job")) else None,
         )

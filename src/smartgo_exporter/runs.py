@@ -163,9 +163,13 @@ def close_interrupted_runs(progress: NonFatalProgressStore, current: RunRecord) 
     write its own outcome, so its record would claim RUNNING forever. Once this run holds the
     day's lease, no other run of the day is alive (a holder renews its lease while it lives),
     so those records are stale; this run redoes their work, and their records now say so.
+    A batch backfill's record (`batch_job`) is not one: it holds no lease, it waits for its
+    Bedrock job, and its days are exported while it is still RUNNING.
     """
     for stale in progress.runs_on(current.business_date):
         if stale.status is not RunStatus.RUNNING or stale.run_id == current.run_id:
+            continue
+        if stale.batch_job is not None:
             continue
         stale.status = RunStatus.FAILED
         stale.finished_at = datetime.now(UTC)

@@ -8,16 +8,25 @@ nothing a test does can reach real AWS. Tests pass `endpoint_url` to the embedde
 What the server checks, how it answers and its knobs and records are in the package module's
 docstring; `FakeBedrock` is its `LocalBedrock`, signed for with ACCESS_KEY_ID and
 SECRET_ACCESS_KEY.
+
+`batch_bedrock` is another such server, for batch inference: it signs for SeaweedFS's own key
+(a Bedrock and an S3 of one account) and runs its jobs on the session's SeaweedFS, whose
+credentials it puts in the environment; `batch_bucket` is a fresh, empty bucket there.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from smartgo_exporter.demo.bedrock_local import LocalBedrock, serve_bedrock
+from smartgo_exporter.demo.bedrock_local import LocalBedrock, S3Access, serve_bedrock
+
+if TYPE_CHECKING:  # imported for real, it would escape pytest's assertion rewriting
+    from tests.servers.seaweedfs import Seaweed
 
 ACCESS_KEY_ID = "AKIASGXBEDROCKTEST01"
 SECRET_ACCESS_KEY = "sgx-bedrock-test/Secret+Key/0123456789abcdef"
@@ -63,3 +72,30 @@ def bedrock_server(
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     return _bedrock_session_server
+
+
+@pytest.fixture(scope="session")
+def _batch_session_server(seaweedfs: Seaweed) -> Iterator[FakeBedrock]:
+    with serve_bedrock(access_key=seaweedfs.access_key, secret_key=seaweedfs.secret_key) as server:
+        yield server
+
+
+@pytest.fixture
+def batch_bedrock(
+    _batch_session_server: FakeBedrock, seaweedfs: Seaweed, monkeypatch: pytest.MonkeyPatch
+) -> FakeBedrock:
+    """A fake Bedrock in SeaweedFS's account with fresh knobs; boto3 aimed at these two only."""
+    _batch_session_server.reset()
+    seaweedfs.use_credentials(monkeypatch)
+    _batch_session_server.s3 = S3Access(
+        seaweedfs.s3_endpoint, seaweedfs.access_key, seaweedfs.secret_key, seaweedfs.region
+    )
+    return _batch_session_server
+
+
+@pytest.fixture
+def batch_bucket(seaweedfs: Seaweed) -> str:
+    """A new, empty bucket on the session's SeaweedFS."""
+    name = f"sgx-batch-{secrets.token_hex(4)}"
+    seaweedfs.s3_client().create_bucket(Bucket=name)
+    return name

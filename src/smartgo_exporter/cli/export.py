@@ -109,6 +109,10 @@ def backfill_command(
     Every day gets its run record and the table is the same whichever runner exports it: rows
     already there are not rewritten, and stored embeddings of unchanged photos are reused.
 
+    With `embedder.batch = true` (Titan), the photos are embedded by one Bedrock batch job at
+    about half the price: the first call starts it and says "waiting for batch job <arn>";
+    run the same command again (hourly, say) until the job is done and the days are exported.
+
     Example: `smartgo-exporter backfill --from 2026-01-01 --to 2026-03-31 --runner ray`
     """
     configure_logging(log_level)

@@ -37,6 +37,19 @@ every request that long), `denied_models` (403 AccessDeniedException). Records: 
 `throttled`, `throttled_since` (the `time.monotonic()` of the first request `throttle_seconds`
 throttled), `per_model`, `in_flight`, `max_in_flight`, `bodies` (the parsed JSON of every
 signed, unthrottled request for a model it serves) and `last_body`.
+
+It also speaks the two calls of Bedrock's control plane that batch inference needs,
+CreateModelInvocationJob (POST /model-invocation-job) and GetModelInvocationJob (GET
+/model-invocation-job/{ARN}), as AWS does: the job's JSONL records are read from S3 and its
+output written back there, through `s3` (an `S3Access`: the stand-in for the job's service
+role; a real S3 such as SeaweedFS). A job moves one step each time it is asked about:
+Submitted, Validating (the input is read: a job of fewer than MIN_BATCH_RECORDS records, or
+none, fails here, as Bedrock's quota says), InProgress, then Completed, having written for each
+input file `<output>/<job id>/<input file name>.out` (one line per record: recordId,
+modelInput and modelOutput, or an `error` with errorCode and errorMessage where the record
+failed, as InvokeModel would refuse it) and `<output>/<job id>/manifest.json.out` (the
+counts). Knobs: `fail_records` (record ids answered errorCode 500), `fail_job` (a message: the
+job ends Failed with it instead of running). Records: `jobs` (job id -> `LocalJob`).
 """
 
 from __future__ import annotations
@@ -58,6 +71,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import boto3
 import numpy as np
 from aiohttp import web
 from botocore.auth import SigV4Auth
@@ -87,6 +101,14 @@ _SIGNATURE_MISMATCH = (
 )
 _ERROR_TYPE_SUFFIX = ":http://internal.amazon.com/coral/com.amazon.bedrock/"
 _KEPT_BY_RESET = frozenset({"endpoint_url", "access_key", "secret_key"})
+MIN_BATCH_RECORDS = 100
+"""Bedrock's default quota "Minimum number of records per batch inference job"."""
+ACCOUNT_ID = "000000000000"
+_JOB_NAME = re.compile(r"[a-zA-Z0-9]{1,63}(-*[a-zA-Z0-9\+\-\.]){0,63}")
+_ROLE_ARN = re.compile(r"arn:aws(-[^:]+)?:iam::([0-9]{12})?:role/.+")
+_JOB_ARN = re.compile(
+    r"(arn:aws(-[^:]+)?:bedrock:[a-z0-9-]{1,20}:[0-9]{12}:model-invocation-job/)?(?P<id>[a-z0-9]{12})"
+)
 
 
 class _Refusal(Exception):
@@ -137,6 +159,10 @@ class LocalBedrock:
     in_flight: int = 0
     max_in_flight: int = 0
     bodies: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    s3: S3Access | None = None
+    fail_records: set[str] = dataclasses.field(default_factory=set)
+    fail_job: str | None = None
+    jobs: dict[str, LocalJob] = dataclasses.field(default_factory=dict)
 
     @property
     def last_body(self) -> dict[str, Any]:
@@ -203,6 +229,139 @@ class LocalBedrock:
         vector = _embedding(image, text, self.dimension_override or length)
         return {"embedding": vector, "inputTextTokenCount": tokens}
 
+    async def create_job(self, request: web.Request) -> web.Response:
+        """POST /model-invocation-job, as CreateModelInvocationJob answers it."""
+        payload = await request.read()
+        try:
+            _check_signature(request, payload, Credentials(self.access_key, self.secret_key))
+            job = self._new_job(request, payload)
+        except _Refusal as refusal:
+            return refusal.response()
+        return web.json_response({"jobArn": job.arn})
+
+    async def get_job(self, request: web.Request) -> web.Response:
+        """GET /model-invocation-job/{jobIdentifier}, as GetModelInvocationJob answers it; each
+        call moves the job on by one status (see the module docstring)."""
+        try:
+            _check_signature(request, b"", Credentials(self.access_key, self.secret_key))
+            match = _JOB_ARN.fullmatch(request.match_info["job"])
+            job = self.jobs.get(match["id"]) if match else None
+            if job is None:
+                raise _Refusal(404, "ResourceNotFoundException", "The job does not exist.")
+            self._advance(job)
+        except _Refusal as refusal:
+            return refusal.response()
+        return web.json_response(job.description())
+
+    def _new_job(self, request: web.Request, payload: bytes) -> LocalJob:
+        try:
+            body = json.loads(payload)
+            name, role, model = body["jobName"], body["roleArn"], body["modelId"]
+            input_uri = body["inputDataConfig"]["s3InputDataConfig"]["s3Uri"]
+            output_uri = body["outputDataConfig"]["s3OutputDataConfig"]["s3Uri"]
+        except (ValueError, KeyError, TypeError):
+            raise _validation(
+                "jobName, roleArn, modelId, inputDataConfig and outputDataConfig are required"
+            ) from None
+        token = body.get("clientRequestToken")
+        for job in self.jobs.values():
+            if token is not None and job.request.get("clientRequestToken") == token:
+                return job  # an idempotent retry gets the job it already made
+        if not _JOB_NAME.fullmatch(name):
+            raise _validation(f"Invalid jobName {name!r}")
+        if not _ROLE_ARN.fullmatch(role):
+            raise _validation(f"Invalid roleArn {role!r}")
+        if model not in MODELS:
+            raise _validation("The provided model identifier is invalid.")
+        if not (input_uri.startswith("s3://") and output_uri.startswith("s3://")):
+            raise _validation("The input and output locations must be s3:// URIs")
+        signed = _AUTHORIZATION.fullmatch(request.headers["Authorization"])
+        region = signed["region"] if signed else ""  # checked already: the signing region
+        job_id = uuid.uuid4().hex[:12]
+        arn = f"arn:aws:bedrock:{region}:{ACCOUNT_ID}:model-invocation-job/{job_id}"
+        job = LocalJob(arn, body, datetime.now(UTC))
+        self.jobs[job_id] = job
+        return job
+
+    def _advance(self, job: LocalJob) -> None:
+        if job.status == "Submitted":
+            job.status = "Validating"
+            self._validate(job)
+        elif job.status == "Validating":
+            job.status = "InProgress"
+        elif job.status == "InProgress":
+            self._run(job)
+            job.status = "Completed"
+            job.ended_at = datetime.now(UTC)
+
+    def _validate(self, job: LocalJob) -> None:
+        """Read the job's input from S3, failing it as Bedrock would when it cannot be run."""
+        if self.fail_job is not None:
+            job.fail(self.fail_job)
+            return
+        if self.s3 is None:
+            job.fail("Amazon Bedrock could not access the input location (no S3 configured)")
+            return
+        client = self.s3.client()
+        bucket, prefix = _split_s3(job.input_uri)
+        listed = client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+        keys = sorted(item["Key"] for item in listed if item["Key"].endswith(".jsonl"))
+        for key in keys:
+            text = client.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+            job.inputs[key] = [json.loads(line) for line in text.splitlines() if line.strip()]
+        total = sum(len(records) for records in job.inputs.values())
+        if total < MIN_BATCH_RECORDS:
+            job.fail(
+                f"The minimum number of records for a batch inference job is {MIN_BATCH_RECORDS};"
+                f" the input holds {total}."
+            )
+
+    def _run(self, job: LocalJob) -> None:
+        """Embed every record and write the output files and manifest, as Bedrock lays them out."""
+        assert self.s3 is not None
+        client = self.s3.client()
+        bucket, prefix = _split_s3(job.output_uri)
+        folder = f"{prefix.rstrip('/')}/{job.job_id}" if prefix else job.job_id
+        _, input_prefix = _split_s3(job.input_uri)
+        for key, records in job.inputs.items():
+            lines = [json.dumps(self._batch_record(record, job)) for record in records]
+            name = (
+                key[len(input_prefix) :].lstrip("/")
+                if key != input_prefix
+                else key.rsplit("/", 1)[-1]
+            )
+            out = "\n".join(lines) + "\n"
+            client.put_object(Bucket=bucket, Key=f"{folder}/{name}.out", Body=out.encode())
+        manifest = {
+            "totalRecordCount": job.total,
+            "processedRecordCount": job.total,
+            "successRecordCount": job.total - job.errors,
+            "errorRecordCount": job.errors,
+            "inputTokenCount": 0,
+            "outputTokenCount": 0,
+        }
+        client.put_object(
+            Bucket=bucket, Key=f"{folder}/manifest.json.out", Body=json.dumps(manifest).encode()
+        )
+
+    def _batch_record(self, record: dict[str, Any], job: LocalJob) -> dict[str, Any]:
+        record_id = str(record.get("recordId") or uuid.uuid4().hex[:11].upper())
+        model_input = record.get("modelInput")
+        out: dict[str, Any] = {"recordId": record_id, "modelInput": model_input}
+        try:
+            if record_id in self.fail_records:
+                raise _Refusal(500, "InternalServerException", "Internal server error")
+            if not isinstance(model_input, dict):
+                raise _validation("Malformed input request: expected type: JSONObject")
+            length, image, text = self._parse(model_input)
+        except _Refusal as refusal:
+            job.errors += 1
+            out["error"] = {"errorCode": refusal.status, "errorMessage": refusal.message}
+            return out
+        vector = _embedding(image, text, self.dimension_override or length)
+        out["modelOutput"] = {"embedding": vector, "inputTextTokenCount": len(text.split())}
+        return out
+
     def _throttled(self) -> _Refusal:
         self.throttled += 1
         return _Refusal(429, "ThrottlingException", "Too many requests, please wait.")
@@ -249,6 +408,91 @@ class LocalBedrock:
                 f"Invalid image: {width}x{height} exceeds the maximum of {MAX_SIDE}x{MAX_SIDE}"
             )
         return data
+
+
+@dataclasses.dataclass(frozen=True)
+class S3Access:
+    """Where the local Bedrock reads batch input and writes batch output, and as whom."""
+
+    endpoint_url: str
+    access_key: str
+    secret_key: str
+    region: str = "us-east-1"
+
+    def client(self) -> Any:
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name=self.region,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+        )
+
+
+@dataclasses.dataclass
+class LocalJob:
+    """One batch inference job: its request, where it stands, and the records it read."""
+
+    arn: str
+    request: dict[str, Any]
+    submitted_at: datetime
+    status: str = "Submitted"
+    message: str = ""
+    ended_at: datetime | None = None
+    inputs: dict[str, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
+    """Input file key -> its records, once Validating has read them."""
+    errors: int = 0
+
+    @property
+    def job_id(self) -> str:
+        return self.arn.rsplit("/", 1)[-1]
+
+    @property
+    def input_uri(self) -> str:
+        return str(self.request["inputDataConfig"]["s3InputDataConfig"]["s3Uri"])
+
+    @property
+    def output_uri(self) -> str:
+        return str(self.request["outputDataConfig"]["s3OutputDataConfig"]["s3Uri"])
+
+    @property
+    def total(self) -> int:
+        return sum(len(records) for records in self.inputs.values())
+
+    def fail(self, message: str) -> None:
+        self.status, self.message, self.ended_at = "Failed", message, datetime.now(UTC)
+
+    def description(self) -> dict[str, Any]:
+        """GetModelInvocationJob's answer."""
+        answer: dict[str, Any] = {
+            "jobArn": self.arn,
+            "jobName": self.request["jobName"],
+            "modelId": self.request["modelId"],
+            "roleArn": self.request["roleArn"],
+            "status": self.status,
+            "submitTime": self.submitted_at.isoformat(),
+            "lastModifiedTime": datetime.now(UTC).isoformat(),
+            "inputDataConfig": self.request["inputDataConfig"],
+            "outputDataConfig": self.request["outputDataConfig"],
+            "timeoutDurationInHours": self.request.get("timeoutDurationInHours", 24),
+        }
+        if self.message:
+            answer["message"] = self.message
+        if self.ended_at is not None:
+            answer["endTime"] = self.ended_at.isoformat()
+        if "clientRequestToken" in self.request:
+            answer["clientRequestToken"] = self.request["clientRequestToken"]
+        if self.status == "Completed":
+            answer["totalRecordCount"] = self.total
+            answer["processedRecordCount"] = self.total
+            answer["successRecordCount"] = self.total - self.errors
+            answer["errorRecordCount"] = self.errors
+        return answer
+
+
+def _split_s3(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return bucket, key
 
 
 def _check_signature(request: web.Request, payload: bytes, credentials: Credentials) -> None:
@@ -328,13 +572,16 @@ def _seeded_unit(data: bytes, length: int) -> np.ndarray[Any, np.dtype[np.float6
 def serve_bedrock(
     *, access_key: str, secret_key: str, host: str = "127.0.0.1", port: int = 0
 ) -> Iterator[LocalBedrock]:
-    """Serve InvokeModel on `host`:`port` (0: a free port) while the block runs.
+    """Serve InvokeModel and the batch job calls on `host`:`port` (0: a free port) while the
+    block runs.
 
     Yields the server, its `endpoint_url` set; it is stopped, and the port closed, on the way out.
     """
     server = LocalBedrock(access_key, secret_key)
     app = web.Application(client_max_size=MAX_REQUEST_BYTES)
     app.router.add_post("/model/{model_id:.+}/invoke", server.invoke)
+    app.router.add_post("/model-invocation-job", server.create_job)
+    app.router.add_get("/model-invocation-job/{job:.+}", server.get_job)
     thread = ServerThread(app, host, port, name="local-bedrock")
     bound = thread.start()
     server.endpoint_url = f"http://[{host}]:{bound}" if ":" in host else f"http://{host}:{bound}"

@@ -221,15 +221,14 @@ class TitanEmbedder:
     def _embed_image(
         self, image: bytes, caption: str | None, batch: _Batch
     ) -> Vector | EmbeddingError:
-        prepared = encode_for_titan(image, self._max_image_bytes)
-        if isinstance(prepared, EmbeddingError):
-            return prepared
-        request: dict[str, Any] = {
-            "inputImage": base64.b64encode(prepared).decode("ascii"),
-            "embeddingConfig": {"outputEmbeddingLength": self._dimension},
-        }
-        if self._include_title and caption and caption.strip():
-            request["inputText"] = " ".join(caption.split())[:MAX_TITLE_CHARS]
+        request = titan_request(
+            image,
+            caption if self._include_title else None,
+            self._dimension,
+            self._max_image_bytes,
+        )
+        if isinstance(request, EmbeddingError):
+            return request
         body = json.dumps(request)
         started = time.monotonic()
         throttled_calls = 0
@@ -281,27 +280,11 @@ class TitanEmbedder:
             raise ModelUnavailable(
                 f"cannot call Bedrock {self._bedrock_model!r}: {type(error).__name__}: {error}"
             ) from None
-        return self._vector(payload)
-
-    def _vector(self, payload: bytes) -> Vector | EmbeddingError:
         try:
-            values = np.asarray(json.loads(payload)["embedding"], dtype=np.float64)
-        except (ValueError, KeyError, TypeError):
-            values = None
-        if values is None or values.ndim != 1:
-            raise ModelUnavailable(
-                f"Bedrock {self._bedrock_model!r} did not answer with an embedding; is it a "
-                f"Titan Multimodal Embeddings model?"
-            )
-        if len(values) != self._dimension:
-            raise ModelUnavailable(
-                f"Bedrock {self._bedrock_model!r} answered a vector of length {len(values)}, not "
-                f"the configured {self._dimension}: the model id or embedder.dimension is wrong"
-            )
-        norm = float(np.linalg.norm(values))
-        if not np.isfinite(norm) or norm == 0.0:
-            return EmbeddingError("degenerate_embedding", f"vector norm is {norm}")
-        return (values / norm).astype(np.float32)
+            answer = json.loads(payload)
+        except ValueError:
+            answer = None
+        return titan_vector(answer, self._bedrock_model, self._dimension)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,7 +306,65 @@ class _Batch:
     throttled_out: threading.Event = dataclasses.field(default_factory=threading.Event)
 
 
+def titan_request(
+    image: bytes, caption: str | None, dimension: int, max_image_bytes: int = MAX_IMAGE_BYTES
+) -> dict[str, Any] | EmbeddingError:
+    """The InvokeModel body for a photo (and its caption, unless None): also a batch record's
+    `modelInput`, so both ways send Titan the same request for the same photo."""
+    prepared = encode_for_titan(image, max_image_bytes)
+    if isinstance(prepared, EmbeddingError):
+        return prepared
+    request: dict[str, Any] = {
+        "inputImage": base64.b64encode(prepared).decode("ascii"),
+        "embeddingConfig": {"outputEmbeddingLength": dimension},
+    }
+    text = titan_caption(caption)
+    if text is not None:
+        request["inputText"] = text
+    return request
+
+
+def titan_caption(caption: str | None) -> str | None:
+    """The `inputText` sent for a caption: whitespace collapsed, cut at MAX_TITLE_CHARS; None
+    for none or a blank one, whose photo is embedded from its pixels alone."""
+    if not caption or not caption.strip():
+        return None
+    return " ".join(caption.split())[:MAX_TITLE_CHARS]
+
+
+def titan_vector(answer: object, model: str, dimension: int) -> Vector | EmbeddingError:
+    """The unit vector in Titan's answer (an InvokeModel body, or a batch record's
+    `modelOutput`), judged as the module docstring says: no vector, or one of another length
+    than `dimension`, raises ModelUnavailable naming `model`; a zero or infinite one is that
+    image's `degenerate_embedding`."""
+    try:
+        values = np.asarray(answer["embedding"], dtype=np.float64)  # type: ignore[index]
+    except (ValueError, KeyError, TypeError):
+        values = None
+    if values is None or values.ndim != 1:
+        raise ModelUnavailable(
+            f"Bedrock {model!r} did not answer with an embedding; is it a "
+            f"Titan Multimodal Embeddings model?"
+        )
+    if len(values) != dimension:
+        raise ModelUnavailable(
+            f"Bedrock {model!r} answered a vector of length {len(values)}, not "
+            f"the configured {dimension}: the model id or embedder.dimension is wrong"
+        )
+    norm = float(np.linalg.norm(values))
+    if not np.isfinite(norm) or norm == 0.0:
+        return EmbeddingError("degenerate_embedding", f"vector norm is {norm}")
+    return (values / norm).astype(np.float32)
+
+
 def _bedrock_client(config: TitanEmbedderConfig) -> BedrockRuntimeClient:
+    client: BedrockRuntimeClient = aws_client(config, "bedrock-runtime", config.endpoint_url)
+    return client
+
+
+def aws_client(config: TitanEmbedderConfig, service: str, endpoint_url: str | None) -> Any:
+    """A boto3 client for `service` in the embedder's region, with its retries and timeouts;
+    ModelUnavailable when there is no region or the endpoint is unusable."""
     settings = Config(
         retries={"mode": "standard", "total_max_attempts": config.max_attempts},
         connect_timeout=config.timeout_seconds,
@@ -333,13 +374,13 @@ def _bedrock_client(config: TitanEmbedderConfig) -> BedrockRuntimeClient:
     )
     try:
         session = boto3.session.Session(region_name=config.region)
-        return session.client("bedrock-runtime", endpoint_url=config.endpoint_url, config=settings)
+        return session.client(service, endpoint_url=endpoint_url, config=settings)  # type: ignore[call-overload]
     except NoRegionError:
         raise ModelUnavailable(
             "no AWS region for Bedrock: set embedder.region (SGX_EMBEDDER__REGION) or AWS_REGION"
         ) from None
     except (BotoCoreError, ValueError) as error:
-        raise ModelUnavailable(f"cannot create the Bedrock client: {error}") from None
+        raise ModelUnavailable(f"cannot create the {service} client: {error}") from None
 
 
 def _clip(message: str, limit: int = 300) -> str:
