@@ -247,6 +247,22 @@ def test_a_lookup_within_a_sold_at_span_finds_only_the_sales_sold_in_it(
     assert [key for key in keys if key in around_3] == [("store-a", "3")]
 
 
+def test_lookups_of_one_month_see_every_commit_made_between_them(config: TableConfig) -> None:
+    """The month's files are planned once per table state: a commit made between two lookups,
+    by this writer or another, is in the second."""
+    table = SalesTable.open(config, source="smartgo")
+    other_writer = SalesTable.open(config, source="smartgo")
+    table.upsert(batch([sale(1)]), run_id="run-1")
+    keys = [sale(1).key, sale(2).key, sale(3).key]
+    span = (DAY, DAY + timedelta(minutes=5))
+    assert [key for key in keys if key in table.stored(keys, sold_within=span)] == [sale(1).key]
+
+    table.upsert(batch([sale(2)]), run_id="run-2")
+    other_writer.upsert(batch([sale(3)]), run_id="run-3")
+
+    assert [key for key in keys if key in table.stored(keys, sold_within=span)] == keys
+
+
 def test_an_upsert_replaces_a_sale_whose_sold_at_moved_out_of_its_old_file(
     config: TableConfig,
 ) -> None:

@@ -35,6 +35,7 @@ from pyiceberg.exceptions import (
     ServiceUnavailableError,
     ValidationException,
 )
+from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.table import Table
 from pyiceberg.table.sorting import SortField, SortOrder
@@ -46,6 +47,7 @@ from smartgo_exporter.sales import Key
 from smartgo_exporter.schema import ARROW_SCHEMA, ICEBERG_SCHEMA, StoredRows
 from smartgo_exporter.sinks.catalog import open_catalog, redact
 from smartgo_exporter.sinks.data_files import write_data_files
+from smartgo_exporter.sinks.file_plans import FilePlans
 from smartgo_exporter.sinks.key_filters import key_filter, key_mask, sold_within_filter
 from smartgo_exporter.sinks.reconciliation import Reconciliation
 from smartgo_exporter.sinks.rewrites import plan_rewrites
@@ -135,6 +137,7 @@ class SalesTable:
         self.table = table
         self.source = source
         self.commit_attempts = commit_attempts
+        self._plans = FilePlans(source)
 
     @classmethod
     def open(cls, config: TableConfig, *, source: str, create: bool = True) -> SalesTable:
@@ -170,7 +173,13 @@ class SalesTable:
             row_filter = sold_within_filter(self.source, keys, first, last)
         try:
             self.table.refresh()
-            found = self.table.scan(row_filter=row_filter).to_arrow()
+            if sold_within is None:
+                found = self.table.scan(row_filter=row_filter).to_arrow()
+            else:
+                files = self._plans.files_within(self.table, keys, *sold_within)
+                found = ArrowScan(
+                    self.table.metadata, self.table.io, self.table.schema(), row_filter
+                ).to_table(files)
         except UNREACHABLE as error:
             raise SinkError(
                 f"cannot read table {'.'.join(self.table.name())}: {first_line(error)}"
