@@ -3,12 +3,12 @@
 This is the one place that wires the stages; the CLI, the scheduler and the Lambda handler all
 call `export`. Within a window, work flows one way through two concurrent halves joined by a
 bounded queue: the first reads a batch of sales, looks up what the table already holds and
-fetches the photos still needed; the second embeds those photos and, every `commit_rows` rows
-and at the end of the window, commits what it gathered as one snapshot. So the next batch's
-photos download while this batch's are embedded, and a few parts of a batch's photos are in
-memory however large the day and its photos (`photos.part_bytes`). What a batch goes through
-is `batches.BatchSteps`, and a day's run from lease to outcome is `runs.DayRun`; the Ray
-runner calls the same, elsewhere.
+fetches the photos still needed; the second embeds those photos and gathers them for a commit,
+made every `commit_rows` rows and at the end of a day, or of several small days
+(`day_commits`). So the next batch's photos download while this batch's are embedded, and a
+few parts of a batch's photos are in memory however large the day and its photos
+(`photos.part_bytes`). What a batch goes through is `batches.BatchSteps`, and a day's run from
+lease to outcome is `runs.DayRun`; the Ray runner calls the same, elsewhere.
 
 Blocking work runs on dedicated single-thread executors (one for the source, one for the table,
 one for the model): database drivers and SQLite connections expect to stay on one thread, and
@@ -84,11 +84,13 @@ def export(
     last day the table's snapshots name), then reads the `lookback_days` days before yesterday
     again (see `day_plan.plan_days`). `lookback` days given with `days` run after them the
     same way: with the trigger "lookback", each a run of its own. A day starts reading once
-    the day before has read its whole window, while that one's photos are still embedded and
-    committed. A run-wide failure (source unreachable, model or table unavailable) is recorded
-    as FAILED and ends the export there (the day already started beside it runs its course):
-    later days would fail alike, and as the last successful day has not moved, the next run
-    catches them up. The caller decides from the statuses what to exit with.
+    the day before has read its whole window, while that one's photos are still embedded, and
+    the days share commits (`day_commits`): a day is recorded with its outcome once the commit
+    holding its end has landed, and a commit that fails fails every day it held. A run-wide
+    failure (source unreachable, model or table unavailable) is recorded as FAILED and ends the
+    export there (the days already started beside it run their course): later days would fail
+    alike, and as the last successful day has not moved, the next run catches them up. The
+    caller decides from the statuses what to exit with.
 
     When `should_stop` answers True, the batches already read are committed, the run is
     recorded PARTIAL and no further day is started. A day of `days` that has not ended yet
