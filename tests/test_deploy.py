@@ -534,7 +534,7 @@ def load_build_script() -> Any:
 def test_the_package_takes_the_aws_stack_from_the_lock_and_no_offline_model() -> None:
     build = load_build_script()
     requested = build.project_requirements(build.DEFAULT_EXTRAS)
-    lock = build.read_lock(build.ROOT / "requirements.lock")
+    lock = build.read_lock(build.LOCK)
     names = {
         entry.name for entry in build.closure(lock, {build.requirement_name(r) for r in requested})
     }
