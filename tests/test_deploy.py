@@ -203,7 +203,7 @@ def test_cfn_lint_does_check_the_serverless_function(tmp_path: Path) -> None:
     """Without this, a linter that skipped SAM resources would pass anything."""
     broken = tmp_path / "template.yaml"
     broken.write_text(
-        TEMPLATE.read_text(encoding="utf-8").replace("MemorySize: 1024", "MemorySize: lots")
+        TEMPLATE.read_text(encoding="utf-8").replace("MemorySize: 1792", "MemorySize: lots")
     )
     assert {m.rule.id for m in lint_file(broken)} >= {"E3012"}
 
@@ -316,7 +316,7 @@ def test_the_function_is_the_scheduled_exporter_the_issue_describes() -> None:
     assert function["PackageType"] == "Image"
     assert function["ImageUri"] == IMAGE
     assert function["ImageConfig"] == {"Command": ["smartgo_exporter.aws_lambda.handler"]}
-    assert (function["MemorySize"], function["Timeout"]) == (1024, 900)
+    assert (function["MemorySize"], function["Timeout"]) == (1792, 900)
     assert function["Architectures"] == ["x86_64"]
     assert function["Role"] == "{ExporterRole.Arn}"
     [event] = function["Events"].values()
