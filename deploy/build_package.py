@@ -3,9 +3,10 @@
     python3 deploy/build_package.py                  # x86_64, for template.yaml's default
     python3 deploy/build_package.py --arch arm64     # then deploy with Architecture=arm64
 
-Run it with any Python 3.11+ whose pip is 22.1 or later, on any OS and CPU: wheels are chosen
-for the target, not for this machine. It fills build/lambda/package/, which deploy/Dockerfile
-copies into the function's image as it is (see deploy/README.md).
+Run it with any Python 3.11+ that has pip, on any OS and CPU (macOS's own python3 is 3.9: use
+one from python.org or Homebrew): wheels are chosen for the target, not for this machine. It
+fills build/lambda/package/ (or --out's package/), which deploy/Dockerfile copies into the
+function's image as it is (see deploy/README.md).
 
 What goes in, and why it is built this way:
 - Exactly the versions and hashes of requirements-lambda.lock (`pip install --require-hashes
@@ -49,9 +50,16 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from collections.abc import Iterable
 from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10 or older
+    raise SystemExit(
+        f"build_package.py needs Python 3.11 or later, not {sys.version.split()[0]} "
+        f"({sys.executable})"
+    ) from None
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build" / "lambda"
