@@ -225,6 +225,19 @@ def test_a_day_waiting_for_a_shared_commit_is_recorded_only_once_its_rows_are_in
     assert all(in_table_when_recorded)
 
 
+def test_rows_wait_no_longer_than_commit_seconds_for_a_commit(workspace: DemoPaths) -> None:
+    """With a slow model a day's `commit_rows` take many minutes; a run killed before its
+    commit redoes only what waited less than `commit_seconds`."""
+    settings = settings_of(workspace, export={"commit_seconds": 1e-6, "batch_size": 10})
+    [record] = export(settings, [FIRST_DAY])
+
+    table = SalesTable.open(settings.table, source="smartgo").table
+    batches = -(-record.counts.sales // 10)
+    assert len(table.snapshots()) >= batches > 1
+    rows = table_rows(settings)
+    assert rows.num_rows == distinct_keys(rows) == record.counts.written
+
+
 def test_a_price_change_at_the_source_rewrites_exactly_that_row(workspace: DemoPaths) -> None:
     settings = settings_of(workspace)
     export(settings, days())

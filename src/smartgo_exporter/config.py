@@ -69,6 +69,11 @@ class ExportConfig(_Section):
     """Rows gathered from batches before they are committed as one snapshot: a commit's cost
     is mostly fixed, so few large commits are cheaper, but the rows gathered are redone when a
     run dies before its commit."""
+    commit_seconds: float = Field(120, gt=0)
+    """The longest rows wait for a commit, however few: with a slow model (Titan from a
+    Lambda embeds some tens of photos a second) `commit_rows` alone would leave many minutes
+    of work uncommitted, all of it redone when an invocation is killed (out of memory, its
+    time limit)."""
     lease_seconds: float = Field(60, gt=0)
     """How long a run's hold on its day outlives the run: it is renewed every third of this
     while the run is alive, so the day of a run that crashed is free again after this long."""

@@ -5,12 +5,13 @@ A commit costs about the same whether it holds ten rows or ten thousand (plannin
 rewrites, writing manifests, the catalog's round trip), and a day ends with one (it removes
 what the source no longer has). So a day that has gathered its last batch does not commit: it
 waits, holding its lease, for a commit that carries its end, which is the next one for any
-reason (`commit_rows` rows gathered, `MAX_DAYS_PER_COMMIT` days waiting, the last day of the
-call, a read that failed or stopped early). Its run is recorded once that commit has landed,
+reason (`commit_rows` rows gathered, the first of them gathered `commit_seconds` ago,
+`MAX_DAYS_PER_COMMIT` days waiting, the last day of the call, a read that failed or stopped
+early). Its run is recorded once that commit has landed,
 so a record never claims rows the table does not hold; a crash before then leaves the day's
 record RUNNING and none of its rows in the table, and the next run redoes it.
 
-    commits = DayCommits(table, table_thread, commit_rows)
+    commits = DayCommits(table, table_thread, commit_rows, commit_seconds)
     await commits.add(finished, record)                       # may commit, at commit_rows
     await commits.end_day(record, tenant_ids, now=is_last)    # returns once the day landed
     await commits.flush()                                     # what still waits, at the end
@@ -22,6 +23,7 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -45,6 +47,7 @@ class DayCommits:
     table: SalesTable
     table_thread: ThreadPoolExecutor
     commit_rows: int
+    commit_seconds: float
     on_committed: CommittedCallback | None = None
     gathering: Gathering = dataclasses.field(default_factory=Gathering)
     failure: BaseException | None = None
@@ -52,12 +55,17 @@ class DayCommits:
     flight fails with it too (a table that refused one commit refuses the next)."""
     _landed: dict[str, asyncio.Future[None]] = dataclasses.field(default_factory=dict)
     _turn: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    _gathering_since: float | None = None
+    """When the first batch the next commit holds was gathered (`time.monotonic`)."""
 
     async def add(self, finished: FinishedBatch, record: RunRecord) -> None:
-        """Gather a finished batch of `record`'s run; commit once `commit_rows` are gathered."""
+        """Gather a finished batch of `record`'s run; commit once `commit_rows` are gathered,
+        or the first of them waited `commit_seconds`."""
         self._raise_failure()
         self.gathering.add(finished, record)
-        if self.gathering.rows >= self.commit_rows:
+        if self._gathering_since is None:
+            self._gathering_since = time.monotonic()
+        if self._due():
             await self.commit()
 
     async def end_day(
@@ -85,6 +93,7 @@ class DayCommits:
         """Commit everything gathered now, after the commit before it."""
         async with self._turn:
             commit = self.gathering.take()
+            self._gathering_since = None
             landed = [self._landed.pop(run_id) for run_id in commit.ended]
             try:
                 self._raise_failure()
@@ -106,6 +115,12 @@ class DayCommits:
                     self.on_committed(record, counts)
             for future in landed:
                 future.set_result(None)
+
+    def _due(self) -> bool:
+        since = self._gathering_since
+        return self.gathering.rows >= self.commit_rows or (
+            since is not None and time.monotonic() - since >= self.commit_seconds
+        )
 
     def _raise_failure(self) -> None:
         if self.failure is not None:

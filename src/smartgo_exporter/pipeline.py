@@ -236,8 +236,9 @@ class _DaysExport:
                 self.on_batch(BatchDone(record.business_date, counts, done, total))
 
         stages = self.stages
+        export = stages.settings.export
         commits = DayCommits(
-            stages.table, stages.table_thread, stages.settings.export.commit_rows, committed
+            stages.table, stages.table_thread, export.commit_rows, export.commit_seconds, committed
         )
         started: asyncio.Queue[_Started | None] = asyncio.Queue()
         collector = asyncio.create_task(self._collect(started, len(runs)))
