@@ -30,6 +30,7 @@ from smartgo_exporter.windows import business_day
 STARTED = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
 LOCAL = CostBasis(
     titan=False,
+    batch=False,
     s3_tables=False,
     dynamodb=False,
     batch_size=500,
@@ -40,7 +41,12 @@ AWS = dataclasses.replace(LOCAL, titan=True, s3_tables=True, dynamodb=True)
 
 
 def finished_run(
-    *, sales: int = 1_200, written: int = 1_100, embedded: int = 900, minutes: float = 4
+    *,
+    sales: int = 1_200,
+    written: int = 1_100,
+    embedded: int = 900,
+    model_inputs: int = 900,
+    minutes: float = 4,
 ) -> RunRecord:
     window = business_day(date(2026, 11, 26), "UTC")
     return RunRecord(
@@ -53,7 +59,9 @@ def finished_run(
         started_at=STARTED,
         finished_at=STARTED + timedelta(minutes=minutes),
         expires_at=STARTED + timedelta(days=90),
-        counts=RunCounts(sales=sales, written=written, embedded=embedded),
+        counts=RunCounts(
+            sales=sales, written=written, embedded=embedded, model_inputs=model_inputs
+        ),
     )
 
 
@@ -67,6 +75,7 @@ def test_the_deployed_settings_put_every_aws_part_in_the_estimate() -> None:
     )
     assert CostBasis.of(settings) == CostBasis(
         titan=True,
+        batch=False,
         s3_tables=True,
         dynamodb=True,
         batch_size=250,
@@ -86,11 +95,19 @@ def test_a_run_on_the_local_model_files_and_sqlite_costs_nothing() -> None:
     assert cost.usage == Usage()
 
 
-def test_titan_is_charged_per_image_embedded_at_the_tables_price() -> None:
-    cost = estimate(finished_run(embedded=900), dataclasses.replace(LOCAL, titan=True))
-    assert cost.usage.titan_images == 900
-    assert cost.titan == 900 * PRICES.titan_image.usd
+def test_titan_is_charged_per_photo_sent_not_per_sale_embedded() -> None:
+    """Sales of a product share its photo, which goes to the model once."""
+    run = finished_run(embedded=900, model_inputs=450)
+    cost = estimate(run, dataclasses.replace(LOCAL, titan=True))
+    assert cost.usage.titan_images == 450
+    assert cost.titan == 450 * PRICES.titan_image.usd
     assert cost.total == cost.titan
+
+
+def test_titan_through_a_batch_job_is_charged_per_batch_record() -> None:
+    run = finished_run(model_inputs=450)
+    cost = estimate(run, dataclasses.replace(LOCAL, titan=True, batch=True))
+    assert (cost.usage.titan_images, cost.usage.titan_batch_records) == (0, 450)
 
 
 def test_a_batch_record_costs_half_an_on_demand_image() -> None:

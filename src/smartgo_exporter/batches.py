@@ -436,6 +436,7 @@ def embed_photos(
     for sale, photo in fetched:
         distinct.setdefault(key(sale, photo), photo)
     inputs = list(distinct)
+    counts.model_inputs += len(inputs)
     outputs = embedder.embed(
         [distinct[k].data for k in inputs], captions=[title for _, title in inputs]
     )

@@ -12,12 +12,11 @@ the history.
 
 What is counted, and from what:
 
-- Bedrock Titan Multimodal Embeddings: one input image per sale embedded (`counts.embedded`)
-  when the embedder is Titan; the local model costs nothing. A photo that several sales of a
-  run share goes to the model once but counts for each of them, so this is an upper bound:
-  near the truth where every sale has its own photo, twice it in the demo, whose 2,181 sales
-  share 1,112 photos. Sent through batch inference, an image is a batch record, at about half
-  the price (`Usage.titan_batch_records`).
+- Bedrock Titan Multimodal Embeddings: one input image per photo sent to the model
+  (`counts.model_inputs`: a photo several sales of a batch share is sent once) when the
+  embedder is Titan; the local model costs nothing. With `embedder.batch`, an image is a batch
+  record, at about half the price (`Usage.titan_batch_records`); the few photos a batch job
+  lacked and that were sent on demand are counted as batch records too.
 - Lambda: GB-seconds, the function's memory times the invocation's duration, shared among the
   invocation's runs by how long each ran; only the handler knows them (`aws_lambda`). Zero
   elsewhere (the CLI, the scheduler, Ray), whose compute is not billed per run.
@@ -244,6 +243,8 @@ class CostBasis:
     that turn a run's counts into requests."""
 
     titan: bool
+    batch: bool
+    """Titan through Bedrock batch inference (`embedder.batch`)."""
     s3_tables: bool
     dynamodb: bool
     batch_size: int
@@ -254,6 +255,7 @@ class CostBasis:
     def of(cls, settings: Settings) -> CostBasis:
         return cls(
             titan=isinstance(settings.embedder, TitanEmbedderConfig),
+            batch=isinstance(settings.embedder, TitanEmbedderConfig) and settings.embedder.batch,
             s3_tables=settings.table.catalog.get("type") == "s3tables",
             dynamodb=isinstance(settings.progress, DynamoProgressConfig),
             batch_size=settings.export.batch_size,
@@ -277,7 +279,8 @@ def estimate(
     """
     return price(
         Usage(
-            titan_images=record.counts.embedded if basis.titan else 0,
+            titan_images=record.counts.model_inputs if basis.titan and not basis.batch else 0,
+            titan_batch_records=record.counts.model_inputs if basis.titan and basis.batch else 0,
             lambda_gb_seconds=lambda_gb_seconds,
             table_write_requests=_table_writes(record, basis) if basis.s3_tables else 0,
             table_read_requests=_table_reads(record, basis) if basis.s3_tables else 0,

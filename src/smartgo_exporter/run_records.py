@@ -67,6 +67,9 @@ class RunCounts:
     removed: int = 0
     """Rows of the window removed from the table because the source no longer returns them
     (voided or deleted there, or moved to another day); only a complete read removes any."""
+    model_inputs: int = 0
+    """Photos sent to the model: one a batch's sales share is sent once, so this is what a
+    paid model bills (`costs`). Absent from records of earlier versions: 0."""
 
     def add(self, other: RunCounts) -> None:
         for field in dataclasses.fields(self):
