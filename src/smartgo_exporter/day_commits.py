@@ -103,6 +103,10 @@ class DayCommits:
                 )
             except Exception as error:
                 self.failure = self.failure or error
+                # The days that ended while it was under way wait for a commit too: none will
+                # come now.
+                landed += self._landed.values()
+                self._landed.clear()
                 for future in landed:
                     future.set_exception(error)
                 raise
