@@ -24,6 +24,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import date, datetime
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy.exc
 import structlog
 from pyiceberg.exceptions import (
@@ -35,7 +36,6 @@ from pyiceberg.exceptions import (
     ServiceUnavailableError,
     ValidationException,
 )
-from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.table import Table
 from pyiceberg.table.sorting import SortField, SortOrder
@@ -47,6 +47,7 @@ from smartgo_exporter.sales import Key
 from smartgo_exporter.schema import ARROW_SCHEMA, ICEBERG_SCHEMA, StoredRows
 from smartgo_exporter.sinks.catalog import open_catalog, redact
 from smartgo_exporter.sinks.data_files import write_data_files
+from smartgo_exporter.sinks.file_cache import FileCache
 from smartgo_exporter.sinks.file_plans import FilePlans
 from smartgo_exporter.sinks.key_filters import key_filter, key_mask, sold_within_filter
 from smartgo_exporter.sinks.reconciliation import Reconciliation
@@ -61,6 +62,9 @@ BUSINESS_DATE_PROPERTY = "smartgo.business-date"
 """Snapshot summary property: the business day (ISO date) whose sales the snapshot holds."""
 SOURCE_PROPERTY = "smartgo.source"
 """Snapshot summary property: the `source` of the rows, since exporters may share a table."""
+
+LOOKUP_CACHE_BYTES = 128 * 1024 * 1024
+"""Decoded small data files kept for the next lookups (`sinks.file_cache`)."""
 
 PARTITION_SPEC = PartitionSpec(
     PartitionField(source_id=2, field_id=1000, transform=IdentityTransform(), name="tenant_id"),
@@ -138,6 +142,7 @@ class SalesTable:
         self.source = source
         self.commit_attempts = commit_attempts
         self._plans = FilePlans(source)
+        self._files = FileCache(LOOKUP_CACHE_BYTES)
 
     @classmethod
     def open(cls, config: TableConfig, *, source: str, create: bool = True) -> SalesTable:
@@ -177,15 +182,19 @@ class SalesTable:
                 found = self.table.scan(row_filter=row_filter).to_arrow()
             else:
                 files = self._plans.files_within(self.table, keys, *sold_within)
-                found = ArrowScan(
-                    self.table.metadata, self.table.io, self.table.schema(), row_filter
-                ).to_table(files)
+                found = self._files.read(self.table, files, row_filter)
         except UNREACHABLE as error:
             raise SinkError(
                 f"cannot read table {'.'.join(self.table.name())}: {first_line(error)}"
             ) from error
         if sold_within is not None:
-            found = found.filter(key_mask(found, self.source, keys))
+            # Small files come whole from the cache: the span is applied here as to the rest.
+            sold_at, (first, last) = found.column("sold_at"), sold_within
+            within = pc.and_(
+                pc.greater_equal(sold_at, pa.scalar(first, sold_at.type)),
+                pc.less_equal(sold_at, pa.scalar(last, sold_at.type)),
+            )
+            found = found.filter(pc.and_(within, key_mask(found, self.source, keys)))
         index = {
             (tenant, sale): position
             for position, (tenant, sale) in enumerate(
@@ -343,7 +352,7 @@ class SalesTable:
         properties: dict[str, str],
         reconcile: Sequence[Reconciliation],
     ) -> list[int]:
-        plan = plan_rewrites(self.table, self.source, keys, reconcile)
+        plan = plan_rewrites(self.table, self.source, keys, reconcile, self._files)
         if rows.num_rows == 0 and not plan.files:
             return plan.removed  # nothing to write and nothing gone: no empty snapshot
         transaction = self.table.transaction()

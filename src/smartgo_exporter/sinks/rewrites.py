@@ -22,6 +22,7 @@ from pyiceberg.schema import Schema
 from pyiceberg.table import FileScanTask, Table
 
 from smartgo_exporter.sales import Key
+from smartgo_exporter.sinks.file_cache import FileCache
 from smartgo_exporter.sinks.key_filters import key_mask, tenant_filter
 from smartgo_exporter.sinks.reconciliation import Reconciliation
 
@@ -43,7 +44,11 @@ class RewritePlan:
 
 
 def plan_rewrites(
-    table: Table, source: str, keys: Sequence[Key], reconcile: Sequence[Reconciliation]
+    table: Table,
+    source: str,
+    keys: Sequence[Key],
+    reconcile: Sequence[Reconciliation],
+    cache: FileCache | None = None,
 ) -> RewritePlan:
     """The files holding any of `keys`, or any row one of `reconcile` finds gone, each with
     what stays.
@@ -57,6 +62,7 @@ def plan_rewrites(
     pyiceberg could not prune so: given the key set, it binds it anew for every manifest and
     file (which made each commit cost more as the table grew), and it checks a set of over
     200 values against no bounds at all. Only the files that hold a row to drop are read whole.
+    A small file the lookups read already comes from `cache`, theirs.
     """
     nothing_removed = [0] * len(reconcile)
     if table.current_snapshot() is None:
@@ -86,8 +92,12 @@ def plan_rewrites(
         gone = [pc.and_not(day.gone(rows, source), replaced) for day in reconcile]
         return functools.reduce(pc.or_, gone, replaced), gone
 
+    def rows_of(task: FileScanTask, scan: ArrowScan) -> pa.Table:
+        rows = cache.whole(table, task) if cache is not None else None
+        return scan.to_table(tasks=[task]) if rows is None else rows
+
     def drops_a_row(task: FileScanTask) -> bool:
-        return bool(pc.any(dropped(key_columns.to_table(tasks=[task]))[0]).as_py())
+        return bool(pc.any(dropped(rows_of(task, key_columns))[0]).as_py())
 
     with ThreadPoolExecutor(thread_name_prefix="key-scan") as pool:
         holding = [
@@ -101,7 +111,7 @@ def plan_rewrites(
     files: list[Rewrite] = []
     removed = nothing_removed
     for task in holding:
-        rows = whole.to_table(tasks=[task])
+        rows = rows_of(task, whole)
         drop, gone = dropped(rows)
         files.append(Rewrite(task, rows.filter(pc.invert(drop))))
         removed = [
