@@ -232,8 +232,7 @@ def test_rows_wait_no_longer_than_commit_seconds_for_a_commit(workspace: DemoPat
     [record] = export(settings, [FIRST_DAY])
 
     table = SalesTable.open(settings.table, source="smartgo").table
-    batches = -(-record.counts.sales // 10)
-    assert len(table.snapshots()) >= batches > 1
+    assert len(table.snapshots()) > 1  # of one day whose rows fit one commit by commit_rows
     rows = table_rows(settings)
     assert rows.num_rows == distinct_keys(rows) == record.counts.written
 
