@@ -391,7 +391,7 @@ def test_a_day_read_in_tenant_shards_is_one_run_with_the_local_runners_counts(
         stored.close()
 
 
-def test_sales_deleted_at_the_source_leave_a_day_read_in_tenant_shards_in_both_shards(
+def test_a_sale_deleted_from_each_shards_tenants_leaves_the_table_when_its_day_is_read_again(
     by_ray_in_shards: Backfilled, store: tuple[DemoPaths, DemoCatalog]
 ) -> None:
     rows = table_rows(by_ray_in_shards.settings)
