@@ -29,6 +29,7 @@ from smartgo_exporter.demo import DemoCatalog, DemoPaths, write_demo_config
 from smartgo_exporter.index import SalesIndex
 from smartgo_exporter.lookup import update_indexes
 from smartgo_exporter.progress.sqlite import SqliteProgressStore
+from smartgo_exporter.ray_runner import tenant_shards
 from smartgo_exporter.run_records import RunRecord, RunStatus
 from smartgo_exporter.runs import DayDone
 from smartgo_exporter.sales import SALE_FIELDS
@@ -71,13 +72,19 @@ class Backfilled:
 
 
 def backfilled(
-    store: tuple[DemoPaths, DemoCatalog], folder: Path, runner: str, *, write: bool = True
+    store: tuple[DemoPaths, DemoCatalog],
+    folder: Path,
+    runner: str,
+    *,
+    write: bool = True,
+    **overrides: object,
 ) -> Backfilled:
-    """A fresh copy of the store's database with its own warehouse, backfilled by `runner`."""
+    """A fresh copy of the store's database with its own warehouse, backfilled by `runner`
+    with the configuration's `overrides`."""
     paths = DemoPaths(folder)
     shutil.copy(store[0].sales_db, paths.sales_db)
     write_demo_config(paths)
-    settings = settings_of(paths)
+    settings = settings_of(paths, **overrides)
     heard: list[DayDone] = []
     records = (
         backfill(settings, FIRST_DAY, LAST_DAY, runner=runner, on_day=heard.append) if write else []
@@ -309,6 +316,97 @@ def test_a_day_another_run_holds_is_left_alone_and_the_others_run(
     exported = set(table_rows(fresh.settings)["sold_at"].to_pylist())
     assert exported
     assert all(moment.date() != FIRST_DAY for moment in exported)
+
+
+def in_tenant_shards(store: tuple[DemoPaths, DemoCatalog]) -> dict[str, object]:
+    """Every tenant of the store named, and each day read by two tasks, one of two tenants."""
+    return {"export": {"tenant_ids": list(store[1].tenant_ids)}, "ray": {"tenant_shards": 2}}
+
+
+@pytest.fixture(scope="module")
+def by_local_of_tenants(
+    store: tuple[DemoPaths, DemoCatalog], tmp_path_factory: pytest.TempPathFactory
+) -> Backfilled:
+    """The local runner with the tenants named, which it reads in one go, day by day."""
+    return backfilled(
+        store, tmp_path_factory.mktemp("local-tenants"), "local", **in_tenant_shards(store)
+    )
+
+
+@pytest.fixture(scope="module")
+def by_ray_in_shards(
+    store: tuple[DemoPaths, DemoCatalog],
+    tmp_path_factory: pytest.TempPathFactory,
+    ray_instance: None,
+) -> Backfilled:
+    return backfilled(
+        store, tmp_path_factory.mktemp("ray-shards"), "ray", **in_tenant_shards(store)
+    )
+
+
+def test_a_day_is_split_by_dealing_its_tenants_among_the_shards() -> None:
+    assert tenant_shards(["a", "b", "c"], 2) == [("a", "c"), ("b",)]
+    assert tenant_shards(["a", "b"], 5) == [("a",), ("b",)]
+
+
+def test_a_day_of_one_tenant_or_of_every_tenant_is_not_split() -> None:
+    assert tenant_shards(["a"], 4) == [("a",)]
+    assert tenant_shards([], 4) == [()]  # every tenant: the source alone knows which
+    assert tenant_shards(["a", "b"], 1) == [("a", "b")]
+
+
+def test_ray_reading_each_day_in_tenant_shards_writes_the_table_the_local_runner_writes(
+    store: tuple[DemoPaths, DemoCatalog],
+    by_local_of_tenants: Backfilled,
+    by_ray_in_shards: Backfilled,
+) -> None:
+    assert len(tenant_shards(list(store[1].tenant_ids), 2)) == 2
+    assert_same_tables(by_local_of_tenants, by_ray_in_shards)
+    assert set(table_rows(by_ray_in_shards.settings)["tenant_id"].to_pylist()) == set(
+        store[1].tenant_ids
+    )
+
+
+def test_a_day_read_in_tenant_shards_is_one_run_with_the_local_runners_counts(
+    by_local_of_tenants: Backfilled, by_ray_in_shards: Backfilled
+) -> None:
+    local, on_ray = by_day(by_local_of_tenants.records), by_day(by_ray_in_shards.records)
+    assert list(on_ray) == days()
+    assert sum(record.counts.sales for record in on_ray.values()) > 0
+    for day, record in on_ray.items():
+        assert record.status == local[day].status, day
+        assert record.counts == local[day].counts, day
+        assert record.failures == local[day].failures, day
+        # The shards' batches interleave, so the errors come in another order.
+        assert sorted(map(dataclasses.astuple, record.errors)) == sorted(
+            map(dataclasses.astuple, local[day].errors)
+        )
+    stored = SqliteProgressStore(by_ray_in_shards.paths.progress_db)
+    try:
+        for day, record in on_ray.items():
+            assert [(r.run_id, r.status, r.counts) for r in stored.runs_on(day)] == [
+                (record.run_id, record.status, record.counts)
+            ]
+    finally:
+        stored.close()
+
+
+def test_a_sale_deleted_from_each_shards_tenants_leaves_the_table_when_its_day_is_read_again(
+    by_ray_in_shards: Backfilled, store: tuple[DemoPaths, DemoCatalog]
+) -> None:
+    rows = table_rows(by_ray_in_shards.settings)
+    first, second = tenant_shards(list(store[1].tenant_ids), 2)
+    deleted = [
+        rows.filter(pc.is_in(rows["tenant_id"], pa.array(shard)))["sale_id"][0].as_py()
+        for shard in (first, second)
+    ]
+    with sqlite3.connect(by_ray_in_shards.paths.sales_db) as db:
+        db.executemany("DELETE FROM sales WHERE id = ?", [(int(sale),) for sale in deleted])
+
+    again = backfill(by_ray_in_shards.settings, FIRST_DAY, LAST_DAY, runner="ray")
+
+    assert sum(record.counts.removed for record in again) == 2
+    assert set(deleted) & set(table_rows(by_ray_in_shards.settings)["sale_id"].to_pylist()) == set()
 
 
 def test_without_ray_the_command_says_how_to_install_it(tmp_path: Path) -> None:

@@ -184,3 +184,22 @@ def test_the_lambda_memory_benchmark_invokes_the_handler_and_prints_its_memory_s
     [line] = [line for line in output.splitlines() if line.startswith("peak RSS")]
     assert line.split()[3] == "MiB"
     assert line.split("MemorySize ")[1].isdigit()
+
+
+def test_the_ray_bytes_benchmark_prints_bytes_per_sale_for_each_stage_and_model() -> None:
+    output = run_benchmark("bench_ray_bytes.py", "--sales", "20", "--batch-size", "10")
+
+    assert "20 sales, one photo each" in output
+    for stage in ("read task -> model actor", "model actor -> driver", "unpickle + gather"):
+        assert stage in output
+    assert output.count("titan-shaped (1024 floats)") == 2
+
+
+def test_the_commit_rate_benchmark_prints_commits_a_minute_for_each_catalog() -> None:
+    output = run_benchmark("bench_commit_rate.py", "--commits", "2", "--rows", "50")
+
+    rows = [
+        line.split() for line in output.splitlines() if line.rstrip().endswith(tuple("0123456789"))
+    ]
+    assert [row[0] for row in rows] == ["sql", "seaweedfs"]
+    assert all(float(row[-2]) > 0 for row in rows)  # commits a minute

@@ -400,6 +400,17 @@ class AwsLambdaConfig(_Section):
         return value.upper() if isinstance(value, str) else value
 
 
+class RayConfig(_Section):
+    """How the Ray backfill runner splits its work across a cluster."""
+
+    tenant_shards: int = Field(1, ge=1, le=1024)
+    """Read tasks each day of a Ray backfill is split into, by tenant, for days too large for
+    one task to keep the model's actors busy: the tenants of `export.tenant_ids` are dealt
+    among them, so it takes effect only when at least two are named (a REST source cannot
+    list its tenants, and a list queried before the read would miss a tenant's first sale).
+    Each day stays one run, with one lease and one record, committed by the driver alone."""
+
+
 class Settings(BaseSettings):
     """Everything a run needs. Build it with `load_config`, which resolves paths and secrets."""
 
@@ -417,6 +428,7 @@ class Settings(BaseSettings):
     aws: AwsConfig = Field(default_factory=AwsConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     aws_lambda: AwsLambdaConfig = Field(default_factory=AwsLambdaConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
     retention_days: int = Field(90, ge=1)
     """How long run records are kept."""
 

@@ -9,6 +9,14 @@ upserts them every `commit_rows` rows and at the end of the day, and writes the 
 What a batch goes through is `batches.BatchSteps`, the local runner's own steps, so the table
 comes out as `pipeline.export` would write it; this module only decides where each step runs.
 
+A day too large for one reading task is split by tenant: `ray.tenant_shards` tasks read it,
+the tenants of `export.tenant_ids` dealt among them (`tenant_shards`). Each shard is a block of
+its own, and the driver takes each shard's batches in their order into the day's one run. The
+day ends when every shard has: all read whole, its last commit reconciles the configured
+tenants, as an unsplit read would; a shard failed, nothing is removed and the day fails, as
+when a local read fails midway. The shards' batches interleave, so a split day records the
+same errors as the local runner, in another order.
+
 Per day, the run is the local runner's `runs.DayRun`: its lease is held while it runs (here
 every day is leased up front, since all run at once), a RUNNING record is saved at its start and
 its outcome at its end, with the same counts and errors. One thing differs: a failed day does
@@ -87,6 +95,10 @@ class _DayToRead:
     run_id: str
     started_at: datetime
     """The run's start, by which its failed photos fall due again (as locally)."""
+    shard: int
+    """Which of the day's reading tasks this is, from 0."""
+    tenant_ids: tuple[str, ...]
+    """The tenants this task reads; empty: every tenant, when the day is not split."""
 
 
 @dataclasses.dataclass
@@ -95,8 +107,9 @@ class _Fetched:
 
     day: date
     run_id: str
+    shard: int
     sequence: int
-    """The batch's place in its day's stream, from 0: the committer takes batches in order."""
+    """The batch's place in its shard's stream, from 0: the committer takes them in order."""
     prepared: PreparedBatch
 
 
@@ -105,6 +118,7 @@ class _Embedded:
     """A batch through the model: finished, or the failure that fails its day."""
 
     day: date
+    shard: int
     sequence: int
     finished: FinishedBatch | None
     failure: RunError | None = None
@@ -113,10 +127,11 @@ class _Embedded:
 
 @dataclasses.dataclass
 class _DayRead:
-    """A day's last item: how many batches came before it, and what stopped the reading early;
-    without a failure, the day was read whole and its last commit reconciles it."""
+    """A shard's last item: how many batches came before it, and what stopped the reading
+    early; without a failure, the shard was read whole."""
 
     day: date
+    shard: int
     sequence: int
     failure: RunError | None = None
 
@@ -170,14 +185,30 @@ def export_on_ray(
         progress.close()
 
 
+def tenant_shards(tenant_ids: Sequence[str], shards: int) -> list[tuple[str, ...]]:
+    """The tenants each reading task of a day reads: `tenant_ids` dealt in turn among up to
+    `shards` tasks, or one task of them all (`()`: every tenant) when they cannot be split.
+
+        tenant_shards(["a", "b", "c"], 2) == [("a", "c"), ("b",)]
+    """
+    count = min(shards, len(tenant_ids))
+    if count < 2:
+        return [tuple(tenant_ids)]
+    return [tuple(tenant_ids[start::count]) for start in range(count)]
+
+
 @dataclasses.dataclass
 class _Day:
     """The committer's view of one day in flight."""
 
     run: DayRun
-    next_sequence: int = 0
-    arrived: dict[int, _Embedded | _DayRead] = dataclasses.field(default_factory=dict)
-    """Items that came before an earlier batch of their day, by sequence."""
+    shards: int
+    next_sequence: dict[int, int] = dataclasses.field(default_factory=dict)
+    """By shard: the sequence of the batch the committer takes next."""
+    arrived: dict[tuple[int, int], _Embedded | _DayRead] = dataclasses.field(default_factory=dict)
+    """Items that came before an earlier batch of their shard, by (shard, sequence)."""
+    read: dict[int, RunError | None] = dataclasses.field(default_factory=dict)
+    """The shards whose last item was taken, with what stopped each early, if anything."""
     gathering: Gathering = dataclasses.field(default_factory=Gathering)
 
 
@@ -205,6 +236,7 @@ class _Backfill:
         self.days_total = days_total
         self.days_done = 0
         self.running: dict[date, _Day] = {}
+        self.shards = tenant_shards(settings.export.tenant_ids, settings.ray.tenant_shards)
         # Commits run off the event loop, which keeps renewing the leases meanwhile, and one
         # after another on one thread, as the catalog's database connections expect.
         self.table_thread = ThreadPoolExecutor(1, thread_name_prefix="table")
@@ -238,15 +270,21 @@ class _Backfill:
         if run.record.finished:
             self._day_done(run.record)
         else:
-            self.running[day] = _Day(run)
+            self.running[day] = _Day(run, len(self.shards))
         return run.record
 
     def _dataset(self, model_id: str, include_title: bool) -> ray.data.Dataset:
-        """Days -> batches with their photos (tasks) -> embedded rows (the model's actor pool)."""
+        """Days' shards -> batches with their photos (tasks) -> embedded rows (the model's
+        actor pool)."""
         log_level = _log_level()
         orders = [
-            _pack(_DayToRead(day, running.run.record.run_id, running.run.record.started_at))
+            _pack(
+                _DayToRead(
+                    day, running.run.record.run_id, running.run.record.started_at, shard, tenants
+                )
+            )
             for day, running in self.running.items()
+            for shard, tenants in enumerate(self.shards)
         ]
         # One CPU is left to the reading tasks, so the actors can never take every CPU and
         # starve the stage that feeds them.
@@ -292,9 +330,12 @@ class _Backfill:
                 day = self.running.get(item.day)
                 if day is None:
                     continue  # a later batch of a day that has failed already
-                day.arrived[item.sequence] = item
-                while (ready := day.arrived.pop(day.next_sequence, None)) is not None:
-                    day.next_sequence += 1
+                shard = item.shard
+                day.arrived[(shard, item.sequence)] = item
+                while (
+                    ready := day.arrived.pop((shard, day.next_sequence.get(shard, 0)), None)
+                ) is not None:
+                    day.next_sequence[shard] = ready.sequence + 1
                     try:
                         await self._take(day, ready)
                     except Exception as error:
@@ -307,16 +348,21 @@ class _Backfill:
             waiting.shutdown(wait=False, cancel_futures=True)
 
     async def _take(self, day: _Day, item: _Embedded | _DayRead) -> None:
-        """Gather a batch, committing every `commit_rows` rows; at the day's end, finish it."""
+        """Gather a batch, committing every `commit_rows` rows; at the end of the day's last
+        shard, finish the day."""
         if isinstance(item, _DayRead):
-            if item.failure is None:
+            day.read[item.shard] = item.failure
+            if len(day.read) < day.shards:
+                return
+            failures = [failure for _, failure in sorted(day.read.items()) if failure is not None]
+            if not failures:
                 day.gathering.end_day(day.run.record, self.settings.export.tenant_ids)
                 await self._commit(day)
             # Also when reading failed midway: the batches read before are kept, as locally.
             elif day.gathering.sales:
                 day.gathering.end_day(day.run.record, None)
                 await self._commit(day)
-            self._finish(day, item.failure)
+            self._finish(day, failures[0] if failures else None)
             return
         if item.finished is None:
             # What was gathered is not committed: the local runner fails the same way.
@@ -361,10 +407,10 @@ def _read_day(
     retry_failed: bool,
     log_level: int,
 ) -> Iterator[dict[str, bytes]]:
-    """A Ray task: read one day's sales in batches and fetch each batch's missing photos, over
-    one connection pool for the day.
+    """A Ray task: read one day's sales (of a shard's tenants) in batches and fetch each
+    batch's missing photos, over one connection pool for the task.
 
-    Ends the day's stream with a _DayRead, also when the source or the table fails midway.
+    Ends the shard's stream with a _DayRead, also when the source or the table fails midway.
     """
     order: _DayToRead = _unpack(row)
     configure_logging(logging.getLevelName(log_level))
@@ -374,7 +420,9 @@ def _read_day(
     sequence = 0
     failure: RunError | None = None
     with (
-        structlog.contextvars.bound_contextvars(run_id=order.run_id, day=order.day.isoformat()),
+        structlog.contextvars.bound_contextvars(
+            run_id=order.run_id, day=order.day.isoformat(), shard=order.shard
+        ),
         asyncio.Runner() as loop,
         contextlib.ExitStack() as cleanup,
     ):
@@ -391,18 +439,18 @@ def _read_day(
                 return table.stored(keys, sold_within=sold_within)
 
             window = business_day(order.day, export.timezone)
-            batches = source.read(window, export.batch_size, export.tenant_ids)
+            batches = source.read(window, export.batch_size, list(order.tenant_ids))
             # Closed before the source, so a database cursor is not left to the collector.
             cleanup.callback(getattr(batches, "close", lambda: None))
             for batch in batches:
                 parts = loop.run(_parts(steps, batch, stored, fetcher, order.started_at))
                 for prepared in parts:
-                    yield _pack(_Fetched(order.day, order.run_id, sequence, prepared))
+                    yield _pack(_Fetched(order.day, order.run_id, order.shard, sequence, prepared))
                     sequence += 1
         except Exception as error:
             _log_if_unexpected(error)
             failure = run_failure(error)
-    yield _pack(_DayRead(order.day, sequence, failure))
+    yield _pack(_DayRead(order.day, order.shard, sequence, failure))
 
 
 class _ModelActor:
@@ -424,8 +472,8 @@ class _ModelActor:
                 finished = self.steps.finish(item.prepared, self.embedder, item.run_id)
             except Exception as error:
                 _log_if_unexpected(error)
-                return _Embedded(item.day, item.sequence, None, run_failure(error))
-        return _Embedded(item.day, item.sequence, finished)
+                return _Embedded(item.day, item.shard, item.sequence, None, run_failure(error))
+        return _Embedded(item.day, item.shard, item.sequence, finished)
 
 
 # --- small helpers -------------------------------------------------------------------------------
