@@ -935,7 +935,7 @@ def test_every_parameter_the_readme_deploys_with_is_one_of_the_template() -> Non
             if "--parameter-overrides" in command:
                 overrides = command.split("--parameter-overrides", 1)[1]
                 given |= set(re.findall(r"(?:^|\s)\"?([A-Za-z]+)=", overrides))
-    assert {"ImageUri", "AllowTableCreation", "SubnetIds", "RouteTableIds"} <= given
+    assert {"ImageUri", "Architecture", "AllowTableCreation", "SubnetIds", "RouteTableIds"} <= given
     assert given <= parameters
 
 
