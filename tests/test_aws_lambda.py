@@ -23,10 +23,13 @@ from smartgo_exporter.aws_lambda import ExportFailed, handler
 from smartgo_exporter.config import Settings
 from smartgo_exporter.config_loader import load_config
 from smartgo_exporter.demo import DemoCatalog, DemoPaths
+from smartgo_exporter.demo.bedrock_local import LocalBedrock
+from smartgo_exporter.pipeline import STOPPED_EARLY
 from smartgo_exporter.progress.sqlite import SqliteProgressStore
 from smartgo_exporter.run_records import LOOKBACK_TRIGGER, RunStatus
-from tests.demo_store import FIRST_DAY, copy_of_store, distinct_keys, table_rows
+from tests.demo_store import FIRST_DAY, copy_of_store, distinct_keys, serve_demo_store, table_rows
 from tests.servers.moto import MotoServer
+from tests.servers.seaweedfs import Seaweed
 from tests.test_progress_stores import record
 
 BATCH = 5
@@ -326,3 +329,149 @@ def test_settings_are_loaded_once_per_container(workspace: DemoPaths) -> None:
     handler({"date": "not a date"}, plenty_of_time())
     info = aws_lambda.warm_runtime.cache_info()
     assert (info.misses, info.hits) == (1, 1)
+
+
+# --- a range through a Bedrock batch job (embedder.batch) ----------------------------------------
+
+BATCH_ROLE_ARN = "arn:aws:iam::123456789012:role/smartgo-exporter-bedrock-batch"
+RANGE = {"from": "2026-10-05", "to": "2026-10-07"}
+RANGE_DAYS = ["2026-10-05", "2026-10-06", "2026-10-07"]
+
+
+@pytest.fixture(scope="module")
+def large_store(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[DemoPaths, DemoCatalog]]:
+    """300 sales over the same 3 days: more distinct photos than a batch job's minimum."""
+    with serve_demo_store(tmp_path_factory.mktemp("large-store"), sales=300) as served:
+        yield served
+
+
+@pytest.fixture
+def batch_workspace(
+    large_store: tuple[DemoPaths, DemoCatalog],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    batch_bedrock: LocalBedrock,
+    seaweedfs: Seaweed,
+    batch_bucket: str,
+) -> Iterator[DemoPaths]:
+    """A cold container configured for Titan with `batch`, the local Bedrock running its jobs
+    on SeaweedFS."""
+    paths = copy_of_store(large_store[0], tmp_path)
+    embedder = {
+        "type": "titan",
+        "region": seaweedfs.region,
+        "endpoint_url": batch_bedrock.endpoint_url,
+        "batch": True,
+        "batch_location": f"s3://{batch_bucket}/backfills",
+        "batch_role_arn": BATCH_ROLE_ARN,
+        "batch_endpoint_url": batch_bedrock.endpoint_url,
+        "s3_endpoint_url": seaweedfs.s3_endpoint,
+    }
+    with paths.config.open("a", encoding="utf-8") as config:
+        config.write("\n[embedder]\n")
+        config.writelines(f"{key} = {json.dumps(value)}\n" for key, value in embedder.items())
+    monkeypatch.setenv("SGX_CONFIG", str(paths.config))
+    aws_lambda.warm_runtime.cache_clear()
+    yield paths
+    aws_lambda.warm_runtime.cache_clear()
+    structlog.reset_defaults()
+
+
+def until_the_job_is_done() -> None:
+    """Three invocations of the range: the job is started, then polled twice (Validating,
+    InProgress); the local Bedrock has finished it by the next poll."""
+    for number in range(3):
+        handler(RANGE, plenty_of_time(f"req-wait-{number}"))
+
+
+def test_a_range_with_batch_on_starts_a_job_and_answers_waiting_for_it(
+    batch_workspace: DemoPaths, batch_bedrock: LocalBedrock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = handler(RANGE, plenty_of_time())
+
+    [job] = batch_bedrock.jobs.values()
+    [run] = result["runs"]
+    assert result["ok"] is True
+    assert (run["status"], run["message"]) == ("RUNNING", f"waiting for batch job {job.arn}")
+    assert result["not_started"] == [], "no day is due before the job is done"
+    assert batch_bedrock.requests == 0, "no photo was embedded on demand"
+    assert table_rows(settings_of(batch_workspace)).num_rows == 0
+    assert emf_document(capsys.readouterr().out)["DaysExported"] == [0], "a waiting range is no day"
+
+
+def test_each_invocation_of_the_range_takes_its_job_one_step_on_until_the_days_are_exported(
+    batch_workspace: DemoPaths, batch_bedrock: LocalBedrock
+) -> None:
+    first = handler(RANGE, plenty_of_time("req-1"))
+    waiting = [handler(RANGE, plenty_of_time(f"req-{n}"))["runs"][0] for n in (2, 3)]
+    done = handler(RANGE, plenty_of_time("req-4"))
+
+    [job] = batch_bedrock.jobs.values()
+    assert [run["message"] for run in waiting] == [
+        f"waiting for batch job {job.arn} (Validating)",
+        f"waiting for batch job {job.arn} (InProgress)",
+    ]
+    batch, *days = done["runs"]
+    assert batch["run_id"] == first["runs"][0]["run_id"]
+    assert batch["status"] == "SUCCEEDED"
+    assert [day["date"] for day in days] == RANGE_DAYS
+    assert all(day["status"] != "FAILED" for day in days)
+    assert sum(day["counts"]["embedded"] for day in days) >= job.total
+    assert batch_bedrock.requests == 0, "every vector came from the job"
+    assert done["not_started"] == []
+
+
+@pytest.mark.usefixtures("small_batches")
+def test_a_batch_range_out_of_time_leaves_the_days_left_to_the_next_invocation(
+    batch_workspace: DemoPaths, batch_bedrock: LocalBedrock
+) -> None:
+    until_the_job_is_done()
+
+    cut = handler(RANGE, out_of_time_after_one_batch("req-cut"))
+    rest = handler(RANGE, plenty_of_time("req-rest"))
+
+    batch, first_day = cut["runs"]
+    assert batch["status"] == "RUNNING"
+    assert "stopped for time" in batch["message"]
+    assert (first_day["date"], first_day["status"]) == ("2026-10-05", "PARTIAL")
+    assert cut["not_started"] == RANGE_DAYS[1:]
+    batch, *days = rest["runs"]
+    assert batch["status"] == "SUCCEEDED"
+    assert [day["date"] for day in days] == RANGE_DAYS, "the cut day again, then the others"
+    assert batch_bedrock.requests == 0
+
+
+def test_a_day_of_the_range_exported_with_the_job_is_not_exported_again(
+    batch_workspace: DemoPaths, batch_bedrock: LocalBedrock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    until_the_job_is_done()
+    monkeypatch.setenv("SGX_EXPORT__BATCH_SIZE", "150")  # a day a batch
+    aws_lambda.warm_runtime.cache_clear()
+    # 85 s left at the start, then 15 s less at each reading: out of time after the first day.
+    cut = handler(RANGE, FakeContext(100, step=15, request_id="req-cut"))
+
+    rest = handler(RANGE, plenty_of_time("req-rest"))
+
+    [batch, first_day] = cut["runs"]
+    assert first_day["date"] == "2026-10-05"
+    assert first_day["status"] != "FAILED"
+    assert first_day["message"] != STOPPED_EARLY, "the whole day landed"
+    assert cut["not_started"] == RANGE_DAYS[1:]
+    batch, *days = rest["runs"]
+    assert batch["status"] == "SUCCEEDED"
+    assert [day["date"] for day in days] == RANGE_DAYS[1:]
+
+
+def test_a_date_event_with_batch_on_is_embedded_on_demand_within_the_time_budget(
+    batch_workspace: DemoPaths, batch_bedrock: LocalBedrock
+) -> None:
+    result = handler({"date": "2026-10-05"}, plenty_of_time())
+
+    assert batch_bedrock.jobs == {}
+    assert batch_bedrock.requests > 0
+    [run] = result["runs"]
+    assert run["date"] == "2026-10-05"
+    assert run["status"] != "FAILED"
+    assert run["counts"]["embedded"] > 0

@@ -24,7 +24,7 @@ from cfnlint.api import ManualArgs, lint_file
 from cfnlint.decode import decode_str
 
 from smartgo_exporter import aws_lambda
-from smartgo_exporter.config import Settings, SqlSourceConfig
+from smartgo_exporter.config import Settings, SqlSourceConfig, TitanEmbedderConfig
 from smartgo_exporter.progress.dynamodb import table_definition
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -71,10 +71,17 @@ PRIVATE_NETWORK = {
     "CreateBedrockEndpoint": "true",
     "CreateS3TablesEndpoint": "true",
 }
+BATCH_BACKFILLS = {
+    # Backfills through Bedrock batch jobs, from a private network without a NAT gateway.
+    **PRIVATE_NETWORK,
+    "BatchInference": "true",
+    "CreateBedrockBatchEndpoint": "true",
+}
 PARAMETER_SETS = {
     "defaults": {},
     "everything given": EVERYTHING_GIVEN,
     "private network": PRIVATE_NETWORK,
+    "batch backfills": BATCH_BACKFILLS,
 }
 TITAN_REGIONS = {
     # AWS's Bedrock model support by Region for amazon.titan-embed-image-v1, on demand.
@@ -257,6 +264,15 @@ def statements_for(
     ]
 
 
+def as_deployed(environment: dict[str, str]) -> dict[str, str]:
+    """The variables with the role ARN CloudFormation would put for `!GetAtt ....Arn`, which
+    the settings check the form of."""
+    role = f"arn:aws:iam::{ACCOUNT}:role/smartgo-exporter-dev-BatchServiceRole-1A2B3C4D"
+    return {
+        name: value.replace("{BatchServiceRole.Arn}", role) for name, value in environment.items()
+    }
+
+
 def index_bucket(deployment: Deployment) -> str:
     return str(deployment.parameters["IndexBucket"] or "{IndexStore}")
 
@@ -297,16 +313,25 @@ def test_every_statement_names_its_resources_but_the_vpc_one_ec2_allows_no_other
 def test_only_the_services_the_exporter_calls_are_allowed(deployment: Deployment) -> None:
     services = {action.split(":")[0] for s in deployment.statements() for action in s["Action"]}
     expected = {"logs", "ssm", "kms", "bedrock", "s3tables", "s3", "dynamodb", "sqs"}
-    assert services == expected | ({"ec2"} if deployment.condition("InVpc") else set())
+    expected |= {"ec2"} if deployment.condition("InVpc") else set()
+    expected |= {"iam"} if deployment.condition("UsesBatchInference") else set()
+    assert services == expected
 
 
 def test_bedrock_may_invoke_the_titan_image_model_and_nothing_else(
     deployment: Deployment,
 ) -> None:
     region = deployment.parameters["BedrockRegion"] or REGION
-    [statement] = statements_for(deployment, "bedrock")
+    [statement] = [
+        s for s in statements_for(deployment, "bedrock") if "bedrock:InvokeModel" in s["Action"]
+    ]
     assert statement["Action"] == ["bedrock:InvokeModel"]
     assert statement["Resource"] == [f"arn:aws:bedrock:{region}::foundation-model/{TITAN_V1}"]
+    actions = {a for s in statements_for(deployment, "bedrock") for a in s["Action"]}
+    batch = {"bedrock:CreateModelInvocationJob", "bedrock:GetModelInvocationJob"}
+    assert actions - {"bedrock:InvokeModel"} == (
+        batch if deployment.condition("UsesBatchInference") else set()
+    )
 
 
 def test_ssm_may_read_the_one_database_parameter_the_function_is_configured_with(
@@ -405,7 +430,7 @@ def test_the_function_environment_selects_the_aws_backends(
 
     for name in [name for name in os.environ if name.startswith("SGX_")]:
         monkeypatch.delenv(name)
-    environment = deployment.environment()
+    environment = as_deployed(deployment.environment())
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     settings = Settings()
@@ -497,9 +522,11 @@ def test_the_lookup_function_is_the_same_image_behind_an_iam_function_url(
 
 
 def test_the_lookup_reads_the_settings_the_export_writes_with(deployment: Deployment) -> None:
+    """All but the export's time budget and batch jobs: the lookup embeds on demand."""
     export = deployment.environment("ExporterFunction")
     lookup = deployment.environment("LookupFunction")
-    assert lookup == {k: v for k, v in export.items() if not k.startswith("SGX_AWS_LAMBDA__")}
+    own = ("SGX_AWS_LAMBDA__", "SGX_EMBEDDER__BATCH")
+    assert lookup == {k: v for k, v in export.items() if not k.startswith(own)}
     assert lookup["SGX_INDEX__LOCATION"] == f"s3://{index_bucket(deployment)}/index"
     outputs = deployment.resolve(deployment.template["Outputs"])
     assert outputs["IndexLocation"]["Value"] == lookup["SGX_INDEX__LOCATION"]
@@ -530,10 +557,12 @@ def test_the_lookup_role_names_its_resources_and_only_the_services_it_calls(
 def test_the_lookup_may_read_the_config_and_call_titan_as_the_export_does(
     deployment: Deployment,
 ) -> None:
-    for service in ("ssm", "kms", "bedrock"):
+    for service in ("ssm", "kms"):
         assert statements_for(deployment, service, "LookupRole") == statements_for(
             deployment, service
         ), service
+    [titan] = [s for s in statements_for(deployment, "bedrock") if s["Sid"] == "EmbedWithTitan"]
+    assert statements_for(deployment, "bedrock", "LookupRole") == [titan]
 
 
 def test_the_lookup_may_read_the_table_and_the_index_and_write_neither(
@@ -564,7 +593,11 @@ def test_the_lookup_may_read_the_table_and_the_index_and_write_neither(
 
 def test_the_export_keeps_the_index_the_lookup_reads(deployment: Deployment) -> None:
     index = index_bucket(deployment)
-    statements = statements_for(deployment, "s3")
+    statements = [
+        s
+        for s in statements_for(deployment, "s3")
+        if not any("BatchStore" in resource for resource in s["Resource"])
+    ]
     writes = {(a, r) for s in statements for a in s["Action"] for r in s["Resource"]}
     assert {("s3:PutObject", f"arn:aws:s3:::{index}/index/*")} <= writes
     assert {r for s in statements for r in s["Resource"]} == {
@@ -809,6 +842,7 @@ ENDPOINTS = {
     "SsmVpcEndpoint": ("CreateSsmEndpoint", "ssm"),
     "BedrockRuntimeVpcEndpoint": ("CreateBedrockEndpoint", "bedrock-runtime"),
     "S3TablesVpcEndpoint": ("CreateS3TablesEndpoint", "s3tables"),
+    "BedrockBatchVpcEndpoint": ("CreateBedrockBatchEndpoint", "bedrock"),
 }
 
 
@@ -875,6 +909,141 @@ def test_the_interface_endpoints_let_in_https_from_the_function_only(
         assert "CidrIp" not in ingress
 
 
+# --- Bedrock batch inference for backfills -----------------------------------------------------
+
+JOBS = f"arn:aws:bedrock:{REGION}:{ACCOUNT}:model-invocation-job/*"
+
+
+def batch_statement(deployment: Deployment, sid: str) -> dict[str, Any]:
+    [statement] = [s for s in deployment.statements() if s.get("Sid") == sid]
+    return statement
+
+
+def test_without_batch_inference_the_stack_has_no_batch_part(deployment: Deployment) -> None:
+    if deployment.condition("UsesBatchInference"):
+        return
+    assert not deployment.created("BatchStore")
+    assert not deployment.created("BatchServiceRole")
+    assert not deployment.created("BedrockBatchVpcEndpoint")
+    assert not {"SGX_EMBEDDER__BATCH", "SGX_EMBEDDER__BATCH_LOCATION"} & set(
+        deployment.environment()
+    )
+    assert not [s for s in deployment.statements() if "Batch" in s.get("Sid", "")]
+
+
+def test_batch_jobs_may_be_started_on_titan_only_as_jobs_of_this_account() -> None:
+    deployment = Deployment(ImageUri=IMAGE, BatchInference="true")
+    statement = batch_statement(deployment, "StartBatchJobs")
+    assert statement["Action"] == ["bedrock:CreateModelInvocationJob"]
+    assert statement["Resource"] == [f"arn:aws:bedrock:{REGION}::foundation-model/{TITAN_V1}", JOBS]
+
+
+def test_batch_jobs_may_be_polled_and_nothing_else_of_bedrock_s_control_plane() -> None:
+    statement = batch_statement(Deployment(ImageUri=IMAGE, BatchInference="true"), "PollBatchJobs")
+    assert statement["Action"] == ["bedrock:GetModelInvocationJob"]
+    assert statement["Resource"] == [JOBS]
+
+
+def test_the_service_role_may_be_passed_to_bedrock_only() -> None:
+    deployment = Deployment(ImageUri=IMAGE, BatchInference="true")
+    statement = batch_statement(deployment, "HandBatchJobsTheirRole")
+    assert statement["Action"] == ["iam:PassRole"]
+    assert statement["Resource"] == ["{BatchServiceRole.Arn}"]
+    assert statement["Condition"] == {
+        "StringEquals": {"iam:PassedToService": "bedrock.amazonaws.com"}
+    }
+
+
+def test_the_function_writes_reads_and_lists_batch_records_under_their_prefix_only() -> None:
+    deployment = Deployment(ImageUri=IMAGE, BatchInference="true")
+    objects = batch_statement(deployment, "WriteAndReadBatchRecords")
+    assert set(objects["Action"]) == {
+        "s3:PutObject",
+        "s3:GetObject",
+        "s3:DeleteObject",
+        "s3:AbortMultipartUpload",
+    }
+    assert objects["Resource"] == ["{BatchStore.Arn}/batch/*"]
+    listing = batch_statement(deployment, "ListBatchOutput")
+    assert (listing["Action"], listing["Resource"]) == (["s3:ListBucket"], ["{BatchStore.Arn}"])
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["batch/*"]}}
+
+
+def test_bedrock_assumes_the_service_role_only_for_this_account_s_batch_jobs() -> None:
+    role = Deployment(ImageUri=IMAGE, BatchInference="true").resource("BatchServiceRole")
+    [trust] = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "bedrock.amazonaws.com"}
+    assert trust["Action"] == "sts:AssumeRole"
+    assert trust["Condition"] == {
+        "StringEquals": {"aws:SourceAccount": ACCOUNT},
+        "ArnLike": {"aws:SourceArn": JOBS},
+    }
+
+
+def test_the_service_role_reads_records_and_writes_output_under_the_prefix_only() -> None:
+    role = Deployment(ImageUri=IMAGE, BatchInference="true").resource("BatchServiceRole")
+    [policy] = role["Policies"]
+    granted = {
+        (action, resource, json.dumps(s.get("Condition"), sort_keys=True))
+        for s in policy["PolicyDocument"]["Statement"]
+        for action in _as_list(s["Action"])
+        for resource in _as_list(s["Resource"])
+    }
+    prefix = json.dumps({"StringLike": {"s3:prefix": ["batch/*"]}}, sort_keys=True)
+    assert granted == {
+        ("s3:GetObject", "{BatchStore.Arn}/batch/*", "null"),
+        ("s3:PutObject", "{BatchStore.Arn}/batch/*", "null"),
+        ("s3:ListBucket", "{BatchStore.Arn}", prefix),
+    }
+
+
+def test_batch_records_expire_on_their_own_after_the_job_s_timeout() -> None:
+    from smartgo_exporter.embedders.titan_batch import TIMEOUT_HOURS
+
+    bucket = Deployment(ImageUri=IMAGE, BatchInference="true").resource("BatchStore")
+    [rule] = bucket["LifecycleConfiguration"]["Rules"]
+    assert (rule["Status"], rule["Prefix"]) == ("Enabled", "batch/")
+    assert rule["ExpirationInDays"] * 24 > TIMEOUT_HOURS
+    assert rule["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
+    assert bucket["PublicAccessBlockConfiguration"]["RestrictPublicBuckets"] is True
+
+
+def test_the_export_is_configured_for_batch_jobs_in_the_stack_bucket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+
+    deployment = Deployment(ImageUri=IMAGE, BatchInference="true")
+    environment = deployment.environment()
+    assert environment["SGX_EMBEDDER__BATCH_LOCATION"] == "s3://{BatchStore}/batch"
+    assert environment["SGX_EMBEDDER__BATCH_ROLE_ARN"] == "{BatchServiceRole.Arn}"
+    for name in [name for name in os.environ if name.startswith("SGX_")]:
+        monkeypatch.delenv(name)
+    for name, value in as_deployed(environment).items():
+        monkeypatch.setenv(name, value)
+    embedder = Settings().embedder
+    assert isinstance(embedder, TitanEmbedderConfig)
+    assert embedder.batch is True
+    assert embedder.batch_location == "s3://{BatchStore}/batch"
+    assert "SGX_EMBEDDER__BATCH" not in deployment.environment("LookupFunction")
+
+
+def test_batch_jobs_with_titan_in_another_region_are_refused() -> None:
+    deployment = Deployment(ImageUri=IMAGE, BatchInference="true", BedrockRegion="us-east-1")
+    [refusal] = deployment.refusals()
+    assert "BatchInference" in refusal
+    assert "BedrockRegion" in refusal
+
+
+def test_a_bedrock_batch_endpoint_without_batch_inference_is_refused() -> None:
+    deployment = Deployment(
+        ImageUri=IMAGE, **{**PRIVATE_NETWORK, "CreateBedrockBatchEndpoint": "true"}
+    )
+    [refusal] = deployment.refusals()
+    assert "CreateBedrockBatchEndpoint" in refusal
+    assert not deployment.created("BedrockBatchVpcEndpoint")
+
+
 # --- configuration without editing a bundled file -------------------------------------------------
 
 
@@ -935,7 +1104,7 @@ def test_every_parameter_the_readme_deploys_with_is_one_of_the_template() -> Non
             if "--parameter-overrides" in command:
                 overrides = command.split("--parameter-overrides", 1)[1]
                 given |= set(re.findall(r"(?:^|\s)\"?([A-Za-z]+)=", overrides))
-    assert {"ImageUri", "AllowTableCreation", "SubnetIds", "RouteTableIds"} <= given
+    assert {"ImageUri", "Architecture", "AllowTableCreation", "SubnetIds", "RouteTableIds"} <= given
     assert given <= parameters
 
 

@@ -16,6 +16,13 @@ Events (anything else is refused, with the field at fault named):
     {"from": "2026-11-01", "to": "2026-11-07"}  those days, both included (at most 366)
     {}                                          yesterday plus missed days, as of now
 
+With `embedder.batch` (Titan), a range goes through the batch backfill (`batch_backfill`), one
+step per invocation: the first starts the range's Bedrock batch job, the next ones answer with
+the range's record, "waiting for batch job <arn>", while it runs, and the one after it is done
+exports the days with its vectors, within the time budget (the days left go to the next
+invocation of the same range). Invoke the same range again, by hand or on a schedule of your
+own, until its record is SUCCEEDED. A date, or the schedule's days, are embedded on demand.
+
 Response (JSON):
 
     {"ok": true, "trigger": "schedule", "request_id": "...",
@@ -53,13 +60,13 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from smartgo_exporter import day_plan
 from smartgo_exporter.allocator import unmap_large_blocks
-from smartgo_exporter.config import Settings
+from smartgo_exporter.config import Settings, TitanEmbedderConfig
 from smartgo_exporter.config_loader import load_config
 from smartgo_exporter.costs import CostBasis, LambdaArchitecture, estimate, lambda_shares
 from smartgo_exporter.day_plan import DayPlan
 from smartgo_exporter.errors import ConfigError, DayNotOver, ExporterError
 from smartgo_exporter.logs import configure_logging
-from smartgo_exporter.pipeline import export
+from smartgo_exporter.pipeline import StopCheck, export
 from smartgo_exporter.progress import FAILURES as PROGRESS_FAILURES
 from smartgo_exporter.progress import NonFatalProgressStore, load_progress_store
 from smartgo_exporter.run_records import LOOKBACK_TRIGGER, RunRecord, RunStatus
@@ -153,6 +160,8 @@ class ExportRequest:
     """None: yesterday as of `as_of`, plus the days missed since the last successful run."""
     as_of: datetime | None = None
     """The schedule's firing time; None means now."""
+    is_range: bool = False
+    """The days came as `from` and `to`: a backfill, which `embedder.batch` embeds in batch."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -236,7 +245,7 @@ def parse_event(event: object) -> ExportRequest:
             raise BadEvent("to", f"{last} is before `from` ({first})")
         if (last - first).days + 1 > MAX_RANGE_DAYS:
             raise BadEvent("to", f"a range is at most {MAX_RANGE_DAYS} days; split it")
-        return ExportRequest(MANUAL_TRIGGER, list(days_between(first, last)))
+        return ExportRequest(MANUAL_TRIGGER, list(days_between(first, last)), is_range=True)
     return ExportRequest(MANUAL_TRIGGER, None)
 
 
@@ -262,7 +271,9 @@ def publish_metrics(
         count = sum(record.status is status for record in records)
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=count)
     exported = sum(
-        record.status is not RunStatus.FAILED and record.trigger != LOOKBACK_TRIGGER
+        record.status is not RunStatus.FAILED
+        and record.batch_job is None  # a range's batch record, no day
+        and record.trigger != LOOKBACK_TRIGGER
         for record in records
     )
     metrics.add_metric(name=DAYS_EXPORTED_METRIC, unit=MetricUnit.Count, value=exported)
@@ -317,13 +328,16 @@ def _export(runtime: Runtime, request: ExportRequest, context: ExportContext) ->
     )
     started = time.monotonic()
     try:
-        records = export(
-            settings,
-            plan.days,
-            lookback=plan.lookback,
-            trigger=request.trigger,
-            should_stop=out_of_time,
-        )
+        if request.is_range and _in_batch(settings):
+            records = _batch_step(settings, plan.days, request.trigger, out_of_time)
+        else:
+            records = export(
+                settings,
+                plan.days,
+                lookback=plan.lookback,
+                trigger=request.trigger,
+                should_stop=out_of_time,
+            )
     except Exception:
         log.exception("invocation_crashed")
         raise
@@ -342,12 +356,36 @@ def _export(runtime: Runtime, request: ExportRequest, context: ExportContext) ->
         "trigger": request.trigger,
         "request_id": context.aws_request_id,
         "runs": [_run_summary(record) for record in records],
-        "not_started": [day.isoformat() for day in days[len(records) :]],
+        "not_started": [day.isoformat() for day in _not_started(days, records)],
     }
     log.info("invocation_finished", ok=summary["ok"], not_started=summary["not_started"])
     if failed:
         raise ExportFailed(summary, failed)
     return summary
+
+
+def _in_batch(settings: Settings) -> bool:
+    embedder = settings.embedder
+    return isinstance(embedder, TitanEmbedderConfig) and embedder.batch
+
+
+def _batch_step(
+    settings: Settings, days: Sequence[date], trigger: str, out_of_time: StopCheck
+) -> list[RunRecord]:
+    from smartgo_exporter.batch_backfill import backfill_in_batch  # boto3: the `aws` extra
+
+    return backfill_in_batch(settings, days[0], days[-1], trigger=trigger, should_stop=out_of_time)
+
+
+def _not_started(days: Sequence[date], records: Sequence[RunRecord]) -> list[date]:
+    """The days the time budget left out: those after the last day exported. A batch record
+    (a range's, first) is no day; while its job runs, no day is due, so none is left out."""
+    if records and records[0].batch_job is not None:
+        batch, *exported = records
+        if batch.status is not RunStatus.RUNNING or not exported:
+            return []
+        return [day for day in days if day > exported[-1].business_date]
+    return list(days[len(records) :])
 
 
 def _ensure_over(request: ExportRequest, settings: Settings) -> None:

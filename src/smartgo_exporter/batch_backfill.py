@@ -15,8 +15,11 @@ a cron) calling the same backfill every hour or so carries it through:
 2. The job still running: saves Bedrock's status in the record, returns it, still waiting.
 3. The job done: exports the range's days (`pipeline.export`, each day a run of its own) with a
    `BatchEmbedder` answering from the job's output; photos it lacks (a sale added since) are
-   embedded on demand. When no day FAILED, the batch record is SUCCEEDED; otherwise it stays
-   RUNNING, and the next call exports the days again with the same job's vectors.
+   embedded on demand. Days exported since the job was started (SUCCEEDED, or PARTIAL for
+   rejected rows) are not exported again. When every day is exported, the batch record is
+   SUCCEEDED; when a day FAILED, or `should_stop` cut the export short (a Lambda's time
+   budget), it stays RUNNING, and the next call exports the days left with the same job's
+   vectors.
 4. The job failed (Bedrock's Failed, Stopped, Expired, or output that cannot be read): the
    batch record is FAILED with Bedrock's message; the next call starts a new job.
 
@@ -53,7 +56,7 @@ from smartgo_exporter.embedders.titan_batch import (
 from smartgo_exporter.errors import BatchJobError, ConfigError, ExporterError
 from smartgo_exporter.photo_fetcher import PhotoFetcher
 from smartgo_exporter.photo_retries import RetryPolicy
-from smartgo_exporter.pipeline import export
+from smartgo_exporter.pipeline import STOPPED_EARLY, StopCheck, export
 from smartgo_exporter.progress import NonFatalProgressStore, load_progress_store
 from smartgo_exporter.run_records import BatchJob, RunError, RunRecord, RunStatus
 from smartgo_exporter.runs import DayCallback, ProgressCallback, new_run_record
@@ -77,11 +80,14 @@ def backfill_in_batch(
     on_batch: ProgressCallback | None = None,
     on_day: DayCallback | None = None,
     retry_failed: bool = False,
+    should_stop: StopCheck | None = None,
 ) -> list[RunRecord]:
     """Take the range's batch backfill one step on (see the module docstring); the records of
     this call: the batch record first, then those of the days it exported, if any.
 
-    ConfigError when the embedder is not Titan with `batch`; what `export` raises otherwise.
+    `should_stop` is `export`'s, for the days exported once the job is done (or on demand,
+    when the range has too few photos for a job). ConfigError when the embedder is not Titan
+    with `batch`; what `export` raises otherwise.
     """
     config = settings.embedder
     if not isinstance(config, TitanEmbedderConfig) or not config.batch:
@@ -104,13 +110,23 @@ def backfill_in_batch(
                     trigger=trigger,
                     on_batch=on_batch,
                     on_day=on_day,
+                    should_stop=should_stop,
                     retry_failed=retry_failed,
                 )
             if started is record:
                 return [started]
             record = started  # another call started the job meanwhile: carry that one on
         return _resume(
-            settings, config, selected, jobs, record, store, on_batch, on_day, retry_failed
+            settings,
+            config,
+            selected,
+            jobs,
+            record,
+            store,
+            on_batch,
+            on_day,
+            retry_failed,
+            should_stop,
         )
     finally:
         store.close()
@@ -275,8 +291,10 @@ def _resume(
     on_batch: ProgressCallback | None,
     on_day: DayCallback | None,
     retry_failed: bool,
+    should_stop: StopCheck | None,
 ) -> list[RunRecord]:
-    """Poll the record's job, and once it is done export the range with its vectors."""
+    """Poll the record's job, and once it is done export the range's days left with its
+    vectors."""
     job = record.batch_job
     assert job is not None
     try:
@@ -297,12 +315,14 @@ def _resume(
         log.error("batch_job_failed", job=job.job_arn, error=str(error))
         store.save(record)
         return [record]
+    left = [day for day in selected if not _exported_since(store, day, record.started_at)]
     exported = export(
         settings,
-        selected,
+        left,
         trigger=record.trigger,
         on_batch=on_batch,
         on_day=on_day,
+        should_stop=should_stop,
         embedder=embedder,
         retry_failed=retry_failed,
     )
@@ -310,8 +330,11 @@ def _resume(
         f"batch job {job.job_arn} {poll.status}: {embedder.from_job} photos embedded by the "
         f"job, {embedder.on_demand} on demand"
     )
+    cut = len(exported) < len(left) or any(day.message == STOPPED_EARLY for day in exported)
     if any(day.status is RunStatus.FAILED for day in exported):
-        record.message = f"{summary}; a day FAILED, the next backfill exports the range again"
+        record.message = f"{summary}; a day FAILED, the next backfill exports the days left"
+    elif cut:
+        record.message = f"{summary}; stopped for time, the next backfill exports the days left"
     else:
         record.status = RunStatus.SUCCEEDED
         record.message = summary
@@ -319,3 +342,17 @@ def _resume(
         log.info("batch_backfill_done", job=job.job_arn, detail=summary)
     store.save(record)
     return [record, *exported]
+
+
+def _exported_since(store: NonFatalProgressStore, day: date, since: datetime) -> bool:
+    """Whether a run started after `since` exported `day`: SUCCEEDED, or PARTIAL for rows
+    it rejected, not for lack of time."""
+    return any(
+        run.batch_job is None
+        and run.started_at > since
+        and (
+            run.status is RunStatus.SUCCEEDED
+            or (run.status is RunStatus.PARTIAL and run.message != STOPPED_EARLY)
+        )
+        for run in store.runs_on(day)
+    )
