@@ -192,9 +192,11 @@ def environment_of_the_step(environment: dict[str, str]) -> Iterator[None]:
 
 
 class Context:
-    """What the handler asks of Lambda's context: a request id and the time left of 900 s."""
+    """What the handler asks of Lambda's context: a request id, the function's memory (text,
+    as Lambda's Python runtime gives it) and the time left of 900 s."""
 
     aws_request_id = "bench-lambda-memory"
+    memory_limit_in_mb = "1792"
 
     def __init__(self) -> None:
         self._deadline = time.monotonic() + 900
