@@ -135,6 +135,13 @@ def test_the_table_growth_benchmark_compares_a_window_s_rerun_with_its_first_loa
     assert "x faster than the first load" in output
 
 
+def test_the_stored_compare_benchmark_prints_planning_and_comparing_times() -> None:
+    output = run_benchmark("bench_stored_compare.py", "--sales", "50", "--repeat", "1")
+
+    [row] = [line.split() for line in output.splitlines() if line.strip().startswith("50 ")]
+    assert len(row) == 4
+
+
 def test_the_fit_benchmark_prints_retrieval_and_classification_for_pad_and_crop() -> None:
     output = run_benchmark("bench_fit.py", "--products", "16")
 
