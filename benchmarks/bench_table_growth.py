@@ -9,6 +9,11 @@ exported into it twice in fresh processes (`isolated.py`): first, every sale new
 re-run, every sale unchanged.
 The history is written by this process with pyiceberg directly, not by the exporter, so that
 10M rows take minutes; its files are those of the same table, partitioned and sorted alike.
+
+Then a window: `--window-sales` sales (1M) over the `--window-days` days (100) ending with the
+benchmark's day, exported by the exporter into an empty table as one range (`export` of those
+days), then the same range re-run, each in a fresh process: the first load against the warm
+re-run that finds every sale unchanged. `--window-sales 0` leaves it out.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -27,8 +33,11 @@ import pyarrow.compute as pc
 
 from isolated import log_tail, print_report, run_step
 from sales_data import BUSINESS_DAY, TENANTS, export_day, exporter_settings, write_sales_database
+from smartgo_exporter import export
+from smartgo_exporter.allocator import unmap_large_blocks
 from smartgo_exporter.logs import configure_logging
 from smartgo_exporter.lookup import update_indexes
+from smartgo_exporter.run_records import RunStatus
 from smartgo_exporter.schema import ARROW_SCHEMA
 from smartgo_exporter.sinks.iceberg import SalesTable
 
@@ -142,16 +151,79 @@ def measure(sizes: list[int], day_sales: int, commit_rows: int, timeout: float) 
     return 1 if failed else 0
 
 
+def measure_window(sales: int, days: int, timeout: float) -> int:
+    """Export a window of `sales` over `days` days into an empty table, then re-run it."""
+    print(f"\nwindow of {sales:,} sales over {days} days, into an empty table:")
+    print(
+        f"{'run':>7} {'seconds':>8} {'sales/s':>8} {'written':>10} {'unchanged':>10}"
+        f" {'peak RSS':>10}"
+    )
+    root = Path(tempfile.mkdtemp(prefix="bench-window-"))
+    try:
+        database, work = root / "window.db", root / "work"
+        work.mkdir()
+        write_sales_database(database, sales, days=days)
+        seconds: dict[str, float] = {}
+        for run in ("first", "re-run"):
+            log = root / f"window-{run}.log"
+            arguments = [__file__, "--window-step", str(days)]
+            arguments += ["--database", str(database), "--work", str(work)]
+            result = run_step(arguments, log=log, timeout_seconds=timeout)
+            if result.report is None:
+                print(f"{run:>7} {result.failure}  {result.peak_rss}")
+                if not result.timed_out:
+                    print(log_tail(log))
+                return 1
+            report = result.report
+            seconds[run] = report["seconds"]
+            over = "  OVER 1 GiB" if result.peak_rss_bytes > GIB else ""
+            print(
+                f"{run:>7} {report['seconds']:8.1f} {sales / report['seconds']:8,.0f}"
+                f" {report['written']:>10,} {report['unchanged']:>10,} {result.peak_rss:>10}{over}"
+            )
+        print(
+            f"the re-run is {seconds['first'] / seconds['re-run']:.1f}x faster than the first load"
+        )
+    finally:
+        shutil.rmtree(root)
+    return 0
+
+
+def export_window(database: Path, work: Path, days: int) -> dict[str, Any]:
+    """Export the `days` days ending with the benchmark's day as one range, as `export` runs a
+    backfill; the wall time and what the days' runs counted together."""
+    configure_logging("WARNING")
+    unmap_large_blocks()
+    settings = exporter_settings(database, work)
+    window = [BUSINESS_DAY - timedelta(days=back) for back in reversed(range(days))]
+    start = time.perf_counter()
+    records = export(settings, window)
+    seconds = time.perf_counter() - start
+    failed = [record for record in records if record.status is not RunStatus.SUCCEEDED]
+    if failed:
+        raise RuntimeError(f"{len(failed)} days did not succeed: {failed[0].message}")
+    return {
+        "seconds": seconds,
+        "written": sum(record.counts.written for record in records),
+        "unchanged": sum(record.counts.unchanged for record in records),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--rows", type=int, nargs="+", default=[0, 1_000_000, 10_000_000], help="table sizes"
+        "--rows", type=int, nargs="*", default=[0, 1_000_000, 10_000_000], help="table sizes"
     )
     parser.add_argument("--day-sales", type=int, default=10_000, help="sales of the day exported")
     parser.add_argument(
         "--commit-rows", type=int, default=100_000, help="rows per commit of the history"
     )
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per export")
+    parser.add_argument(
+        "--window-sales", type=int, default=1_000_000, help="sales of the window re-run, 0: none"
+    )
+    parser.add_argument("--window-days", type=int, default=100, help="days of the window")
+    parser.add_argument("--window-step", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--step", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--history", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--database", type=Path, help=argparse.SUPPRESS)
@@ -160,12 +232,18 @@ def main() -> None:
     if args.step:
         print_report(export_day(args.database, args.work))
         return
+    if args.window_step is not None:
+        print_report(export_window(args.database, args.work, args.window_step))
+        return
     if args.history is not None:
         configure_logging("WARNING")
         seconds = write_history(args.work, args.database, args.history, args.commit_rows)
         print_report({"seconds": seconds})
         return
-    raise SystemExit(measure(args.rows, args.day_sales, args.commit_rows, args.timeout))
+    failed = measure(args.rows, args.day_sales, args.commit_rows, args.timeout) if args.rows else 0
+    if args.window_sales:
+        failed |= measure_window(args.window_sales, args.window_days, args.timeout)
+    raise SystemExit(failed)
 
 
 if __name__ == "__main__":

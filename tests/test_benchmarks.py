@@ -108,6 +108,8 @@ def test_the_table_growth_benchmark_prints_a_first_run_and_a_rerun_per_table_siz
         "200",
         "--commit-rows",
         "1000",
+        "--window-sales",
+        "0",
     )
 
     rows = [line.split() for line in output.splitlines() if line.strip()[:1].isdigit()]
@@ -118,6 +120,26 @@ def test_the_table_growth_benchmark_prints_a_first_run_and_a_rerun_per_table_siz
         ("3,000", "re-run"),
     ]
     assert all(row[-1] == "MiB" for row in rows)
+
+
+def test_the_table_growth_benchmark_compares_a_window_s_rerun_with_its_first_load() -> None:
+    output = run_benchmark(
+        "bench_table_growth.py", "--rows", "--window-sales", "300", "--window-days", "3"
+    )
+
+    lines = [line.split() for line in output.splitlines() if line.strip()]
+    runs = {line[0]: line for line in lines if line[0] in ("first", "re-run")}
+    assert runs["first"][3:5] == ["300", "0"]  # written, unchanged
+    assert runs["re-run"][3:5] == ["0", "300"]
+    assert "window of 300 sales over 3 days" in output
+    assert "x faster than the first load" in output
+
+
+def test_the_stored_compare_benchmark_prints_planning_and_comparing_times() -> None:
+    output = run_benchmark("bench_stored_compare.py", "--sales", "50", "--repeat", "1")
+
+    [row] = [line.split() for line in output.splitlines() if line.strip().startswith("50 ")]
+    assert len(row) == 4
 
 
 def test_the_fit_benchmark_prints_retrieval_and_classification_for_pad_and_crop() -> None:

@@ -104,6 +104,47 @@ class StoredRows:
         rows: list[dict[str, Any]] = self.table.select(columns).to_pylist()
         return rows
 
+    def positions(self, keys: Sequence[Key]) -> pa.Int64Array:
+        """Each key's row in `table`, null for a key the table does not hold: what `aligned`
+        takes, so that a batch is compared with its stored rows column by column."""
+        index = self.index
+        return pa.array([index.get(key) for key in keys], type=pa.int64())
+
+    def aligned(self, positions: pa.Int64Array, columns: Sequence[str]) -> pa.Table:
+        """The stored `columns` at `positions`, in their order: a row of nulls where a position
+        is null, and a column of nulls, of the schema's type, for a column the table predates
+        (one opened without adding the failure columns)."""
+        present = [name for name in columns if name in self.table.column_names]
+        taken = self.table.select(present).take(positions)
+        return pa.table(
+            {
+                name: taken.column(name)
+                if name in present
+                else pa.nulls(len(positions), ARROW_SCHEMA.field(name).type)
+                for name in columns
+            }
+        )
+
+    def vectors(self, positions: Sequence[int]) -> list[np.ndarray[Any, np.dtype[np.float32]]]:
+        """The embeddings at `positions` (rows that hold one), as views of the table's buffers:
+        a re-run reuses thousands a batch, and copying them out cost more than comparing."""
+        chunks = self.table.column("embedding").chunks
+        starts = np.cumsum([0] + [len(chunk) for chunk in chunks])
+        parts = [
+            (
+                chunk.offsets.to_numpy(),
+                np.asarray(chunk.values.to_numpy(zero_copy_only=False), dtype=np.float32),
+            )
+            for chunk in chunks
+        ]
+        which = np.searchsorted(starts, positions, side="right") - 1
+        vectors = []
+        for position, chunk in zip(positions, which.tolist(), strict=True):
+            offsets, values = parts[chunk]
+            row = position - int(starts[chunk])
+            vectors.append(values[offsets[row] : offsets[row + 1]])
+        return vectors
+
     def vector(self, key: Key) -> np.ndarray[Any, np.dtype[np.float32]] | None:
         cell = self.table.column("embedding")[self.index[key]]
         if not cell.is_valid:
