@@ -11,7 +11,7 @@ and each lookup picks its files from it by their bounds, in Python, in microseco
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from pyiceberg.table import FileScanTask, Table
@@ -25,7 +25,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 @dataclasses.dataclass
 class FilePlans:
-    """The plans of one table's lookups: the last one made, kept while the snapshot stands."""
+    """The plans of one table's lookups and commits: the last one made, kept while the
+    snapshot stands."""
 
     source: str
     _last: tuple[_PlanKey, list[FileScanTask]] | None = None
@@ -34,17 +35,29 @@ class FilePlans:
         self, table: Table, keys: Iterable[Key], first: datetime, last: datetime
     ) -> list[FileScanTask]:
         """The files of the keys' tenants that may hold sales from `first` to `last`."""
+        return self.files_of(table, {tenant for tenant, _ in keys}, [(first, last)])
+
+    def files_of(
+        self, table: Table, tenants: Collection[str], spans: Sequence[tuple[datetime, datetime]]
+    ) -> list[FileScanTask]:
+        """The files of `tenants` (empty: every tenant) that may hold sales of one of `spans`
+        (first and last moment, both included): a lookup's batch, or the days a commit
+        reconciles."""
         snapshot = table.current_snapshot()
-        if snapshot is None:
+        if snapshot is None or not spans:
             return []
-        keys = list(keys)
-        start, end = _month_of(first), _next_month(_month_of(last))
-        plan_key = (snapshot.snapshot_id, frozenset(tenant for tenant, _ in keys), start, end)
+        start = _month_of(min(first for first, _ in spans))
+        end = _next_month(_month_of(max(last for _, last in spans)))
+        plan_key = (snapshot.snapshot_id, frozenset(tenants), start, end)
         if self._last is None or self._last[0] != plan_key:
             months = window_filter(self.source, sorted(plan_key[1]), start, end)
             self._last = (plan_key, list(table.scan(row_filter=months).plan_files()))
         field = table.schema().find_field("sold_at").field_id
-        return [task for task in self._last[1] if _may_overlap(task, field, first, last)]
+        return [
+            task
+            for task in self._last[1]
+            if any(_may_overlap(task, field, first, last) for first, last in spans)
+        ]
 
 
 def _may_overlap(task: FileScanTask, field: int, first: datetime, last: datetime) -> bool:

@@ -352,7 +352,7 @@ class SalesTable:
         properties: dict[str, str],
         reconcile: Sequence[Reconciliation],
     ) -> list[int]:
-        plan = plan_rewrites(self.table, self.source, keys, reconcile, self._files)
+        plan = plan_rewrites(self.table, self.source, keys, reconcile, self._files, self._plans)
         if rows.num_rows == 0 and not plan.files:
             return plan.removed  # nothing to write and nothing gone: no empty snapshot
         transaction = self.table.transaction()

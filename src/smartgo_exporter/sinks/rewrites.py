@@ -16,13 +16,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyiceberg.expressions import AlwaysTrue, Or
+from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.schema import Schema
 from pyiceberg.table import FileScanTask, Table
 
 from smartgo_exporter.sales import Key
 from smartgo_exporter.sinks.file_cache import FileCache
+from smartgo_exporter.sinks.file_plans import FilePlans
 from smartgo_exporter.sinks.key_filters import key_mask, tenant_filter
 from smartgo_exporter.sinks.reconciliation import Reconciliation
 
@@ -49,6 +50,7 @@ def plan_rewrites(
     keys: Sequence[Key],
     reconcile: Sequence[Reconciliation],
     cache: FileCache | None = None,
+    plans: FilePlans | None = None,
 ) -> RewritePlan:
     """The files holding any of `keys`, or any row one of `reconcile` finds gone, each with
     what stays.
@@ -62,7 +64,8 @@ def plan_rewrites(
     pyiceberg could not prune so: given the key set, it binds it anew for every manifest and
     file (which made each commit cost more as the table grew), and it checks a set of over
     200 values against no bounds at all. Only the files that hold a row to drop are read whole.
-    A small file the lookups read already comes from `cache`, theirs.
+    The days' files are picked from the lookups' plan of their months (`plans`), and a small
+    file the lookups read already comes from `cache`, theirs.
     """
     nothing_removed = [0] * len(reconcile)
     if table.current_snapshot() is None:
@@ -78,9 +81,12 @@ def plan_rewrites(
             if _may_hold(task, by_tenant, *fields):
                 candidates.setdefault(task.file.file_path, task)
     if reconcile:
-        windows = [day.row_filter(source) for day in reconcile]
-        within = windows[0] if len(windows) == 1 else Or(*windows)
-        for task in table.scan(row_filter=within).plan_files():
+        # Every tenant if one of the days was read for every tenant.
+        tenants = set().union(*(day.tenant_ids for day in reconcile))
+        if not all(day.tenant_ids for day in reconcile):
+            tenants = set()
+        spans = [(day.start, day.end) for day in reconcile]
+        for task in (plans or FilePlans(source)).files_of(table, tenants, spans):
             candidates.setdefault(task.file.file_path, task)
     if not candidates:
         return RewritePlan([], nothing_removed)
