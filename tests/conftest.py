@@ -359,6 +359,15 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DemoPaths,
         yield served
 
 
+@pytest.fixture(scope="session")
+def large_store(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[DemoPaths, DemoCatalog]]:
+    """300 sales over the same 3 days: more distinct photos than a Bedrock batch job's minimum."""
+    with serve_demo_store(tmp_path_factory.mktemp("large-store"), sales=300) as served:
+        yield served
+
+
 @pytest.fixture
 def workspace(store: tuple[DemoPaths, DemoCatalog], tmp_path: Path) -> DemoPaths:
     """This test's own copy of the store's database, and its own warehouse and run history."""

@@ -27,7 +27,7 @@ from smartgo_exporter.demo.bedrock_local import LocalBedrock
 from smartgo_exporter.pipeline import STOPPED_EARLY
 from smartgo_exporter.progress.sqlite import SqliteProgressStore
 from smartgo_exporter.run_records import LOOKBACK_TRIGGER, RunStatus
-from tests.demo_store import FIRST_DAY, copy_of_store, distinct_keys, serve_demo_store, table_rows
+from tests.demo_store import FIRST_DAY, copy_of_store, distinct_keys, table_rows
 from tests.servers.moto import MotoServer
 from tests.servers.seaweedfs import Seaweed
 from tests.test_progress_stores import record
@@ -336,15 +336,6 @@ def test_settings_are_loaded_once_per_container(workspace: DemoPaths) -> None:
 BATCH_ROLE_ARN = "arn:aws:iam::123456789012:role/smartgo-exporter-bedrock-batch"
 RANGE = {"from": "2026-10-05", "to": "2026-10-07"}
 RANGE_DAYS = ["2026-10-05", "2026-10-06", "2026-10-07"]
-
-
-@pytest.fixture(scope="module")
-def large_store(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[DemoPaths, DemoCatalog]]:
-    """300 sales over the same 3 days: more distinct photos than a batch job's minimum."""
-    with serve_demo_store(tmp_path_factory.mktemp("large-store"), sales=300) as served:
-        yield served
 
 
 @pytest.fixture

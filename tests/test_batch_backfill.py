@@ -7,7 +7,6 @@ on a real S3 (SeaweedFS), and the run records in the workspace's SQLite progress
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,21 +26,12 @@ from smartgo_exporter.embedders.titan_batch import MIN_RECORDS
 from smartgo_exporter.errors import ConfigError
 from smartgo_exporter.progress.sqlite import SqliteProgressStore
 from smartgo_exporter.run_records import BatchJob, RunRecord, RunStatus
-from tests.demo_store import FIRST_DAY, copy_of_store, serve_demo_store, table_rows
+from tests.demo_store import FIRST_DAY, copy_of_store, table_rows
 from tests.servers.seaweedfs import Seaweed
 
 ROLE_ARN = "arn:aws:iam::123456789012:role/smartgo-exporter-bedrock-batch"
 LAST_DAY = FIRST_DAY + timedelta(days=2)
 TITAN = "amazon.titan-embed-image-v1:1024"
-
-
-@pytest.fixture(scope="module")
-def large_store(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[DemoPaths, DemoCatalog]]:
-    """A demo store of 300 sales over 3 days: more distinct photos than a job's minimum."""
-    with serve_demo_store(tmp_path_factory.mktemp("large-store"), sales=300) as served:
-        yield served
 
 
 def batch_settings(

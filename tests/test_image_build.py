@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import importlib.util
 import io
 import os
 import platform
@@ -21,24 +20,16 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+
+from tests.test_deploy import load_build_script
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 CHECK = DEPLOY / "check_package.py"
 ARCH = {"x86_64": "x86_64", "aarch64": "arm64"}[platform.machine()]
 OTHER_ARCH = {"x86_64": "arm64", "arm64": "x86_64"}[ARCH]
-
-
-def load_build_script() -> Any:
-    spec = importlib.util.spec_from_file_location("build_package", DEPLOY / "build_package.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 build = load_build_script()
