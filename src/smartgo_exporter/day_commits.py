@@ -77,8 +77,7 @@ class DayCommits:
         self._raise_failure()
         self.gathering.end_day(record, tenant_ids)
         landed = self._landed[record.run_id] = asyncio.get_running_loop().create_future()
-        gathering = self.gathering
-        if now or gathering.rows >= self.commit_rows or gathering.days_ended >= MAX_DAYS_PER_COMMIT:
+        if now or self._due() or self.gathering.days_ended >= MAX_DAYS_PER_COMMIT:
             # Its failure is `landed`'s too, raised below.
             with contextlib.suppress(Exception):
                 await self.commit()
