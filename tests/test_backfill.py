@@ -30,7 +30,7 @@ from smartgo_exporter.index import SalesIndex
 from smartgo_exporter.lookup import update_indexes
 from smartgo_exporter.progress.sqlite import SqliteProgressStore
 from smartgo_exporter.ray_runner import tenant_shards
-from smartgo_exporter.run_records import RunRecord, RunStatus
+from smartgo_exporter.run_records import RunCounts, RunRecord, RunStatus
 from smartgo_exporter.runs import DayDone
 from smartgo_exporter.sales import SALE_FIELDS
 from smartgo_exporter.sinks.iceberg import BUSINESS_DATE_PROPERTY, RUN_ID_PROPERTY, SalesTable
@@ -130,6 +130,13 @@ def assert_same_tables(by_local: Backfilled, by_ray: Backfilled) -> None:
             np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5)
 
 
+def outcome(counts: RunCounts) -> RunCounts:
+    """The counts that say what became of a day's sales. Not `model_inputs`: how many photos
+    went to the model depends on which of a photo's sales a runner embedded first (a photo is
+    sent once, then reused), and runners order batches differently."""
+    return dataclasses.replace(counts, model_inputs=0)
+
+
 def assert_same_records(local_records: list[RunRecord], ray_records: list[RunRecord]) -> None:
     """Every field of each day's record alike, but the run's own id and times."""
     local, on_ray = by_day(local_records), by_day(ray_records)
@@ -137,7 +144,10 @@ def assert_same_records(local_records: list[RunRecord], ray_records: list[RunRec
     compared = [f.name for f in dataclasses.fields(RunRecord) if f.name not in RUN_OWN_FIELDS]
     for day, record in on_ray.items():
         for name in compared:
-            assert getattr(record, name) == getattr(local[day], name), (day, name)
+            ours, theirs = getattr(record, name), getattr(local[day], name)
+            if name == "counts":
+                ours, theirs = outcome(ours), outcome(theirs)
+            assert ours == theirs, (day, name)
 
 
 def test_ray_writes_the_table_the_local_runner_writes(
@@ -177,7 +187,7 @@ def test_ray_records_each_day_as_the_local_runner_does(
     assert list(on_ray) == days()
     for day, record in on_ray.items():
         assert record.status == local[day].status, day
-        assert record.counts == local[day].counts, day
+        assert outcome(record.counts) == outcome(local[day].counts), day
         assert record.finished_at is not None
     assert {r.status for r in on_ray.values()} >= {RunStatus.SUCCEEDED, RunStatus.PARTIAL}
     stored = SqliteProgressStore(by_ray.paths.progress_db)
@@ -375,7 +385,7 @@ def test_a_day_read_in_tenant_shards_is_one_run_with_the_local_runners_counts(
     assert sum(record.counts.sales for record in on_ray.values()) > 0
     for day, record in on_ray.items():
         assert record.status == local[day].status, day
-        assert record.counts == local[day].counts, day
+        assert outcome(record.counts) == outcome(local[day].counts), day
         assert record.failures == local[day].failures, day
         # The shards' batches interleave, so the errors come in another order.
         assert sorted(map(dataclasses.astuple, record.errors)) == sorted(
