@@ -98,14 +98,22 @@ def window_filter(
 
 
 def key_mask(table: pa.Table, source: str, keys: Sequence[Key]) -> pa.ChunkedArray:
-    """Which rows of `table` have one of `keys`; a separator no id contains joins the pair."""
-    wanted = pa.array(
-        [f"{source}\x1f{tenant}\x1f{sale}" for tenant, sale in keys], pa.large_string()
-    )
+    """Which rows of `table` have one of `keys`."""
+    return keys_in(table, key_values(source, keys))
+
+
+def key_values(source: str, keys: Iterable[Key]) -> pa.Array:
+    """The keys as `keys_in` matches them; a separator no id contains joins the pair. Built once
+    for a commit or a day: a commit tests the same keys against every file it may rewrite."""
+    return pa.array([f"{source}\x1f{tenant}\x1f{sale}" for tenant, sale in keys], pa.large_string())
+
+
+def keys_in(table: pa.Table, values: pa.Array) -> pa.ChunkedArray:
+    """Which rows of `table` have one of the keys of `values` (`key_values`)."""
     joined = pc.binary_join_element_wise(
         table.column("source").cast(pa.large_string()),
         table.column("tenant_id").cast(pa.large_string()),
         table.column("sale_id").cast(pa.large_string()),
         pa.scalar("\x1f", pa.large_string()),
     )
-    return pc.is_in(joined, value_set=wanted)
+    return pc.is_in(joined, value_set=values)

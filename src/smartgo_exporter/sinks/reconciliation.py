@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from pyiceberg.expressions import BooleanExpression
 
 from smartgo_exporter.sales import Key
-from smartgo_exporter.sinks.key_filters import key_mask, window_filter
+from smartgo_exporter.sinks.key_filters import key_values, keys_in, window_filter
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +44,11 @@ class Reconciliation:
     """Ids of the rows the read rejected. A stored sale with one of them stays, whatever its
     tenant: a row that could not be read does not say its sale is gone, and bad input must
     lose nothing."""
+    _returned_values: dict[str, pa.Array] = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    """`returned` as `keys_in` matches it, by source: built once, not for every file a commit
+    may rewrite."""
 
     def row_filter(self, source: str) -> BooleanExpression:
         """The files that may hold rows to remove: the window's, of these tenants."""
@@ -63,7 +68,10 @@ class Reconciliation:
         if self.tenant_ids:
             tenants = pa.array(self.tenant_ids, rows.column("tenant_id").type)
             mask = pc.and_(mask, pc.is_in(rows.column("tenant_id"), value_set=tenants))
-        mask = pc.and_not(mask, key_mask(rows, source, list(self.returned)))
+        values = self._returned_values.get(source)
+        if values is None:
+            values = self._returned_values[source] = key_values(source, self.returned)
+        mask = pc.and_not(mask, keys_in(rows, values))
         if self.kept_sale_ids:
             kept = pa.array(sorted(self.kept_sale_ids), rows.column("sale_id").type)
             mask = pc.and_not(mask, pc.is_in(rows.column("sale_id"), value_set=kept))

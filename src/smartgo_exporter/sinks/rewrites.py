@@ -24,7 +24,7 @@ from pyiceberg.table import FileScanTask, Table
 from smartgo_exporter.sales import Key
 from smartgo_exporter.sinks.file_cache import FileCache
 from smartgo_exporter.sinks.file_plans import FilePlans
-from smartgo_exporter.sinks.key_filters import key_mask, tenant_filter
+from smartgo_exporter.sinks.key_filters import key_values, keys_in, tenant_filter
 from smartgo_exporter.sinks.reconciliation import Reconciliation
 
 
@@ -92,9 +92,10 @@ def plan_rewrites(
         return RewritePlan([], nothing_removed)
     columns = ["source", "tenant_id", "sale_id"] + (["sold_at"] if reconcile else [])
     key_columns = _scan(table, table.schema().select(*columns))
+    upserted = key_values(source, keys)
 
     def dropped(rows: pa.Table) -> tuple[pa.ChunkedArray, list[pa.ChunkedArray]]:
-        replaced = key_mask(rows, source, keys)
+        replaced = keys_in(rows, upserted)
         gone = [pc.and_not(day.gone(rows, source), replaced) for day in reconcile]
         return functools.reduce(pc.or_, gone, replaced), gone
 
