@@ -60,7 +60,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from smartgo_exporter import day_plan
 from smartgo_exporter.allocator import unmap_large_blocks
-from smartgo_exporter.config import Settings, TitanEmbedderConfig
+from smartgo_exporter.config import Settings
 from smartgo_exporter.config_loader import load_config
 from smartgo_exporter.costs import CostBasis, LambdaArchitecture, estimate, lambda_shares
 from smartgo_exporter.day_plan import DayPlan
@@ -328,7 +328,7 @@ def _export(runtime: Runtime, request: ExportRequest, context: ExportContext) ->
     )
     started = time.monotonic()
     try:
-        if request.is_range and _in_batch(settings):
+        if request.is_range and settings.embeds_in_batch:
             records = _batch_step(settings, plan.days, request.trigger, out_of_time)
         else:
             records = export(
@@ -362,11 +362,6 @@ def _export(runtime: Runtime, request: ExportRequest, context: ExportContext) ->
     if failed:
         raise ExportFailed(summary, failed)
     return summary
-
-
-def _in_batch(settings: Settings) -> bool:
-    embedder = settings.embedder
-    return isinstance(embedder, TitanEmbedderConfig) and embedder.batch
 
 
 def _batch_step(

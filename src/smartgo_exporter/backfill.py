@@ -16,7 +16,7 @@ from typing import Literal, get_args
 
 import structlog
 
-from smartgo_exporter.config import Settings, TitanEmbedderConfig
+from smartgo_exporter.config import Settings
 from smartgo_exporter.embedders import load_embedder
 from smartgo_exporter.errors import ConfigError, ExporterError
 from smartgo_exporter.index import sync_after_export
@@ -66,7 +66,7 @@ def backfill(
     selected = list(days(start, end))
     ensure_over(selected, settings.export.timezone)
     if runner == "ray":
-        if _in_batch(settings):
+        if settings.embeds_in_batch:
             raise ConfigError(
                 "embedder.batch", "a batch job backfills with the local runner; use --runner local"
             )
@@ -85,7 +85,7 @@ def backfill(
         return records
     if ray_address is not None:
         raise ConfigError("ray_address", "only the ray runner runs on a cluster")
-    if _in_batch(settings):
+    if settings.embeds_in_batch:
         from smartgo_exporter.batch_backfill import backfill_in_batch  # boto3: the `aws` extra
 
         return backfill_in_batch(
@@ -105,11 +105,6 @@ def backfill(
         on_day=on_day,
         retry_failed=retry_failed,
     )
-
-
-def _in_batch(settings: Settings) -> bool:
-    embedder = settings.embedder
-    return isinstance(embedder, TitanEmbedderConfig) and embedder.batch
 
 
 def _sync_indexes(settings: Settings) -> None:

@@ -432,6 +432,11 @@ class Settings(BaseSettings):
     retention_days: int = Field(90, ge=1)
     """How long run records are kept."""
 
+    @property
+    def embeds_in_batch(self) -> bool:
+        """Whether backfills embed through a Bedrock batch job (Titan with `batch`)."""
+        return isinstance(self.embedder, TitanEmbedderConfig) and self.embedder.batch
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -255,7 +255,7 @@ class CostBasis:
     def of(cls, settings: Settings) -> CostBasis:
         return cls(
             titan=isinstance(settings.embedder, TitanEmbedderConfig),
-            batch=isinstance(settings.embedder, TitanEmbedderConfig) and settings.embedder.batch,
+            batch=settings.embeds_in_batch,
             s3_tables=settings.table.catalog.get("type") == "s3tables",
             dynamodb=isinstance(settings.progress, DynamoProgressConfig),
             batch_size=settings.export.batch_size,
