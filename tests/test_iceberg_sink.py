@@ -221,6 +221,24 @@ def test_a_commit_that_loses_a_race_is_retried_against_the_new_state(
     assert len(ids) == 40
 
 
+def test_a_sale_another_writer_moved_to_another_month_meanwhile_is_stored_once(
+    config: TableConfig,
+) -> None:
+    """The other writer's file is in a month this commit does not touch: the race is still
+    seen, and the re-planned commit replaces their row of the sale."""
+    ours = SalesTable.open(config, source="smartgo")
+    theirs = SalesTable.open(config, source="smartgo")
+    ours.upsert(batch([sale(0)]), run_id="run-0")
+    theirs.table.refresh()
+    theirs.upsert(batch([sale(5, day=DAY - timedelta(days=40))]), run_id="theirs")
+    # `ours` still holds the metadata from before their commit.
+    ours.upsert(batch([sale(5)]), run_id="ours")
+
+    stored = all_rows(ours).sort_by("sale_id")
+    assert stored.column("sale_id").to_pylist() == ["0", "5"]
+    assert stored.column("sold_at").to_pylist()[1] == sale(5).sold_at
+
+
 def test_stored_rows_are_returned_only_for_the_keys_asked(config: TableConfig) -> None:
     table = SalesTable.open(config, source="smartgo")
     table.upsert(batch([sale(i) for i in range(10)]), run_id="run-1")

@@ -246,10 +246,10 @@ class SalesTable:
         when given, `business_date`, the latest day whose sales the rows are (see
         `last_exported_day`). With no rows and nothing to remove, nothing is committed.
 
-        A concurrent commit that touches the same keys (or a reconciled window) makes ours
-        fail validation; the rows are then re-planned against the new table state and
-        committed again, up to `commit_attempts` times, so neither writer's rows are lost or
-        duplicated.
+        A concurrent commit that added data files, or removed one this commit rewrites, makes
+        ours fail validation, whatever its keys; the rows are then re-planned against the new
+        table state and committed again, up to `commit_attempts` times, so neither writer's
+        rows are lost or duplicated.
         """
         if rows.num_rows == 0 and not reconcile:
             return []
@@ -272,12 +272,12 @@ class SalesTable:
                 properties = self._snapshot_properties(run_ids, business_date)
                 return self._commit(rows, keys, properties, reconcile)
             # pyiceberg retries a bare catalog conflict itself; it raises ValidationException when
-            # the other writer touched our keys, and then only re-planning from the new state
-            # (which rows to rewrite) is right. A catalog or warehouse that cannot be reached
-            # (connection refused or dropped, an I/O error) may well answer the next attempt;
-            # and redoing a commit whose outcome is unknown is safe, since it replaces the same
-            # keys and removes what is still gone (if the first landed, the count removed then
-            # says 0). Until the commit lands, the table shows none of the rows.
+            # the other writer added or removed data files, and then only re-planning from the
+            # new state (which rows to rewrite) is right. A catalog or warehouse that cannot be
+            # reached (connection refused or dropped, an I/O error) may well answer the next
+            # attempt; and redoing a commit whose outcome is unknown is safe, since it replaces
+            # the same keys and removes what is still gone (if the first landed, the count
+            # removed then says 0). Until the commit lands, the table shows none of the rows.
             except _RETRIED_AT_COMMIT as error:
                 if attempt >= self.commit_attempts:
                     raise SinkError(
@@ -362,12 +362,12 @@ class SalesTable:
         with transaction.update_snapshot(snapshot_properties=properties).overwrite(
             commit_uuid=commit_uuid
         ) as snapshot:
-            # The predicates scope pyiceberg's conflict check to our keys' partitions and the
-            # reconciled window, and say which manifests hold the files deleted here.
-            if keys:
-                snapshot.delete_by_predicate(key_filter(self.source, keys))
-            for day in reconcile:
-                snapshot.delete_by_predicate(day.row_filter(self.source))
+            # No predicate is given: pyiceberg then reads only the manifests of the deleted
+            # files' partitions, where a predicate of our keys (which names no month) had it
+            # read every manifest of our tenants twice, a second a commit at 10M rows. And with
+            # none, any data file a concurrent writer added fails validation, so the loop in
+            # `upsert_days` re-plans from the new state (finding a key wherever it now is),
+            # which a predicate of our partitions could not promise for a sale that moved.
             for rewrite in plan.files:
                 snapshot.delete_data_file(rewrite.task.file)
                 if rewrite.kept.num_rows:

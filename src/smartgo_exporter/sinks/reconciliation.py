@@ -20,10 +20,9 @@ from datetime import datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyiceberg.expressions import BooleanExpression
 
 from smartgo_exporter.sales import Key
-from smartgo_exporter.sinks.key_filters import key_values, keys_in, window_filter
+from smartgo_exporter.sinks.key_filters import key_values, keys_in
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,10 +48,6 @@ class Reconciliation:
     )
     """`returned` as `keys_in` matches it, by source: built once, not for every file a commit
     may rewrite."""
-
-    def row_filter(self, source: str) -> BooleanExpression:
-        """The files that may hold rows to remove: the window's, of these tenants."""
-        return window_filter(source, self.tenant_ids, self.start, self.end)
 
     def gone(self, rows: pa.Table, source: str) -> pa.ChunkedArray:
         """Which of `rows` have left the source: of `source`, sold within the window, of a tenant
