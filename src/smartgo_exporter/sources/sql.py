@@ -223,11 +223,16 @@ class SqlSource:
             low = (window.start.astimezone(self._zone).date() - timedelta(days=2)).isoformat()
             high = (window.end.astimezone(self._zone).date() + timedelta(days=3)).isoformat()
             instant = getattr(sa.func, _SQLITE_INSTANT)(sold_at)
+            # BETWEEN calls the Python function once a row, where >= and < called it twice;
+            # the instant text has microseconds, so the last microsecond is the end, excluded.
+            last = window.end - timedelta(microseconds=1)
             return [
                 sold_at >= sa.literal(low, sa.String()),
                 sold_at < sa.literal(high, sa.String()),
-                instant >= sa.literal(window.start.strftime(_SQLITE_INSTANT_FORMAT), sa.String()),
-                instant < sa.literal(window.end.strftime(_SQLITE_INSTANT_FORMAT), sa.String()),
+                instant.between(
+                    sa.literal(window.start.strftime(_SQLITE_INSTANT_FORMAT), sa.String()),
+                    sa.literal(last.strftime(_SQLITE_INSTANT_FORMAT), sa.String()),
+                ),
             ]
         if self._backend in ("mysql", "mariadb") and isinstance(sold_at.type, sa.TIMESTAMP):
             start, end = _naive(window.start, UTC), _naive(window.end, UTC)
