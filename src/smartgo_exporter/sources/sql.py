@@ -219,19 +219,35 @@ class SqlSource:
         self, sold_at: sa.ColumnElement[Any], window: Window
     ) -> list[sa.ColumnElement[bool]]:
         if self._backend == "sqlite":
-            # Text dates in any offset lie within two days of the local date of the instant.
-            low = (window.start.astimezone(self._zone).date() - timedelta(days=2)).isoformat()
-            high = (window.end.astimezone(self._zone).date() + timedelta(days=3)).isoformat()
+            # Only what the text alone cannot settle goes to the Python instant function, the
+            # most of a day's read: text written with an offset lies within two days of the
+            # window's local dates, and text without one (the usual) within its local dates.
+            first, last = window.start, window.end - timedelta(microseconds=1)
+            first_date, last_date = (
+                first.astimezone(self._zone).date(),
+                last.astimezone(self._zone).date(),
+            )
+
+            def text(value: str) -> sa.ColumnElement[str]:
+                return sa.literal(value, sa.String())
+
+            with_offset = sa.func.substr(sold_at, 11).op("GLOB")(text("*[-+Zz]*"))
             instant = getattr(sa.func, _SQLITE_INSTANT)(sold_at)
-            # BETWEEN calls the Python function once a row, where >= and < called it twice;
-            # the instant text has microseconds, so the last microsecond is the end, excluded.
-            last = window.end - timedelta(microseconds=1)
             return [
-                sold_at >= sa.literal(low, sa.String()),
-                sold_at < sa.literal(high, sa.String()),
+                sold_at >= text((first_date - timedelta(days=2)).isoformat()),
+                sold_at < text((last_date + timedelta(days=3)).isoformat()),
+                sa.or_(
+                    with_offset,
+                    sa.and_(
+                        sold_at >= text(first_date.isoformat()),
+                        sold_at < text((last_date + timedelta(days=1)).isoformat()),
+                    ),
+                ),
+                # BETWEEN calls the function once a row, where >= and < called it twice; the
+                # instant text has microseconds, so the end's last microsecond closes it.
                 instant.between(
-                    sa.literal(window.start.strftime(_SQLITE_INSTANT_FORMAT), sa.String()),
-                    sa.literal(last.strftime(_SQLITE_INSTANT_FORMAT), sa.String()),
+                    text(first.strftime(_SQLITE_INSTANT_FORMAT)),
+                    text(last.strftime(_SQLITE_INSTANT_FORMAT)),
                 ),
             ]
         if self._backend in ("mysql", "mariadb") and isinstance(sold_at.type, sa.TIMESTAMP):
