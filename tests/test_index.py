@@ -6,15 +6,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pytest
 from numpy.typing import NDArray
 from pyiceberg.expressions import EqualTo
+from pyiceberg.table import DataScan
 
 from smartgo_exporter.config import IndexConfig, TableConfig
 from smartgo_exporter.index import SalesIndex, sync_indexes
+from smartgo_exporter.index_table import tenant_files
 from smartgo_exporter.sales import Sale
 from smartgo_exporter.schema import Embedding, SaleRow, rows_to_arrow
 from smartgo_exporter.sinks.iceberg import SalesTable
@@ -60,6 +63,19 @@ def table(tmp_path: Path) -> tuple[SalesTable, TableConfig, IndexConfig]:
         }
     )
     return SalesTable.open(config, source="smartgo"), config, IndexConfig(dtype="f32")
+
+
+def calls_of(monkeypatch: pytest.MonkeyPatch, owner: type, name: str) -> list[tuple[Any, ...]]:
+    """The arguments of each call of `owner.name` from now on, which still does what it did."""
+    calls: list[tuple[Any, ...]] = []
+    original = getattr(owner, name)
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls
 
 
 def synced(table: SalesTable, config: IndexConfig, tenant: str = "t1") -> SalesIndex:
@@ -114,6 +130,23 @@ def test_a_stored_index_loads_as_it_was_saved_and_catches_up_from_there(
     assert (len(stored), stored.snapshot_id) == (10, first.snapshot_id)
     report = stored.sync(sales.table)
     assert (report.added, report.removed, len(stored)) == (5, 0, 15)
+
+
+def test_syncing_every_tenant_plans_the_table_once_and_reads_each_its_own_files(
+    table: tuple[SalesTable, TableConfig, IndexConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sales, table_config, config = table
+    for number, tenant in enumerate(("t1", "t2", "t3")):
+        ids = range(10 * number, 10 * number + 10)
+        sales.upsert(rows(ids, vectors(10, 20 + number), tenant=tenant), run_id=f"r{number}")
+    plans = calls_of(monkeypatch, DataScan, "plan_files")
+
+    reports = sync_indexes(config, table_config, sales.table, MODEL, DIM)
+
+    assert len(plans) == 1
+    assert [(r.tenant, r.added) for r in reports] == [("t1", 10), ("t2", 10), ("t3", 10)]
+    for report in reports:
+        assert report.files_read == len(tenant_files(sales.table, report.tenant))
 
 
 def test_a_tenant_deleted_from_the_table_empties_its_index(

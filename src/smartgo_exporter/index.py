@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import structlog
 from numpy.typing import NDArray
-from pyiceberg.table import Table
+from pyiceberg.table import FileScanTask, Table
 
 from smartgo_exporter.config import IndexConfig, TableConfig
 from smartgo_exporter.errors import IndexMismatch
@@ -33,8 +33,8 @@ from smartgo_exporter.index_table import (
     ROW_SCHEMA,
     SALE_COLUMNS,
     file_identity,
+    files_by_tenant,
     read_embedded_sales,
-    table_tenants,
     tenant_files,
 )
 
@@ -159,12 +159,20 @@ class SalesIndex:
                 found.append(Neighbour(sale, 1.0 - float(distance)))
         return found
 
-    def sync(self, table: Table, *, refresh: bool = True) -> SyncReport:
+    def sync(
+        self,
+        table: Table,
+        *,
+        refresh: bool = True,
+        tasks: Sequence[FileScanTask] | None = None,
+    ) -> SyncReport:
         """Bring the index to the table's current snapshot, reading only files it has not seen.
 
         Sales of another model, without an embedding, or of files no longer current leave (or
         never join) the index; nothing else is read. Cheap when nothing changed: one catalog
-        refresh and the plan of one tenant's files (`refresh=False`: the caller has refreshed).
+        refresh and the plan of one tenant's files (`refresh=False`: the caller has refreshed;
+        `tasks`: the caller has planned this tenant's files of the current snapshot, as
+        `sync_indexes` plans every tenant's at once).
         """
         started = time.monotonic()
         if refresh:
@@ -173,7 +181,8 @@ class SalesIndex:
         snapshot_id = snapshot.snapshot_id if snapshot is not None else None
         if snapshot_id == self.snapshot_id:
             return self._report(0, 0, 0, snapshot_id, started)
-        tasks = tenant_files(table, self.tenant) if snapshot is not None else []
+        if tasks is None:
+            tasks = tenant_files(table, self.tenant) if snapshot is not None else []
         current = {task.file.file_path: file_identity(task) for task in tasks}
         gone = {path for path, identity in self._files.items() if current.get(path) != identity}
         fresh = [
@@ -331,17 +340,20 @@ def sync_indexes(
 ) -> list[SyncReport]:
     """Load, sync and save the index of each tenant (every tenant in the table by default).
 
-    `rebuild` starts each from empty instead of from what is stored, for an index that was
-    built for another model or is damaged.
+    The table's files are planned once and each tenant's index is given its own of them: a
+    plan per tenant would read every manifest once per tenant. `rebuild` starts each from empty
+    instead of from what is stored, for an index that was built for another model or is damaged.
     """
+    table.refresh()
+    files = files_by_tenant(table)
     reports = []
-    for tenant in tenants if tenants is not None else table_tenants(table):
+    for tenant in tenants if tenants is not None else sorted(files):
         if rebuild:
             index = SalesIndex.empty(config, tenant, model, dim)
         else:
             index = SalesIndex.load(config, table_config, tenant, model, dim)
         synced_to = index.snapshot_id
-        report = index.sync(table)
+        report = index.sync(table, refresh=False, tasks=files.get(tenant, []))
         if rebuild or report.snapshot_id != synced_to:
             index.save(config, table_config)
         reports.append(report)

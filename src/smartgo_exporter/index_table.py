@@ -50,9 +50,21 @@ ROW_SCHEMA = pa.schema(
 
 def table_tenants(table: Table) -> list[str]:
     """The tenants with data files in the table's current snapshot, from its partitions."""
+    return sorted(files_by_tenant(table))
+
+
+def files_by_tenant(table: Table) -> dict[str, list[FileScanTask]]:
+    """Each tenant's data files in the table's current snapshot, from one plan of the table.
+
+    Every manifest holds files of every tenant, so this reads each manifest once where a plan
+    per tenant (`tenant_files`) reads each of them once per tenant.
+    """
+    files: dict[str, list[FileScanTask]] = {}
     if table.current_snapshot() is None:
-        return []
-    return sorted({str(task.file.partition[0]) for task in table.scan().plan_files()})
+        return files
+    for task in table.scan().plan_files():
+        files.setdefault(str(task.file.partition[0]), []).append(task)
+    return files
 
 
 def table_models(table: Table, tenant: str | None = None) -> list[str]:
