@@ -14,9 +14,11 @@ import pytest
 from numpy.typing import NDArray
 from pyiceberg.expressions import EqualTo
 from pyiceberg.table import DataScan
+from structlog.testing import capture_logs
 
 from smartgo_exporter.config import IndexConfig, TableConfig
-from smartgo_exporter.index import SalesIndex, sync_indexes
+from smartgo_exporter.index import SalesIndex, sync_after_export, sync_indexes
+from smartgo_exporter.index_storage import IndexFolder
 from smartgo_exporter.index_table import tenant_files
 from smartgo_exporter.sales import Sale
 from smartgo_exporter.schema import Embedding, SaleRow, rows_to_arrow
@@ -76,6 +78,10 @@ def calls_of(monkeypatch: pytest.MonkeyPatch, owner: type, name: str) -> list[tu
 
     monkeypatch.setattr(owner, name, counted)
     return calls
+
+
+def stored_sales(config: IndexConfig, table_config: TableConfig, tenant: str) -> int:
+    return len(SalesIndex.load(config, table_config, tenant, MODEL, DIM))
 
 
 def synced(table: SalesTable, config: IndexConfig, tenant: str = "t1") -> SalesIndex:
@@ -205,3 +211,91 @@ def test_an_index_follows_a_table_whose_older_files_lack_the_photo_failure_colum
         "11",
         "12",
     ]
+
+
+def test_an_export_end_after_which_nothing_changed_neither_plans_the_table_nor_loads_an_index(
+    table: tuple[SalesTable, TableConfig, IndexConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sales, table_config, config = table
+    sales.upsert(rows(range(10), vectors(10, 30)), run_id="r1")
+    sales.upsert(rows(range(10, 20), vectors(10, 31), tenant="t2"), run_id="r2")
+    sync_after_export(config, table_config, sales.table, MODEL, DIM)
+    assert [stored_sales(config, table_config, tenant) for tenant in ("t1", "t2")] == [10, 10]
+    plans = calls_of(monkeypatch, DataScan, "plan_files")
+    loads = calls_of(monkeypatch, SalesIndex, "load")
+
+    sync_after_export(config, table_config, sales.table, MODEL, DIM)
+
+    assert (plans, loads) == ([], [])
+
+
+def test_a_tenant_whose_first_sales_came_after_an_export_end_is_indexed_at_the_next(
+    table: tuple[SalesTable, TableConfig, IndexConfig],
+) -> None:
+    sales, table_config, config = table
+    sales.upsert(rows(range(10), vectors(10, 32)), run_id="r1")
+    sync_after_export(config, table_config, sales.table, MODEL, DIM)
+    sales.upsert(rows(range(10, 17), vectors(7, 33), tenant="t2"), run_id="r2")
+
+    sync_after_export(config, table_config, sales.table, MODEL, DIM)
+
+    assert stored_sales(config, table_config, "t2") == 7
+
+
+def test_an_index_that_failed_to_save_is_synced_at_the_next_export_end_though_nothing_changed(
+    table: tuple[SalesTable, TableConfig, IndexConfig],
+) -> None:
+    sales, table_config, config = table
+    sales.upsert(rows(range(10), vectors(10, 34)), run_id="r1")
+    sales.upsert(rows(range(10, 20), vectors(10, 35), tenant="t2"), run_id="r2")
+    folder = Path(IndexFolder.of(config, table_config, "t2", MODEL).path.removeprefix("file://"))
+    folder.parent.mkdir(parents=True)
+    folder.write_text("a file where t2's index folder goes")  # root may write anywhere else
+    with capture_logs() as logs:
+        sync_after_export(config, table_config, sales.table, MODEL, DIM)
+    assert "index_update_failed" in [log["event"] for log in logs]
+    folder.unlink()
+
+    sync_after_export(config, table_config, sales.table, MODEL, DIM)
+
+    assert [stored_sales(config, table_config, tenant) for tenant in ("t1", "t2")] == [10, 10]
+
+
+def test_an_export_end_in_another_precision_rebuilds_the_indexes_though_nothing_changed(
+    table: tuple[SalesTable, TableConfig, IndexConfig],
+) -> None:
+    sales, table_config, config = table
+    sales.upsert(rows(range(10), vectors(10, 36)), run_id="r1")
+    sync_after_export(config, table_config, sales.table, MODEL, DIM)
+    halved = IndexConfig(dtype="f16")
+
+    sync_after_export(halved, table_config, sales.table, MODEL, DIM)
+
+    assert stored_sales(halved, table_config, "t1") == 10
+
+
+def test_a_rebuild_starts_every_index_from_empty_though_an_export_end_synced_them(
+    table: tuple[SalesTable, TableConfig, IndexConfig],
+) -> None:
+    sales, table_config, config = table
+    sales.upsert(rows(range(10), vectors(10, 37)), run_id="r1")
+    sales.upsert(rows(range(10, 13), vectors(3, 38), tenant="t2"), run_id="r2")
+    sync_after_export(config, table_config, sales.table, MODEL, DIM)
+
+    reports = sync_indexes(config, table_config, sales.table, MODEL, DIM, rebuild=True)
+
+    assert [(report.tenant, report.added) for report in reports] == [("t1", 10), ("t2", 3)]
+
+
+def test_an_export_end_syncs_past_a_mark_torn_by_a_crash(
+    table: tuple[SalesTable, TableConfig, IndexConfig],
+) -> None:
+    sales, table_config, config = table
+    sales.upsert(rows(range(10), vectors(10, 39)), run_id="r1")
+    sync_after_export(config, table_config, sales.table, MODEL, DIM)
+    sales.upsert(rows(range(10, 15), vectors(5, 40)), run_id="r2")
+    IndexFolder.of_model(config, table_config, MODEL).write("synced.json", b'{"snapshot_')
+
+    sync_after_export(config, table_config, sales.table, MODEL, DIM)
+
+    assert stored_sales(config, table_config, "t1") == 15

@@ -41,6 +41,7 @@ from smartgo_exporter.index_table import (
 log = structlog.get_logger(__name__)
 
 _FORMAT = 1
+_SYNCED = "synced.json"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -343,8 +344,12 @@ def sync_indexes(
     The table's files are planned once and each tenant's index is given its own of them: a
     plan per tenant would read every manifest once per tenant. `rebuild` starts each from empty
     instead of from what is stored, for an index that was built for another model or is damaged.
+    Having synced every tenant, it marks the snapshot they are at for `sync_after_export`,
+    but never trusts that mark itself: `index` reports on every tenant and mends an index whose
+    files were lost.
     """
     table.refresh()
+    mark = _synced_mark(config, table, model, dim)
     files = files_by_tenant(table)
     reports = []
     for tenant in tenants if tenants is not None else sorted(files):
@@ -357,6 +362,10 @@ def sync_indexes(
         if rebuild or report.snapshot_id != synced_to:
             index.save(config, table_config)
         reports.append(report)
+    if tenants is None:
+        # Only once every index is saved: a failure before leaves the mark of an older
+        # snapshot (or none), and the next export syncs again.
+        IndexFolder.of_model(config, table_config, model).write_json(_SYNCED, mark)
     return reports
 
 
@@ -367,10 +376,45 @@ def sync_after_export(
 
     An index is derived from the table, so failing to update one never fails the export: the
     next run, `smartgo-exporter index` or the next lookup brings it up to date.
+
+    A run that committed nothing reads one small file and nothing else, neither a plan of the
+    table nor any index: the mark `sync_indexes` writes after saving every tenant's index,
+    which names the table's current snapshot. One mark, not each tenant's manifest, because
+    only a plan of the table tells which tenants there are. Sales of a new tenant and a failed
+    save each leave it naming an older snapshot, so the next run syncs.
     """
     if not (config.update_after_run and index_configured(config, table_config)):
         return
     try:
-        sync_indexes(config, table_config, table, model, dim)
+        table.refresh()
+        if not _synced_already(config, table_config, table, model, dim):
+            sync_indexes(config, table_config, table, model, dim)
     except Exception as error:  # any failure of a derived copy: logged, the export stands
         log.warning("index_update_failed", error=f"{type(error).__name__}: {error}")
+
+
+def _synced_already(
+    config: IndexConfig, table_config: TableConfig, table: Table, model: str, dim: int
+) -> bool:
+    """Whether every tenant's index of `model` is saved at the table's current snapshot."""
+    folder = IndexFolder.of_model(config, table_config, model)
+    try:
+        return folder.read_json(_SYNCED) == _synced_mark(config, table, model, dim)
+    except ValueError:  # torn by a crash while it was written: sync, which writes it anew
+        return False
+
+
+def _synced_mark(config: IndexConfig, table: Table, model: str, dim: int) -> dict[str, Any]:
+    """What `synced.json` holds once every tenant's index is saved at the current snapshot.
+
+    The format and precision belong to it: an index stored in another is rebuilt when loaded,
+    which a mark of the snapshot alone would skip.
+    """
+    snapshot = table.current_snapshot()
+    return {
+        "format": _FORMAT,
+        "model": model,
+        "dim": dim,
+        "dtype": config.dtype,
+        "snapshot_id": snapshot.snapshot_id if snapshot is not None else None,
+    }

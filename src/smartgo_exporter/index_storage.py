@@ -7,7 +7,10 @@ Each (tenant, model) has a folder under the index location:
     <location>/<tenant>/<model>/sales-<snapshot>.parquet  label, data file and the sale's fields
 
 A new state is written under new names and the manifest is replaced last, so a reader never
-pairs the vectors of one state with the sales of another.
+pairs the vectors of one state with the sales of another. Beside the tenants' folders, a folder
+per model holds what is true of every tenant's index of it at once:
+
+    <location>/<model>/synced.json   the snapshot all of them were saved at, written after them
 
 Apart from `smartgo_exporter.index` because this is about files, not the graph: the folder is
 reached with the table's own FileIO, so a local folder and an S3 prefix are the same to the
@@ -68,16 +71,27 @@ class IndexFolder:
     def of(
         cls, config: IndexConfig, table_config: TableConfig, tenant: str, model: str
     ) -> IndexFolder:
+        return cls._under(config, table_config, f"{_segment(tenant)}/{_segment(model)}")
+
+    @classmethod
+    def of_model(cls, config: IndexConfig, table_config: TableConfig, model: str) -> IndexFolder:
+        """The folder of what holds for every tenant's index of `model` at once."""
+        return cls._under(config, table_config, _segment(model))
+
+    @classmethod
+    def _under(cls, config: IndexConfig, table_config: TableConfig, folder: str) -> IndexFolder:
         root = index_location(config, table_config)
-        folder = f"{root}/{_segment(tenant)}/{_segment(model)}"
-        return cls(folder, load_file_io(catalog_properties(table_config), root))
+        return cls(f"{root}/{folder}", load_file_io(catalog_properties(table_config), root))
 
     def read_manifest(self) -> dict[str, Any] | None:
-        source = self.io.new_input(f"{self.path}/manifest.json")
-        if not source.exists():
+        return self.read_json("manifest.json")
+
+    def read_json(self, name: str) -> dict[str, Any] | None:
+        """The JSON object stored as `name`, or None when there is none."""
+        if not self.io.new_input(f"{self.path}/{name}").exists():
             return None
-        manifest: dict[str, Any] = json.loads(self.read("manifest.json"))
-        return manifest
+        document: dict[str, Any] = json.loads(self.read(name))
+        return document
 
     def read(self, name: str) -> bytes:
         with self.io.new_input(f"{self.path}/{name}").open() as stream:
@@ -89,6 +103,9 @@ class IndexFolder:
     def write(self, name: str, data: bytes) -> None:
         with self.io.new_output(f"{self.path}/{name}").create(overwrite=True) as stream:
             stream.write(data)
+
+    def write_json(self, name: str, document: dict[str, Any]) -> None:
+        self.write(name, json.dumps(document).encode())
 
     def write_table(self, name: str, table: pa.Table) -> None:
         buffer = io.BytesIO()
@@ -102,14 +119,14 @@ class IndexFolder:
         replacement after it.
         """
         previous = self.read_manifest()
-        self.write("manifest.json", json.dumps(manifest).encode())
+        self.write_json("manifest.json", manifest)
         if previous is not None:
             # Readers that loaded the previous manifest a moment ago may still be reading its
             # files; deleting the state before it keeps them safe without any locking.
             for name in previous.get("superseded", []):
                 self._delete(name)
             manifest["superseded"] = [previous["vectors"], previous["sales"]]
-            self.write("manifest.json", json.dumps(manifest).encode())
+            self.write_json("manifest.json", manifest)
 
     def _delete(self, name: str) -> None:
         path = f"{self.path}/{name}"
