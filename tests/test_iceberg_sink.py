@@ -1,5 +1,6 @@
 """The table: idempotent upserts on (source, tenant_id, sale_id), one snapshot per batch."""
 
+import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -265,20 +266,54 @@ def test_a_lookup_within_a_sold_at_span_finds_only_the_sales_sold_in_it(
     assert [key for key in keys if key in around_3] == [("store-a", "3")]
 
 
-def test_lookups_of_one_month_see_every_commit_made_between_them(config: TableConfig) -> None:
-    """The month's files are planned once per table state: a commit made between two lookups,
-    by this writer or another, is in the second."""
+def test_lookups_of_one_month_see_this_writers_commits_at_once(config: TableConfig) -> None:
+    """The month's files are planned once per table state: a commit made between two lookups
+    is in the second, though the table is not reloaded between them."""
     table = SalesTable.open(config, source="smartgo")
-    other_writer = SalesTable.open(config, source="smartgo")
     table.upsert(batch([sale(1)]), run_id="run-1")
-    keys = [sale(1).key, sale(2).key, sale(3).key]
+    keys = [sale(1).key, sale(2).key]
     span = (DAY, DAY + timedelta(minutes=5))
     assert [key for key in keys if key in table.stored(keys, sold_within=span)] == [sale(1).key]
 
     table.upsert(batch([sale(2)]), run_id="run-2")
-    other_writer.upsert(batch([sale(3)]), run_id="run-3")
 
     assert [key for key in keys if key in table.stored(keys, sold_within=span)] == keys
+
+
+def test_a_lookup_sees_another_writers_commit_once_its_refresh_interval_passed(
+    config: TableConfig,
+) -> None:
+    table = SalesTable.open(config, source="smartgo")
+    table.lookup_refresh_seconds = 0.2
+    other_writer = SalesTable.open(config, source="smartgo")
+    table.upsert(batch([sale(1)]), run_id="run-1")
+    keys = [sale(1).key, sale(3).key]
+    span = (DAY, DAY + timedelta(minutes=5))
+    assert [key for key in keys if key in table.stored(keys, sold_within=span)] == [sale(1).key]
+
+    other_writer.upsert(batch([sale(3)]), run_id="run-3")
+    time.sleep(0.25)
+
+    assert [key for key in keys if key in table.stored(keys, sold_within=span)] == keys
+
+
+def test_lookups_within_a_refresh_interval_do_not_reload_the_table(
+    config: TableConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload is a catalog round trip and a parse of all the table's metadata."""
+    table = SalesTable.open(config, source="smartgo")
+    table.upsert(batch([sale(i) for i in range(10)]), run_id="run-1")
+    table.lookup_refresh_seconds = 60
+    reloads: list[object] = []
+    refresh = type(table.table).refresh
+    monkeypatch.setattr(
+        type(table.table), "refresh", lambda self: reloads.append(self) or refresh(self)
+    )
+
+    for i in range(10):
+        table.stored([sale(i).key], sold_within=(DAY, DAY + timedelta(minutes=10)))
+
+    assert reloads == []
 
 
 def test_an_upsert_replaces_a_sale_whose_sold_at_moved_out_of_its_old_file(
