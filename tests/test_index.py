@@ -13,7 +13,6 @@ import pyarrow as pa
 import pytest
 from numpy.typing import NDArray
 from pyiceberg.expressions import EqualTo
-from pyiceberg.table import DataScan
 from structlog.testing import capture_logs
 
 from smartgo_exporter.config import IndexConfig, TableConfig
@@ -22,6 +21,7 @@ from smartgo_exporter.index_storage import IndexFolder
 from smartgo_exporter.index_table import tenant_files
 from smartgo_exporter.sales import Sale
 from smartgo_exporter.schema import Embedding, SaleRow, rows_to_arrow
+from smartgo_exporter.sinks import manifests
 from smartgo_exporter.sinks.iceberg import SalesTable
 from tests.test_iceberg_sink import batch, failed_batch, previous_version_table, sale
 
@@ -67,7 +67,7 @@ def table(tmp_path: Path) -> tuple[SalesTable, TableConfig, IndexConfig]:
     return SalesTable.open(config, source="smartgo"), config, IndexConfig(dtype="f32")
 
 
-def calls_of(monkeypatch: pytest.MonkeyPatch, owner: type, name: str) -> list[tuple[Any, ...]]:
+def calls_of(monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> list[tuple[Any, ...]]:
     """The arguments of each call of `owner.name` from now on, which still does what it did."""
     calls: list[tuple[Any, ...]] = []
     original = getattr(owner, name)
@@ -145,7 +145,7 @@ def test_syncing_every_tenant_plans_the_table_once_and_reads_each_its_own_files(
     for number, tenant in enumerate(("t1", "t2", "t3")):
         ids = range(10 * number, 10 * number + 10)
         sales.upsert(rows(ids, vectors(10, 20 + number), tenant=tenant), run_id=f"r{number}")
-    plans = calls_of(monkeypatch, DataScan, "plan_files")
+    plans = calls_of(monkeypatch, manifests, "files_by_tenant")
 
     reports = sync_indexes(config, table_config, sales.table, MODEL, DIM)
 
@@ -221,7 +221,7 @@ def test_an_export_end_after_which_nothing_changed_neither_plans_the_table_nor_l
     sales.upsert(rows(range(10, 20), vectors(10, 31), tenant="t2"), run_id="r2")
     sync_after_export(config, table_config, sales.table, MODEL, DIM)
     assert [stored_sales(config, table_config, tenant) for tenant in ("t1", "t2")] == [10, 10]
-    plans = calls_of(monkeypatch, DataScan, "plan_files")
+    plans = calls_of(monkeypatch, manifests, "files_by_tenant")
     loads = calls_of(monkeypatch, SalesIndex, "load")
 
     sync_after_export(config, table_config, sales.table, MODEL, DIM)

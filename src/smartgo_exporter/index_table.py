@@ -22,6 +22,7 @@ from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.table import FileScanTask, Table
 
 from smartgo_exporter.schema import ARROW_SCHEMA
+from smartgo_exporter.sinks import manifests
 
 # As in sinks.key_filters: pyiceberg's predicates are pydantic models whose generated signatures
 # mypy's pydantic plugin misreads; the alias keeps the documented positional form checked.
@@ -54,17 +55,13 @@ def table_tenants(table: Table) -> list[str]:
 
 
 def files_by_tenant(table: Table) -> dict[str, list[FileScanTask]]:
-    """Each tenant's data files in the table's current snapshot, from one plan of the table.
+    """Each tenant's data files in the table's current snapshot, from one reading of its
+    manifests (`sinks.manifests`).
 
     Every manifest holds files of every tenant, so this reads each manifest once where a plan
     per tenant (`tenant_files`) reads each of them once per tenant.
     """
-    files: dict[str, list[FileScanTask]] = {}
-    if table.current_snapshot() is None:
-        return files
-    for task in table.scan().plan_files():
-        files.setdefault(str(task.file.partition[0]), []).append(task)
-    return files
+    return manifests.files_by_tenant(table)
 
 
 def table_models(table: Table, tenant: str | None = None) -> list[str]:
@@ -78,8 +75,7 @@ def table_models(table: Table, tenant: str | None = None) -> list[str]:
 
 
 def tenant_files(table: Table, tenant: str) -> list[FileScanTask]:
-    row_filter = _equal_to("tenant_id", tenant)
-    return list(table.scan(row_filter=row_filter).plan_files())
+    return manifests.files_by_tenant(table, [tenant]).get(tenant, [])
 
 
 def file_identity(task: FileScanTask) -> str:

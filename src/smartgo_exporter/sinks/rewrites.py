@@ -24,7 +24,8 @@ from pyiceberg.table import FileScanTask, Table
 from smartgo_exporter.sales import Key
 from smartgo_exporter.sinks.file_cache import FileCache
 from smartgo_exporter.sinks.file_plans import FilePlans
-from smartgo_exporter.sinks.key_filters import key_values, keys_in, tenant_filter
+from smartgo_exporter.sinks.key_filters import key_values, keys_in
+from smartgo_exporter.sinks.manifests import files_by_tenant
 from smartgo_exporter.sinks.reconciliation import Reconciliation
 
 
@@ -77,9 +78,11 @@ def plan_rewrites(
             table.schema().find_field("tenant_id").field_id,
             table.schema().find_field("sale_id").field_id,
         )
-        for task in table.scan(row_filter=tenant_filter(source, keys)).plan_files():
-            if _may_hold(task, by_tenant, *fields):
-                candidates.setdefault(task.file.file_path, task)
+        tenants = {tenant for tenant, _ in keys}
+        for tasks in files_by_tenant(table, tenants, source).values():
+            for task in tasks:
+                if _may_hold(task, by_tenant, *fields):
+                    candidates.setdefault(task.file.file_path, task)
     if reconcile:
         # Every tenant if one of the days was read for every tenant.
         tenants = set().union(*(day.tenant_ids for day in reconcile))
