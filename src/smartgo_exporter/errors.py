@@ -85,8 +85,9 @@ class EmbeddingError(ExporterError):
 class ModelUnavailable(ExporterError):
     """The embedding model cannot be used at all, so no later image could fare better.
 
-    The local model raises it at start, before any sale is read (weights missing or corrupt);
-    Titan also mid-run (credentials refused, an unknown model, vectors of the wrong length).
+    The local model raises it at start, before any sale is read (weights missing or corrupt),
+    and at its first photo for weights of another network; Titan also mid-run (credentials
+    refused, an unknown model, vectors of the wrong length).
     """
 
 
