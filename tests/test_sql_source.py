@@ -21,6 +21,7 @@ from smartgo_exporter.errors import ConfigError, SourceError
 from smartgo_exporter.sales import Sale, SaleWarning
 from smartgo_exporter.sources import SaleBatch
 from smartgo_exporter.sources.sql import SqlSource
+from smartgo_exporter.windows import business_day
 from tests.sales import TITLE, WINDOW, ids, read_all
 
 if TYPE_CHECKING:
@@ -77,6 +78,26 @@ def test_reads_exactly_one_business_day_across_a_clock_change(
     assert rejected == []
     assert sales[0].sold_at == WINDOW.start == datetime(2026, 10, 24, 23, 0, tzinfo=UTC)
     assert sales[-1].sold_at == datetime(2026, 10, 25, 23, 59, 59, tzinfo=UTC)
+
+
+def test_a_source_asks_the_catalog_for_its_table_once_for_many_windows(
+    sales_db: SalesDatabase, open_source: SourceFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backfill reads a window a day: reflecting the table for each was a tenth of a warm
+    31-day re-run."""
+    sales_db.insert(sales_db.row(id="the-sale", sold_at=london(2026, 10, 25, 12, 0, 0)))
+    source = open_source()
+    inspections: list[object] = []
+    inspect = sa.inspect
+    monkeypatch.setattr(
+        sa, "inspect", lambda subject: inspections.append(subject) or inspect(subject)
+    )
+
+    days = [business_day(WINDOW.day + timedelta(days=n), "Europe/London") for n in range(3)]
+    found = [ids(read_all(source, window)[0]) for window in days]
+
+    assert found == [["the-sale"], [], []]
+    assert len(inspections) == 1
 
 
 def test_a_column_of_instants_is_compared_as_instants(
