@@ -33,10 +33,10 @@ from smartgo_exporter.index_table import (
     ROW_SCHEMA,
     SALE_COLUMNS,
     file_identity,
-    files_by_tenant,
     read_embedded_sales,
     tenant_files,
 )
+from smartgo_exporter.sinks import manifests
 
 log = structlog.get_logger(__name__)
 
@@ -341,8 +341,9 @@ def sync_indexes(
 ) -> list[SyncReport]:
     """Load, sync and save the index of each tenant (every tenant in the table by default).
 
-    The table's files are planned once and each tenant's index is given its own of them: a
-    plan per tenant would read every manifest once per tenant. `rebuild` starts each from empty
+    The table's files are listed once (`sinks.manifests`) and each tenant's index is given its
+    own of them: every manifest holds every tenant's files, so a listing per tenant would read
+    each manifest once per tenant. `rebuild` starts each from empty
     instead of from what is stored, for an index that was built for another model or is damaged.
     Having synced every tenant, it marks the snapshot they are at for `sync_after_export`,
     but never trusts that mark itself: `index` reports on every tenant and mends an index whose
@@ -350,7 +351,7 @@ def sync_indexes(
     """
     table.refresh()
     mark = _synced_mark(config, table, model, dim)
-    files = files_by_tenant(table)
+    files = manifests.files_by_tenant(table)
     reports = []
     for tenant in tenants if tenants is not None else sorted(files):
         if rebuild:

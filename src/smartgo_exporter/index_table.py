@@ -51,17 +51,7 @@ ROW_SCHEMA = pa.schema(
 
 def table_tenants(table: Table) -> list[str]:
     """The tenants with data files in the table's current snapshot, from its partitions."""
-    return sorted(files_by_tenant(table))
-
-
-def files_by_tenant(table: Table) -> dict[str, list[FileScanTask]]:
-    """Each tenant's data files in the table's current snapshot, from one reading of its
-    manifests (`sinks.manifests`).
-
-    Every manifest holds files of every tenant, so this reads each manifest once where a plan
-    per tenant (`tenant_files`) reads each of them once per tenant.
-    """
-    return manifests.files_by_tenant(table)
+    return sorted(manifests.files_by_tenant(table))
 
 
 def table_models(table: Table, tenant: str | None = None) -> list[str]:
