@@ -1,8 +1,6 @@
 """A table state's data files by tenant, read from its manifests as pyiceberg would plan them."""
 
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
-from pathlib import Path
+from datetime import datetime, timedelta
 
 import pyarrow as pa
 import pytest
@@ -11,44 +9,22 @@ from pyiceberg.table import FileScanTask, Table
 from pyiceberg.transforms import IdentityTransform
 
 from smartgo_exporter.config import TableConfig
-from smartgo_exporter.sales import Sale
 from smartgo_exporter.schema import EmbeddingStatus, SaleRow, rows_to_arrow
 from smartgo_exporter.sinks.iceberg import SalesTable
 from smartgo_exporter.sinks.manifests import files_by_tenant
+from tests.test_iceberg_sink import DAY, config, sale
 
-DAY = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+__all__ = ["config"]  # the fixture, used by `table`
 
 
 @pytest.fixture
-def table(tmp_path: Path) -> SalesTable:
-    config = TableConfig(
-        catalog={
-            "type": "sql",
-            "uri": f"sqlite:///{tmp_path}/catalog.db",
-            "warehouse": f"file://{tmp_path}/warehouse",
-        }
-    )
+def table(config: TableConfig) -> SalesTable:
     return SalesTable.open(config, source="smartgo")
 
 
 def rows(tenant: str, ids: range, *, day: datetime = DAY, source: str = "smartgo") -> pa.Table:
-    sales = [
-        Sale(
-            sale_id=str(i),
-            tenant_id=tenant,
-            product_id=f"SKU-{i}",
-            sold_at=day + timedelta(minutes=i),
-            sale_price=Decimal("10.00"),
-            currency="EUR",
-        )
-        for i in ids
-    ]
-    return rows_to_arrow(
-        [SaleRow(sale, EmbeddingStatus.NO_IMAGE, None) for sale in sales],
-        source=source,
-        run_id="run-1",
-        exported_at=DAY,
-    )
+    sales = [SaleRow(sale(i, tenant, day=day), EmbeddingStatus.NO_IMAGE, None) for i in ids]
+    return rows_to_arrow(sales, source=source, run_id="run-1", exported_at=DAY)
 
 
 def planned(table: Table, tenant: str) -> set[str]:
